@@ -1,0 +1,1 @@
+"""lumstream embeddings package."""

@@ -1,0 +1,1 @@
+"""One module per ``lumstream`` subcommand: HELP, add_arguments(parser), run(cfg, args)."""

@@ -1,0 +1,19 @@
+"""Config of the metrics endpoint every long-running command serves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from lumstream.settings import setting
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus /metrics endpoint."""
+
+    section: ClassVar[str] = "metrics"
+    enabled: bool = setting(True, "serve /metrics from long-running commands")
+    host: str = setting("127.0.0.1", "address of the /metrics endpoint (loopback by default)")
+    port: int = setting(9464, "port of the /metrics endpoint; 0 picks a free one", minimum=0,
+                        maximum=65535)

