@@ -14,7 +14,14 @@ from typing import Any, ClassVar
 
 from lumstream.settings import ConfigError, layered, read_toml, setting
 from monitoring.config import MetricsConfig
-from streams.config import BrokerConfig, EventConfig, GeneratorConfig, KafkaConfig
+from streams.config import (
+    BrokerConfig,
+    EventConfig,
+    GeneratorConfig,
+    KafkaConfig,
+    StoreConfig,
+    WorkerConfig,
+)
 
 CONFIG_ENV = "LUMSTREAM_CONFIG"
 
@@ -28,7 +35,8 @@ class PathsConfig:
 
 
 SECTIONS: tuple[type, ...] = (
-    PathsConfig, KafkaConfig, BrokerConfig, EventConfig, GeneratorConfig, MetricsConfig,
+    PathsConfig, KafkaConfig, BrokerConfig, EventConfig, GeneratorConfig, StoreConfig,
+    WorkerConfig, MetricsConfig,
 )
 
 
@@ -41,8 +49,14 @@ class Config:
     broker: BrokerConfig
     events: EventConfig
     generator: GeneratorConfig
+    store: StoreConfig
+    worker: WorkerConfig
     metrics: MetricsConfig
     source: str = "defaults"
+
+    def store_root(self) -> Path:
+        """Where the partition stores live."""
+        return Path(self.store.path) if self.store.path else self.paths.data_dir / "store"
 
     def sections(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)

@@ -1,0 +1,212 @@
+"""Applying a batch of one partition's events: the single code path of live and backfill.
+
+``PartitionProcessor.process`` takes raw Kafka-shaped records of one partition in offset
+order and returns what must leave the process (sample blocks, dead letters). The caller
+sends those, then calls :meth:`PartitionProcessor.commit`, which writes sequences, join
+and duplicate state and the next offset in one RocksDB batch. A crash anywhere before
+that write loses nothing (the batch is re-read from the stored offset) and doubles
+nothing (records below the stored offset are skipped; re-sent samples carry the same
+(partition, seq) so consumers drop them).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from monitoring.metrics import Metrics
+from streams.config import EventConfig, StoreConfig, WorkerConfig
+from streams.dedup import DuplicateWindow, event_hash
+from streams.events import EventError, Reason, decode
+from streams.ids import stable_id
+from streams.join import PENDING_DTYPE, LabelJoin
+from streams.records import SEQ_DTYPE
+from streams.samples import HIST_DTYPE, SAMPLE_DTYPE, SampleBlock
+from streams.store import PartitionStore
+
+_TABLE_DTYPE = np.dtype([("offset", "<i8"), ("user", "<i8"), ("item", "<i8"), ("cond", "<i8"),
+                         ("cat", "<i8"), ("ts", "<i8"), ("action", "u1"), ("hash", "<u8")])
+
+@dataclass(frozen=True)
+class DeadLetter:
+    value: bytes
+    key: bytes | None
+    reason: str
+    detail: str
+    offset: int
+
+
+@dataclass
+class BatchResult:
+    """What one batch produced; send these before :meth:`PartitionProcessor.commit`."""
+
+    partition: int
+    next_offset: int
+    applied: int = 0
+    skipped: int = 0  # redelivered records below the stored offset
+    samples: SampleBlock | None = None
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    event_times: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+
+
+class PartitionProcessor:
+    """The worker logic for one partition, over its :class:`PartitionStore`.
+
+    Args:
+        store: the opened partition store (its state says where to resume).
+        cfg: worker settings (label window, actions, history length...).
+        events: the event contract.
+        metrics: where counters go.
+    """
+
+    def __init__(self, store: PartitionStore, cfg: WorkerConfig, events: EventConfig,
+                 metrics: Metrics) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.events = events
+        self.metrics = metrics
+        self.partition = store.partition
+        window_ms = int(cfg.label_window_s * 1000)
+        if store.state.label_window_ms not in (-1, window_ms):
+            raise ValueError(
+                f"partition {self.partition}: label window changed from "
+                f"{store.state.label_window_ms} ms to {window_ms} ms; open impressions were "
+                "built with the old window (drain or rebuild the store first)")
+        store.state.label_window_ms = window_ms
+        self.join = LabelJoin(store, window_ms)
+        self.dedup = DuplicateWindow(store, int(cfg.dedup_window_s * 1000))
+        actions = events.actions
+        self._action_index = {a: i for i, a in enumerate(actions)}
+        self._in_seq = np.array([a in cfg.sequence_actions or not cfg.sequence_actions
+                                 for a in actions])
+        self._positive = np.array([a in cfg.positive_actions for a in actions])
+        self._impression = self._action_index.get(cfg.impression_action, -1)
+
+    @property
+    def next_offset(self) -> int:
+        return self.store.state.next_offset
+
+    def process(self, offsets: Sequence[int], keys: Sequence[bytes | None],
+                values: Sequence[bytes], now_ms: int | None = None) -> BatchResult:
+        """Validate and apply one batch of this partition's records (offset order)."""
+        state = self.store.state
+        start = 0
+        while start < len(offsets) and offsets[start] < state.next_offset:
+            start += 1
+        result = BatchResult(self.partition, state.next_offset, skipped=start)
+        if start == len(offsets):
+            return result
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        cols: list[tuple[int, int, int, int, int, int, int, int]] = []  # one per valid event
+        dead = result.dead_letters
+        for off, key, raw in zip(offsets[start:], keys[start:], values[start:], strict=True):
+            try:
+                ev = decode(raw, self.events, now_ms)
+            except EventError as exc:
+                dead.append(DeadLetter(raw, key, exc.reason.value, exc.detail, off))
+                continue
+            cat = ev.features.get("category") if ev.features else None
+            cols.append((off, stable_id(ev.user_id), stable_id(ev.item_id),
+                         stable_id(ev.condition), stable_id(str(cat)) if cat is not None else 0,
+                         ev.ts, self._action_index[ev.action], event_hash(ev.event_id)))
+        result.next_offset = offsets[-1] + 1
+        state.next_offset = result.next_offset
+        if cols:
+            self._apply(np.array(cols, dtype=_TABLE_DTYPE), result, values, keys, offsets)
+        dead.sort(key=lambda d: d.offset)  # rejected here are counted by the dead-letter writer
+        state.bump("rejected", len(dead))
+        return result
+
+    def _apply(self, table: np.ndarray, result: BatchResult, values: Sequence[bytes],
+               keys: Sequence[bytes | None], offsets: Sequence[int]) -> None:
+        state = self.store.state
+        off, users, items = table["offset"], table["user"], table["item"]
+        ts, action, hashes = table["ts"], table["action"], table["hash"]
+        wm0 = state.watermark
+        wm_after = np.maximum.accumulate(np.maximum(ts, wm0))
+        wm_before = np.concatenate(([wm0], wm_after[:-1]))
+        dup = self.dedup.duplicates(hashes, ts, wm_before)
+        if dup.any():
+            index = {o: i for i, o in enumerate(offsets)}
+            for o in off[dup].tolist():
+                i = index[o]
+                result.dead_letters.append(DeadLetter(
+                    values[i], keys[i], Reason.DUPLICATE.value,
+                    "event_id already applied inside the duplicate window", o))
+            keep = ~dup
+            off, users, items, ts, action, hashes = (
+                off[keep], users[keep], items[keep], ts[keep], action[keep], hashes[keep])
+            table = table[keep]
+            wm_before = wm_before[keep]
+            state.bump("duplicates", int(dup.sum()))
+            self.metrics.duplicates_dropped.inc(int(dup.sum()))
+        if len(off) == 0:
+            return
+        recs = np.empty(len(off), SEQ_DTYPE)
+        recs["ts"], recs["item"], recs["action"] = ts, items, action
+        recs["cond"], recs["cat"] = table["cond"], table["cat"]
+        positions = self.store.append(users, recs, self._in_seq[action])
+        wm_end = int(wm_after[-1])
+        imp = action == self._impression
+        new_blob = None
+        if imp.any():
+            rows = np.zeros(int(imp.sum()), PENDING_DTYPE)
+            for name in ("item", "cond", "cat", "ts"):
+                rows[name] = recs[name][imp]
+            rows["user"], rows["offset"] = users[imp], off[imp]
+            rows["pos"], rows["eid"] = positions[imp], hashes[imp]
+            new_blob = self.store.state.blob_no
+            self.join.add_impressions(rows)
+        pos = self._positive[action]
+        if pos.any():
+            outcome = self.join.add_positives(users[pos], items[pos], ts[pos], off[pos],
+                                              wm_before[pos])
+            state.bump("positives_matched", outcome.matched)
+            state.bump("positives_late", outcome.late)
+            state.bump("positives_no_impression", outcome.no_impression)
+            self.metrics.unmatched_positives.labels(reason="late").inc(outcome.late)
+            self.metrics.unmatched_positives.labels(reason="no_impression").inc(
+                outcome.no_impression)
+        closed = self.join.expire(wm0, wm_end, new_blob)
+        if len(closed):
+            result.samples = self._samples(closed)
+        self.dedup.add(hashes, ts)
+        self.dedup.purge(wm_end)
+        state.watermark = wm_end
+        state.bump("applied", len(off))
+        result.applied = len(off)
+        result.event_times = ts
+
+    def _samples(self, closed: np.ndarray) -> SampleBlock:
+        state = self.store.state
+        n = len(closed)
+        rows = np.empty(n, SAMPLE_DTYPE)
+        rows["seq"] = np.arange(state.sample_seq, state.sample_seq + n)
+        for name in ("user", "item", "cond", "cat", "ts", "offset", "eid", "label"):
+            rows[name] = closed[name]
+        state.sample_seq += n
+        lens, events = self.store.history(closed["user"], closed["pos"], self.cfg.history_len)
+        hist = np.empty(len(events), HIST_DTYPE)
+        for name in ("item", "cond", "cat", "ts", "action"):
+            hist[name] = events[name]
+        positives = int(rows["label"].sum())
+        state.bump("samples_positive", positives)
+        state.bump("samples_negative", n - positives)
+        self.metrics.samples_emitted.labels(label="1").inc(positives)
+        self.metrics.samples_emitted.labels(label="0").inc(n - positives)
+        return SampleBlock(self.partition, rows, lens, hist)
+
+    def commit(self) -> None:
+        self.store.commit()
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def open_processor(root: Path, partition: int, store_cfg: StoreConfig, cfg: WorkerConfig,
+                   events: EventConfig, metrics: Metrics) -> PartitionProcessor:
+    return PartitionProcessor(PartitionStore(root, partition, store_cfg), cfg, events, metrics)
