@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "topics": "topics",
     "generate": "generate",
     "import": "import_cmd",
+    "worker": "worker",
+    "store": "store_cmd",
 }
 
 
@@ -42,12 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lumstream",
         description="Streaming online-learning recommender (Kafka -> RocksDB -> LUM -> ranker).",
         epilog="Settings: defaults < --config TOML < LUMSTREAM_* environment < --set. "
-               "See `lumstream config show --doc`.",
+        "See `lumstream config show --doc`.",
     )
-    parser.add_argument("--config", metavar="TOML", help="TOML config file "
-                        "(default: $LUMSTREAM_CONFIG)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE",
-                        help="override one setting (repeatable), e.g. --set kafka.partitions=8")
+    parser.add_argument(
+        "--config", metavar="TOML", help="TOML config file (default: $LUMSTREAM_CONFIG)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.NAME=VALUE",
+        help="override one setting (repeatable), e.g. --set kafka.partitions=8",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"lumstream.commands.{module_name}")

@@ -35,8 +35,14 @@ class PathsConfig:
 
 
 SECTIONS: tuple[type, ...] = (
-    PathsConfig, KafkaConfig, BrokerConfig, EventConfig, GeneratorConfig, StoreConfig,
-    WorkerConfig, MetricsConfig,
+    PathsConfig,
+    KafkaConfig,
+    BrokerConfig,
+    EventConfig,
+    GeneratorConfig,
+    StoreConfig,
+    WorkerConfig,
+    MetricsConfig,
 )
 
 
@@ -59,12 +65,16 @@ class Config:
         return Path(self.store.path) if self.store.path else self.paths.data_dir / "store"
 
     def sections(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name != "source"}
+        return {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"
+        }
 
 
-def load(path: str | Path | None = None, env: Mapping[str, str] | None = None,
-         overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Config:
+def load(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
     """Build the effective config: defaults < TOML file < LUMSTREAM_* env < overrides.
 
     Args:
@@ -81,12 +91,20 @@ def load(path: str | Path | None = None, env: Mapping[str, str] | None = None,
     known = {c.section for c in SECTIONS}  # type: ignore[attr-defined]
     unknown = sorted(set(toml) - known)
     if unknown:
-        raise ConfigError(f"[{unknown[0]}]: unknown config section in {path}; "
-                          f"known: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"[{unknown[0]}]: unknown config section in {path}; known: {', '.join(sorted(known))}"
+        )
     overrides = overrides or {}
-    built = {cls.section: layered(cls, toml, env, overrides.get(cls.section),  # type: ignore[attr-defined]
-                                  toml_source=str(path) if path else "toml")
-             for cls in SECTIONS}
+    built: dict[str, Any] = {
+        cls.section: layered(
+            cls,
+            toml,
+            env,
+            overrides.get(cls.section),  # type: ignore[attr-defined]
+            toml_source=str(path) if path else "toml",
+        )
+        for cls in SECTIONS
+    }
     return Config(**built, source=str(path) if path else "defaults")
 
 
@@ -96,8 +114,9 @@ def to_toml(cfg: Config) -> str:
     for name, section in cfg.sections().items():
         lines.append(f"\n[{name}]")
         for f in dataclasses.fields(section):
-            lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}"
-                         f"  # {f.metadata.get('doc', '')}")
+            lines.append(
+                f"{f.name} = {_toml_value(getattr(section, f.name))}  # {f.metadata.get('doc', '')}"
+            )
     return "\n".join(lines) + "\n"
 
 

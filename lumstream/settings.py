@@ -47,8 +47,14 @@ class SectionConfig(Protocol):
 C = TypeVar("C")
 
 
-def setting(default: Any, doc: str, *, choices: tuple[Any, ...] | None = None,
-            minimum: float | None = None, maximum: float | None = None) -> Any:
+def setting(
+    default: Any,
+    doc: str,
+    *,
+    choices: tuple[Any, ...] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> Any:
     """A config field with its one line of documentation and optional bounds.
 
     Args:
@@ -135,8 +141,9 @@ def _check(value: Any, f: dataclasses.Field[Any], where: str) -> None:
             raise ConfigError(f"{where}: {value!r} is above the maximum {hi}")
 
 
-def build(cls: type[C], values: Mapping[str, Any], *, source: str = "override",
-          base: C | None = None) -> C:
+def build(
+    cls: type[C], values: Mapping[str, Any], *, source: str = "override", base: C | None = None
+) -> C:
     """Make ``cls`` from ``values`` (strings or TOML values), validating every field.
 
     Unknown keys are an error: a misspelt setting must not be silently ignored.
@@ -145,8 +152,10 @@ def build(cls: type[C], values: Mapping[str, Any], *, source: str = "override",
     names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise ConfigError(f"{section}.{unknown[0]}: unknown setting (from {source}); "
-                          f"known: {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"{section}.{unknown[0]}: unknown setting (from {source}); "
+            f"known: {', '.join(sorted(names))}"
+        )
     current = dataclasses.asdict(base) if base is not None else {}  # type: ignore[call-overload]
     kwargs: dict[str, Any] = {}
     for name, f in names.items():
@@ -182,8 +191,14 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
 
 
-def layered(cls: type[C], toml: Mapping[str, Any], env: Mapping[str, str],
-            overrides: Mapping[str, Any] | None = None, *, toml_source: str = "toml") -> C:
+def layered(
+    cls: type[C],
+    toml: Mapping[str, Any],
+    env: Mapping[str, str],
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    toml_source: str = "toml",
+) -> C:
     """defaults < TOML section < environment < overrides, for one component config."""
     section = getattr(cls, "section", cls.__name__)
     cfg: C = cls()

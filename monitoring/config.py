@@ -15,5 +15,6 @@ class MetricsConfig:
     section: ClassVar[str] = "metrics"
     enabled: bool = setting(True, "serve /metrics from long-running commands")
     host: str = setting("127.0.0.1", "address of the /metrics endpoint (loopback by default)")
-    port: int = setting(9464, "port of the /metrics endpoint; 0 picks a free one", minimum=0,
-                        maximum=65535)
+    port: int = setting(
+        9464, "port of the /metrics endpoint; 0 picks a free one", minimum=0, maximum=65535
+    )

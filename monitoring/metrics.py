@@ -15,8 +15,23 @@ import functools
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                   5.0, 10.0, 30.0)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 
 
 class Metrics:
@@ -26,23 +41,169 @@ class Metrics:
         self.registry = registry
         # -- events in (generator, importers, replay producers) ---------------------------
         self.events_produced = Counter(
-            "lumstream_events_produced", "Events produced to Kafka or written to a log",
-            ["topic", "source"], registry=registry)
+            "lumstream_events_produced",
+            "Events produced to Kafka or written to a log",
+            ["topic", "source"],
+            registry=registry,
+        )
         self.events_rejected = Counter(
-            "lumstream_events_rejected", "Events rejected by validation, by stage and reason",
-            ["stage", "reason"], registry=registry)
+            "lumstream_events_rejected",
+            "Events rejected by validation, by stage and reason",
+            ["stage", "reason"],
+            registry=registry,
+        )
         self.produce_errors = Counter(
-            "lumstream_produce_errors", "Kafka produce failures", ["topic"], registry=registry)
+            "lumstream_produce_errors", "Kafka produce failures", ["topic"], registry=registry
+        )
         self.import_rows = Counter(
-            "lumstream_import_rows", "Rows read by importers, by outcome (ok, bad)",
-            ["importer", "outcome"], registry=registry)
+            "lumstream_import_rows",
+            "Rows read by importers, by outcome (ok, bad, dropped)",
+            ["importer", "outcome"],
+            registry=registry,
+        )
         self.produce_latency = Histogram(
-            "lumstream_produce_flush_seconds", "Time to flush a produced batch",
-            buckets=LATENCY_BUCKETS, registry=registry)
+            "lumstream_produce_flush_seconds",
+            "Time to flush a produced batch",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        # -- stream worker ---------------------------------------------------------------
+        self.events_applied = Counter(
+            "lumstream_worker_events_applied",
+            "Events applied to the sequence store",
+            ["partition"],
+            registry=registry,
+        )
+        self.batches_applied = Counter(
+            "lumstream_worker_batches",
+            "Batches committed (one RocksDB write batch each)",
+            registry=registry,
+        )
+        self.batch_apply_seconds = Histogram(
+            "lumstream_worker_batch_apply_seconds",
+            "Validate + apply + commit time of a batch",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.event_to_store_seconds = Histogram(
+            "lumstream_worker_event_to_store_seconds",
+            "Kafka record timestamp to durable store commit (up to 256 sampled per batch)",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "lumstream_worker_consumer_lag",
+            "Records behind the partition's high watermark",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.duplicates_dropped = Counter(
+            "lumstream_worker_duplicates_dropped",
+            "Events dropped as duplicate event ids",
+            registry=registry,
+        )
+        self.redelivered_skipped = Counter(
+            "lumstream_worker_redelivered_skipped",
+            "Records skipped because their offset was already applied",
+            registry=registry,
+        )
+        self.unmatched_positives = Counter(
+            "lumstream_worker_unmatched_positives",
+            "Clicks/purchases that labelled no open impression",
+            ["reason"],
+            registry=registry,
+        )
+        self.samples_emitted = Counter(
+            "lumstream_worker_samples_emitted",
+            "Labelled samples emitted to lum.samples",
+            ["label"],
+            registry=registry,
+        )
+        self.open_impressions = Gauge(
+            "lumstream_worker_open_impressions",
+            "Impressions waiting for their label window",
+            ["partition"],
+            registry=registry,
+        )
+        self.store_users = Gauge(
+            "lumstream_store_users",
+            "Users with a record in the partition store",
+            ["partition"],
+            registry=registry,
+        )
+        self.store_bytes = Gauge(
+            "lumstream_store_live_bytes",
+            "RocksDB estimated live data size",
+            ["partition"],
+            registry=registry,
+        )
+        self.sequence_length = Histogram(
+            "lumstream_store_sequence_length",
+            "Sequence length of users touched by a batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+            registry=registry,
+        )
+        self.partitions_owned = Gauge(
+            "lumstream_worker_partitions_owned", "Partitions this worker holds", registry=registry
+        )
         # -- embedded broker -------------------------------------------------------------
         self.broker_up = Gauge(
-            "lumstream_embedded_broker_up", "1 while the embedded broker runs",
-            registry=registry)
+            "lumstream_embedded_broker_up", "1 while the embedded broker runs", registry=registry
+        )
+        # -- LUM backbone (trainer/backbone) -------------------------------------------------
+        self.backbone_train_loss = Gauge(
+            "lumstream_backbone_train_loss",
+            "InfoNCE loss of the last backbone training step",
+            registry=registry,
+        )
+        self.backbone_train_tokens = Counter(
+            "lumstream_backbone_train_tokens",
+            "Real (non-padding) tokens trained on",
+            registry=registry,
+        )
+        self.backbone_tokens_per_second = Gauge(
+            "lumstream_backbone_tokens_per_second",
+            "Backbone training throughput (real tokens per second, global batch) of the last run",
+            registry=registry,
+        )
+        self.backbone_refresh_duration = Histogram(
+            "lumstream_backbone_refresh_duration_seconds",
+            "Duration of one backbone refresh (train, publish, vectors)",
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200),
+            registry=registry,
+        )
+        self.backbone_version = Gauge(
+            "lumstream_backbone_version",
+            "Number N of the newest published backbone version vN",
+            registry=registry,
+        )
+        self.backbone_vectors_written = Counter(
+            "lumstream_backbone_vectors_written",
+            "Condition-query vectors o_q computed and written",
+            registry=registry,
+        )
+        self.backbone_oldest_vector_age = Gauge(
+            "lumstream_backbone_oldest_vector_age_seconds",
+            "Age of the oldest condition-query vector still served (staleness)",
+            registry=registry,
+        )
+        self.backbone_eval = Gauge(
+            "lumstream_backbone_eval",
+            "Retrieval metrics of a backbone version (hr@10, ndcg@10, mrr)",
+            ["version", "metric"],
+            registry=registry,
+        )
+        self.backbone_sequences_skipped = Counter(
+            "lumstream_backbone_sequences_skipped",
+            "User sequences the backbone skipped, by reason (empty, too_short)",
+            ["reason"],
+            registry=registry,
+        )
+        self.backbone_unknown_conditions = Counter(
+            "lumstream_backbone_unknown_conditions",
+            "Query conditions not in the version's vocabulary (mapped to the OOV condition)",
+            registry=registry,
+        )
 
 
 @functools.cache

@@ -27,7 +27,7 @@ class MetricsServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.server.server_address[0]}:{self.port}/metrics"
+        return f"http://{self.server.server_address[0]!s}:{self.port}/metrics"
 
     def close(self) -> None:
         self.server.shutdown()
@@ -35,7 +35,9 @@ class MetricsServer:
         self.thread.join(timeout=5)
 
 
-def serve_metrics(cfg: MetricsConfig, registry: CollectorRegistry = REGISTRY) -> MetricsServer | None:
+def serve_metrics(
+    cfg: MetricsConfig, registry: CollectorRegistry = REGISTRY
+) -> MetricsServer | None:
     """Start the endpoint when enabled; a busy port is logged, not fatal, and returns None."""
     if not cfg.enabled:
         return None

@@ -18,6 +18,9 @@ Example:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+
+import numpy as np
 
 NUMERIC_LIMIT = 1 << 62
 _HASH_MASK = NUMERIC_LIMIT - 1
@@ -31,3 +34,20 @@ def stable_id(raw: str) -> int:
             return value
     digest = hashlib.blake2b(raw.encode("utf-8"), digest_size=8).digest()
     return NUMERIC_LIMIT | (int.from_bytes(digest, "little") & _HASH_MASK)
+
+
+_CACHE: dict[str, int] = {}
+_CACHE_LIMIT = 1 << 21
+
+
+def stable_ids(raw: Sequence[str]) -> np.ndarray:
+    """(n,) int64 :func:`stable_id` of each string, memoised (ids repeat heavily)."""
+    cache = _CACHE
+    if len(cache) > _CACHE_LIMIT:
+        cache.clear()
+    try:
+        return np.fromiter(map(cache.__getitem__, raw), np.int64, len(raw))
+    except KeyError:
+        for s in set(raw).difference(cache):
+            cache[s] = stable_id(s)
+        return np.fromiter(map(cache.__getitem__, raw), np.int64, len(raw))

@@ -24,6 +24,8 @@ SEQ_DTYPE = np.dtype(
 def decode_sequence(raw: bytes) -> np.ndarray:
     """Bytes from the store -> read-only structured array of SEQ_DTYPE."""
     if len(raw) % SEQ_DTYPE.itemsize:
-        raise ValueError(f"sequence record of {len(raw)} bytes is not a multiple of "
-                         f"{SEQ_DTYPE.itemsize}: corrupt or written by another layout")
+        raise ValueError(
+            f"sequence record of {len(raw)} bytes is not a multiple of "
+            f"{SEQ_DTYPE.itemsize}: corrupt or written by another layout"
+        )
     return np.frombuffer(raw, dtype=SEQ_DTYPE)

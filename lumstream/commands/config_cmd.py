@@ -13,9 +13,11 @@ HELP = "show the effective configuration (defaults < TOML < environment < --set)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     show = sub.add_parser("show", help="print the effective config as TOML")
-    show.add_argument("--doc", action="store_true",
-                      help="print every setting with its environment variable, type, "
-                           "default and doc instead")
+    show.add_argument(
+        "--doc",
+        action="store_true",
+        help="print every setting with its environment variable, type, default and doc instead",
+    )
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:

@@ -1,16 +1,268 @@
-"""`lumstream import` (being written)."""
+"""`lumstream import`: MovieLens or any CSV / JSONL / Parquet log -> events.
+
+    lumstream import movielens DIR --out events.jsonl[.gz|.parquet]
+    lumstream import generic FILE --map user_id=uid,item_id=sku,ts=time --action click --out ...
+    lumstream import movielens DIR --kafka        # produce to lum.events instead
+
+Bad rows are printed as ``file:line: reason: detail`` (the first --show-bad of them) and
+counted; the import carries on unless --strict. See docs/importers.md.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import contextlib
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-HELP = "(being written)"
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from lumstream.config import Config
+    from monitoring.metrics import Metrics
+    from streams.importers.rows import BadRow, ImportRun, ImportStats
+    from streams.sinks import EventSink
+
+HELP = "import MovieLens ratings or a CSV/JSONL/Parquet log as events (to a file or Kafka)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    pass
+    common = argparse.ArgumentParser(add_help=False)
+    out = common.add_argument_group("output (one of)").add_mutually_exclusive_group(required=True)
+    out.add_argument(
+        "--out",
+        type=Path,
+        metavar="PATH",
+        help="event log to write atomically: .jsonl, .ndjson, .jsonl.gz or .parquet",
+    )
+    out.add_argument(
+        "--kafka",
+        action="store_true",
+        help="produce to the events topic (kafka.bootstrap_servers; empty = embedded broker)",
+    )
+    common.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first bad row (exit 1; no output file is left)",
+    )
+    common.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar and no bad-row lines (the summary still prints)",
+    )
+    common.add_argument(
+        "--show-bad",
+        type=int,
+        default=20,
+        metavar="N",
+        help="print the first N bad rows (default: 20); all are counted",
+    )
+    common.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    sub = p.add_subparsers(dest="importer", metavar="IMPORTER", required=True)
+    ml = sub.add_parser(
+        "movielens",
+        parents=[common],
+        help="MovieLens ratings (latest/20M/25M, 1M/10M, 100K)",
+        description="One impression per rating (condition = the movie's first genre, event "
+        "time = rating time) plus a click 1 ms later when rating >= --click-threshold.",
+    )
+    ml.add_argument(
+        "directory",
+        type=Path,
+        metavar="DIR",
+        help="directory with ratings.csv+movies.csv, ratings.dat+movies.dat or u.data+u.item",
+    )
+    ml.add_argument(
+        "--click-threshold",
+        type=float,
+        default=4.0,
+        metavar="R",
+        help="ratings >= R add a click (default: 4.0)",
+    )
+
+    g = sub.add_parser(
+        "generic",
+        parents=[common],
+        help="a CSV/TSV, JSONL or Parquet log with a column mapping",
+        description="Map input columns to event fields; rows are imported in input order.",
+    )
+    g.add_argument(
+        "file",
+        type=Path,
+        metavar="FILE",
+        help=".csv/.tsv, .jsonl/.ndjson (optionally .gz) or .parquet",
+    )
+    g.add_argument(
+        "--map",
+        required=True,
+        dest="columns",
+        metavar="FIELD=COL,...",
+        help="user_id=COL,item_id=COL,ts=COL[,action=COL,condition=COL,"
+        "event_id=COL,category=COL,features.NAME=COL]",
+    )
+    g.add_argument(
+        "--action-map",
+        metavar="VALUE=ACTION,...",
+        help="map input action values, e.g. 'view=impression,cart=click,buy=click'",
+    )
+    g.add_argument(
+        "--drop-unmapped",
+        action="store_true",
+        help="skip rows whose action is not in --action-map (default: bad row)",
+    )
+    g.add_argument(
+        "--ts-unit",
+        default="ms",
+        metavar="s|ms|iso",
+        help="unit of the ts column: s, ms (default) or iso (ISO 8601; no offset = UTC)",
+    )
+    g.add_argument(
+        "--action", metavar="ACTION", help="the action of every row when no action column is mapped"
+    )
+    g.add_argument(
+        "--condition",
+        default="default",
+        metavar="VALUE",
+        help="condition when no condition column is mapped or the cell is empty "
+        "(default: 'default')",
+    )
+    g.add_argument(
+        "--format",
+        dest="fmt",
+        metavar="csv|jsonl|parquet",
+        help="input format (default: from the file name)",
+    )
+    g.add_argument(
+        "--delimiter", default=",", help="CSV field separator (default ','; .tsv files use tab)"
+    )
+    g.add_argument("--encoding", default="utf-8", help="CSV text encoding (default utf-8)")
 
 
-def run(cfg: Any, args: argparse.Namespace) -> int:
-    raise NotImplementedError
+def _bad_printer(args: argparse.Namespace) -> Callable[[BadRow], None]:
+    from tqdm import tqdm
+
+    shown = 0
+
+    def on_bad(bad: BadRow) -> None:
+        nonlocal shown
+        if args.quiet:
+            return
+        if shown < args.show_bad:
+            tqdm.write(str(bad), file=sys.stderr)
+        elif shown == args.show_bad:
+            tqdm.write("... more bad rows are counted, not printed (--show-bad N)", file=sys.stderr)
+        shown += 1
+
+    return on_bad
+
+
+def _import(run: ImportRun, args: argparse.Namespace) -> None:
+    if args.importer == "movielens":
+        from streams.importers.movielens import import_movielens
+
+        import_movielens(args.directory, run, click_threshold=args.click_threshold)
+        return
+    from streams.importers.generic import (
+        ColumnMap,
+        GenericOptions,
+        import_generic,
+        parse_action_map,
+    )
+
+    opts = GenericOptions(
+        columns=ColumnMap.parse(args.columns),
+        ts_unit=args.ts_unit,
+        action_map=parse_action_map(args.action_map) if args.action_map else None,
+        drop_unmapped=args.drop_unmapped,
+        action=args.action,
+        condition=args.condition,
+        fmt=args.fmt,
+        delimiter=args.delimiter,
+        encoding=args.encoding,
+    )
+    import_generic(args.file, opts, run)
+
+
+def _run_into(
+    sink: EventSink, cfg: Config, args: argparse.Namespace, metrics: Metrics
+) -> ImportStats:
+    """Import into ``sink``; a file sink is aborted on any failure, others closed."""
+    from streams.importers.rows import ImportRun
+
+    run = ImportRun(
+        args.importer,
+        sink,
+        cfg.events,
+        metrics=metrics,
+        strict=args.strict,
+        on_bad=_bad_printer(args),
+        progress=not args.quiet,
+    )
+    try:
+        _import(run, args)
+    except BaseException:
+        abort = getattr(sink, "abort", None)  # file sinks drop their partial output
+        with contextlib.suppress(Exception):  # the first error is the one to report
+            (abort or sink.close)()
+        raise
+    sink.close()
+    return run.finish()
+
+
+def _execute(cfg: Config, args: argparse.Namespace, metrics: Metrics) -> ImportStats:
+    source = f"import-{args.importer}"
+    if not args.kafka:
+        from streams.importers.rows import ImportSetupError
+        from streams.sinks import open_sink
+
+        try:
+            sink = open_sink(args.out, metrics=metrics, source=source)
+        except ValueError as exc:  # an unknown output suffix
+            raise ImportSetupError(str(exc)) from None
+        return _run_into(sink, cfg, args, metrics)
+    from streams.kafka import KafkaEventSink, bootstrap_servers, make_producer
+    from streams.topics import ensure_topics
+
+    if not cfg.kafka.bootstrap_servers:
+        print(
+            "note: kafka.bootstrap_servers is empty, so the events go to an embedded "
+            "in-memory broker that stops with this command",
+            file=sys.stderr,
+        )
+    with bootstrap_servers(cfg.kafka, cfg.broker, metrics=metrics) as bootstrap:
+        ensure_topics(cfg.kafka, bootstrap)
+        producer = make_producer(cfg.kafka, bootstrap, metrics=metrics)
+        kafka_sink = KafkaEventSink(
+            producer, cfg.kafka.topic_events, source=source, owns_producer=True
+        )
+        return _run_into(kafka_sink, cfg, args, metrics)
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    import orjson
+
+    from monitoring.metrics import default_metrics
+    from monitoring.server import serve_metrics
+    from streams.importers.rows import ImportAborted, ImportSetupError
+
+    metrics = default_metrics()
+    server = serve_metrics(cfg.metrics, metrics.registry)
+    try:
+        stats = _execute(cfg, args, metrics)
+    except (ImportSetupError, OSError) as exc:
+        print(f"lumstream import: {exc}", file=sys.stderr)
+        return 2
+    except ImportAborted as exc:
+        print(f"lumstream import: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if server is not None:
+            server.close()
+    where = f"topic {cfg.kafka.topic_events}" if args.kafka else str(args.out)
+    if args.json:
+        print(orjson.dumps({**stats.to_dict(), "out": where}).decode())
+    else:
+        print(f"{stats.summary()}\n  output: {where}")
+    return 0
