@@ -1,16 +1,66 @@
-"""`lumstream topics` (being written)."""
+"""``lumstream topics create|list``: the lumstream topics on the embedded or an external cluster.
+
+The cluster is ``--bootstrap``, else ``kafka.bootstrap_servers``, else a running
+``lumstream broker`` of this data directory (the embedded broker keeps topics in memory,
+so they are created in a running one).
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+from typing import TYPE_CHECKING
 
-HELP = "(being written)"
+if TYPE_CHECKING:
+    from lumstream.config import Config
+
+HELP = "create (idempotently) or list the Kafka topics"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    pass
+    p.add_argument(
+        "--bootstrap",
+        metavar="HOST:PORT",
+        help="cluster to use (default: kafka.bootstrap_servers, else a running `lumstream broker`)",
+    )
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sub.add_parser(
+        "create",
+        help="create the lumstream topics that are missing "
+        "(partitions: kafka.partitions; lum.cq compacted)",
+    )
+    sub.add_parser("list", help="list every topic with its partition count")
 
 
-def run(cfg: Any, args: argparse.Namespace) -> int:
-    raise NotImplementedError
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    from lumstream.commands.broker import RUN_FILE
+    from streams.broker import running_broker
+
+    bootstrap = (
+        args.bootstrap
+        or cfg.kafka.bootstrap_servers
+        or running_broker(cfg.paths.data_dir / RUN_FILE)
+    )
+    if not bootstrap:
+        print(
+            "lumstream topics: no Kafka cluster: pass --bootstrap HOST:PORT, set "
+            "kafka.bootstrap_servers, or start `lumstream broker` first (the embedded "
+            "broker keeps topics in memory while it runs)",
+            file=sys.stderr,
+        )
+        return 2
+    from kafka.errors import KafkaError
+
+    from streams.topics import ensure_topics, list_topics
+
+    try:
+        if args.action == "create":
+            for name, status in ensure_topics(cfg.kafka, bootstrap).items():
+                print(f"{name:<32} {status}")
+        else:
+            for name, partitions in list_topics(cfg.kafka, bootstrap).items():
+                print(f"{name:<32} {partitions:>5} partitions")
+    except KafkaError as exc:
+        print(f"lumstream topics: {bootstrap}: {exc}", file=sys.stderr)
+        return 1
+    return 0
