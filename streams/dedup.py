@@ -1,25 +1,19 @@
 """Dropping duplicate event ids inside a bounded event-time window.
 
 An accepted event is a duplicate when an earlier accepted event of the same partition had
-the same ``event_id`` (64-bit BLAKE2b hash) and an event time no older than
-``wm - window`` where ``wm`` is the watermark just before the later event. The window
+the same ``event_id`` (its 64-bit :func:`streams.batch.event_hash`) and an event time no
+older than ``wm - window`` where ``wm`` is the watermark just before the later event. The window
 is persisted as one ``d`` blob per batch of (hash, ts) rows in the partition's store and
 purged blob by blob, so memory and disk stay bounded by ``rate x window``.
 """
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 from streams.store import PartitionStore, blob_key
 
 _SEEN_DTYPE = np.dtype([("hash", "<u8"), ("ts", "<i8")])
-
-
-def event_hash(event_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
 
 
 class DuplicateWindow:

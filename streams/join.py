@@ -102,8 +102,14 @@ class LabelJoin:
             number = self.store.new_blob(b"j", rows.tobytes())
             self.blobs[number] = _Blob.make(number, rows.copy())
 
-    def add_positives(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray,
-                      offsets: np.ndarray, wm_before: np.ndarray) -> PositiveOutcome:
+    def add_positives(
+        self,
+        users: np.ndarray,
+        items: np.ndarray,
+        ts: np.ndarray,
+        offsets: np.ndarray,
+        wm_before: np.ndarray,
+    ) -> PositiveOutcome:
         """Label the open impressions that these positive actions fall inside."""
         if len(users) == 0:
             return PositiveOutcome(0, 0, 0)
@@ -114,13 +120,16 @@ class LabelJoin:
             lo = np.searchsorted(blob.keys, keys, "left")
             hi = np.searchsorted(blob.keys, keys, "right")
             for j in np.flatnonzero(hi > lo).tolist():
-                for idx in blob.order[lo[j]:hi[j]].tolist():
+                for idx in blob.order[lo[j] : hi[j]].tolist():
                     row = blob.rows[idx]
                     deadline = int(row["ts"]) + self.window
-                    if (row["user"] == users[j] and row["item"] == items[j]
-                            and row["offset"] < offsets[j]
-                            and row["ts"] <= ts[j] <= deadline
-                            and wm_before[j] <= deadline):
+                    if (
+                        row["user"] == users[j]
+                        and row["item"] == items[j]
+                        and row["offset"] < offsets[j]
+                        and row["ts"] <= ts[j] <= deadline
+                        and wm_before[j] <= deadline
+                    ):
                         matched[j] = True
                         if not row["label"]:
                             blob.rows["label"][idx] = 1
@@ -130,8 +139,9 @@ class LabelJoin:
             number = self.store.new_blob(b"c", arr.tobytes())
             self.mark_blobs[number] = int(arr["blob"].max())
         late = (~matched) & (ts + self.window < wm_before)
-        return PositiveOutcome(int(matched.sum()), int(late.sum()),
-                               int((~matched).sum() - late.sum()))
+        return PositiveOutcome(
+            int(matched.sum()), int(late.sum()), int((~matched).sum() - late.sum())
+        )
 
     def expire(self, wm_prev: int, wm_end: int, new_blob: int | None) -> np.ndarray:
         """Impressions closed by this batch's watermark, in emission order.

@@ -11,7 +11,6 @@ nothing (records below the stored offset are skipped; re-sent samples carry the 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,17 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from monitoring.metrics import Metrics
+from streams.batch import EventColumns, decode_batch, event_hashes
 from streams.config import EventConfig, StoreConfig, WorkerConfig
-from streams.dedup import DuplicateWindow, event_hash
-from streams.events import EventError, Reason, decode
-from streams.ids import stable_id
+from streams.dedup import DuplicateWindow
+from streams.events import Reason
 from streams.join import PENDING_DTYPE, LabelJoin
 from streams.records import SEQ_DTYPE
 from streams.samples import HIST_DTYPE, SAMPLE_DTYPE, SampleBlock
 from streams.store import PartitionStore
 
-_TABLE_DTYPE = np.dtype([("offset", "<i8"), ("user", "<i8"), ("item", "<i8"), ("cond", "<i8"),
-                         ("cat", "<i8"), ("ts", "<i8"), ("action", "u1"), ("hash", "<u8")])
 
 @dataclass(frozen=True)
 class DeadLetter:
@@ -63,8 +60,9 @@ class PartitionProcessor:
         metrics: where counters go.
     """
 
-    def __init__(self, store: PartitionStore, cfg: WorkerConfig, events: EventConfig,
-                 metrics: Metrics) -> None:
+    def __init__(
+        self, store: PartitionStore, cfg: WorkerConfig, events: EventConfig, metrics: Metrics
+    ) -> None:
         self.store = store
         self.cfg = cfg
         self.events = events
@@ -75,14 +73,16 @@ class PartitionProcessor:
             raise ValueError(
                 f"partition {self.partition}: label window changed from "
                 f"{store.state.label_window_ms} ms to {window_ms} ms; open impressions were "
-                "built with the old window (drain or rebuild the store first)")
+                "built with the old window (drain or rebuild the store first)"
+            )
         store.state.label_window_ms = window_ms
         self.join = LabelJoin(store, window_ms)
         self.dedup = DuplicateWindow(store, int(cfg.dedup_window_s * 1000))
         actions = events.actions
         self._action_index = {a: i for i, a in enumerate(actions)}
-        self._in_seq = np.array([a in cfg.sequence_actions or not cfg.sequence_actions
-                                 for a in actions])
+        self._in_seq = np.array(
+            [a in cfg.sequence_actions or not cfg.sequence_actions for a in actions]
+        )
         self._positive = np.array([a in cfg.positive_actions for a in actions])
         self._impression = self._action_index.get(cfg.impression_action, -1)
 
@@ -90,8 +90,13 @@ class PartitionProcessor:
     def next_offset(self) -> int:
         return self.store.state.next_offset
 
-    def process(self, offsets: Sequence[int], keys: Sequence[bytes | None],
-                values: Sequence[bytes], now_ms: int | None = None) -> BatchResult:
+    def process(
+        self,
+        offsets: Sequence[int],
+        keys: Sequence[bytes | None],
+        values: Sequence[bytes],
+        now_ms: int | None = None,
+    ) -> BatchResult:
         """Validate and apply one batch of this partition's records (offset order)."""
         state = self.store.state
         start = 0
@@ -100,55 +105,68 @@ class PartitionProcessor:
         result = BatchResult(self.partition, state.next_offset, skipped=start)
         if start == len(offsets):
             return result
-        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        cols: list[tuple[int, int, int, int, int, int, int, int]] = []  # one per valid event
+        cols, rejected = decode_batch(values[start:], self.events, now_ms)
         dead = result.dead_letters
-        for off, key, raw in zip(offsets[start:], keys[start:], values[start:], strict=True):
-            try:
-                ev = decode(raw, self.events, now_ms)
-            except EventError as exc:
-                dead.append(DeadLetter(raw, key, exc.reason.value, exc.detail, off))
-                continue
-            cat = ev.features.get("category") if ev.features else None
-            cols.append((off, stable_id(ev.user_id), stable_id(ev.item_id),
-                         stable_id(ev.condition), stable_id(str(cat)) if cat is not None else 0,
-                         ev.ts, self._action_index[ev.action], event_hash(ev.event_id)))
+        for r in rejected:
+            i = start + r.index
+            dead.append(DeadLetter(values[i], keys[i], r.reason, r.detail, offsets[i]))
         result.next_offset = offsets[-1] + 1
         state.next_offset = result.next_offset
-        if cols:
-            self._apply(np.array(cols, dtype=_TABLE_DTYPE), result, values, keys, offsets)
+        if len(cols.index):
+            self._apply(cols, start, result, values, keys, offsets)
         dead.sort(key=lambda d: d.offset)  # rejected here are counted by the dead-letter writer
         state.bump("rejected", len(dead))
         return result
 
-    def _apply(self, table: np.ndarray, result: BatchResult, values: Sequence[bytes],
-               keys: Sequence[bytes | None], offsets: Sequence[int]) -> None:
+    def _apply(
+        self,
+        cols: EventColumns,
+        start: int,
+        result: BatchResult,
+        values: Sequence[bytes],
+        keys: Sequence[bytes | None],
+        offsets: Sequence[int],
+    ) -> None:
         state = self.store.state
-        off, users, items = table["offset"], table["user"], table["item"]
-        ts, action, hashes = table["ts"], table["action"], table["hash"]
+        where = cols.index + start
+        off = np.asarray(offsets, np.int64)[where]
+        users, items, ts, action = cols.user, cols.item, cols.ts, cols.action
+        hashes = event_hashes(cols.event_id)
         wm0 = state.watermark
         wm_after = np.maximum.accumulate(np.maximum(ts, wm0))
         wm_before = np.concatenate(([wm0], wm_after[:-1]))
         dup = self.dedup.duplicates(hashes, ts, wm_before)
         if dup.any():
-            index = {o: i for i, o in enumerate(offsets)}
-            for o in off[dup].tolist():
-                i = index[o]
-                result.dead_letters.append(DeadLetter(
-                    values[i], keys[i], Reason.DUPLICATE.value,
-                    "event_id already applied inside the duplicate window", o))
+            for i in where[dup].tolist():
+                result.dead_letters.append(
+                    DeadLetter(
+                        values[i],
+                        keys[i],
+                        Reason.DUPLICATE.value,
+                        "event_id already applied inside the duplicate window",
+                        offsets[i],
+                    )
+                )
             keep = ~dup
             off, users, items, ts, action, hashes = (
-                off[keep], users[keep], items[keep], ts[keep], action[keep], hashes[keep])
-            table = table[keep]
+                off[keep],
+                users[keep],
+                items[keep],
+                ts[keep],
+                action[keep],
+                hashes[keep],
+            )
+            cond, cat = cols.cond[keep], cols.cat[keep]
             wm_before = wm_before[keep]
             state.bump("duplicates", int(dup.sum()))
             self.metrics.duplicates_dropped.inc(int(dup.sum()))
+        else:
+            cond, cat = cols.cond, cols.cat
         if len(off) == 0:
             return
         recs = np.empty(len(off), SEQ_DTYPE)
         recs["ts"], recs["item"], recs["action"] = ts, items, action
-        recs["cond"], recs["cat"] = table["cond"], table["cat"]
+        recs["cond"], recs["cat"] = cond, cat
         positions = self.store.append(users, recs, self._in_seq[action])
         wm_end = int(wm_after[-1])
         imp = action == self._impression
@@ -163,14 +181,16 @@ class PartitionProcessor:
             self.join.add_impressions(rows)
         pos = self._positive[action]
         if pos.any():
-            outcome = self.join.add_positives(users[pos], items[pos], ts[pos], off[pos],
-                                              wm_before[pos])
+            outcome = self.join.add_positives(
+                users[pos], items[pos], ts[pos], off[pos], wm_before[pos]
+            )
             state.bump("positives_matched", outcome.matched)
             state.bump("positives_late", outcome.late)
             state.bump("positives_no_impression", outcome.no_impression)
             self.metrics.unmatched_positives.labels(reason="late").inc(outcome.late)
             self.metrics.unmatched_positives.labels(reason="no_impression").inc(
-                outcome.no_impression)
+                outcome.no_impression
+            )
         closed = self.join.expire(wm0, wm_end, new_blob)
         if len(closed):
             result.samples = self._samples(closed)
@@ -207,6 +227,12 @@ class PartitionProcessor:
         self.store.close()
 
 
-def open_processor(root: Path, partition: int, store_cfg: StoreConfig, cfg: WorkerConfig,
-                   events: EventConfig, metrics: Metrics) -> PartitionProcessor:
+def open_processor(
+    root: Path,
+    partition: int,
+    store_cfg: StoreConfig,
+    cfg: WorkerConfig,
+    events: EventConfig,
+    metrics: Metrics,
+) -> PartitionProcessor:
     return PartitionProcessor(PartitionStore(root, partition, store_cfg), cfg, events, metrics)

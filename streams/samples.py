@@ -74,18 +74,26 @@ class SampleBlock:
 
     def slice(self, start: int, stop: int) -> SampleBlock:
         offsets = np.concatenate(([0], np.cumsum(self.hist_lengths, dtype=np.int64)))
-        return SampleBlock(self.partition, self.rows[start:stop],
-                           self.hist_lengths[start:stop],
-                           self.hist[offsets[start]:offsets[stop]])
+        return SampleBlock(
+            self.partition,
+            self.rows[start:stop],
+            self.hist_lengths[start:stop],
+            self.hist[offsets[start] : offsets[stop]],
+        )
 
 
 def encode_block(block: SampleBlock) -> bytes:
     n = len(block)
     first = int(block.rows["seq"][0]) if n else 0
     header = _HEADER.pack(MAGIC, block.partition, first, n, int(block.hist.shape[0]))
-    return b"".join((header, block.rows.astype(SAMPLE_DTYPE, copy=False).tobytes(),
-                     block.hist_lengths.astype("<i4", copy=False).tobytes(),
-                     block.hist.astype(HIST_DTYPE, copy=False).tobytes()))
+    return b"".join(
+        (
+            header,
+            block.rows.astype(SAMPLE_DTYPE, copy=False).tobytes(),
+            block.hist_lengths.astype("<i4", copy=False).tobytes(),
+            block.hist.astype(HIST_DTYPE, copy=False).tobytes(),
+        )
+    )
 
 
 def decode_block(raw: bytes) -> SampleBlock:

@@ -104,12 +104,22 @@ def _options(create: bool) -> Options:
     return opts
 
 
+def multi_get(db: Any, keys: list[bytes]) -> list[bytes | None]:
+    """Values of ``keys`` (None where missing) in one RocksDB multi-get."""
+    return list(db.get(keys)) if keys else []
+
+
 def unpack_meta(raw: bytes) -> tuple[int, ...]:
     return _META.unpack(raw)
 
 
-def sequence_from(db: Any, user: int, cfg: StoreConfig, n_total: int,
-                  overlay: dict[bytes, bytes | None] | None = None) -> np.ndarray:
+def sequence_from(
+    db: Any,
+    user: int,
+    cfg: StoreConfig,
+    n_total: int,
+    overlay: dict[bytes, bytes | None] | None = None,
+) -> np.ndarray:
     """The last ``cfg.seq_len`` events of ``user`` (oldest first) from ``db``."""
     if n_total <= 0:
         return np.empty(0, SEQ_DTYPE)
@@ -118,14 +128,14 @@ def sequence_from(db: Any, user: int, cfg: StoreConfig, n_total: int,
     keys = [chunk_key(user, k) for k in range(first // c, (n_total - 1) // c + 1)]
     parts = []
     missing = [k for k in keys if overlay is None or k not in overlay]
-    fetched = dict(zip(missing, db.get(missing), strict=True)) if missing else {}
+    fetched = dict(zip(missing, multi_get(db, missing), strict=True))
     for k in keys:
         raw = overlay[k] if overlay is not None and k in overlay else fetched.get(k)
         if raw is None:
             raise StoreError(f"user {user}: chunk {k[-4:].hex()} missing (n_total={n_total})")
         parts.append(raw)
     seq = np.frombuffer(b"".join(parts), SEQ_DTYPE)
-    return seq[first - (first // c) * c:]
+    return seq[first - (first // c) * c :]
 
 
 class PartitionStore:
@@ -195,12 +205,11 @@ class PartitionStore:
     def _load_meta(self, users: np.ndarray) -> list[list[int]]:
         want = [int(u) for u in users if int(u) not in self._meta]
         if want:
-            for u, raw in zip(want, self.db.get([meta_key(u) for u in want]), strict=True):
+            for u, raw in zip(want, multi_get(self.db, [meta_key(u) for u in want]), strict=True):
                 self._meta[u] = list(_META.unpack(raw)) if raw else [0, 0, 0] + [0] * MAX_ACTIONS
         return [self._meta[int(u)] for u in users]
 
-    def append(self, users: np.ndarray, records: np.ndarray,
-               in_sequence: np.ndarray) -> np.ndarray:
+    def append(self, users: np.ndarray, records: np.ndarray, in_sequence: np.ndarray) -> np.ndarray:
         """Apply one batch of valid events (in offset order) to the users' sequences.
 
         Args:
@@ -224,38 +233,47 @@ class PartitionStore:
         positions = np.empty(n, np.int64)
         positions[order] = np.repeat(n0, counts) + within
         c, keep = self.cfg.chunk_events, self.cfg.seq_len
-        need_tail = [int(u) for u, m in zip(uniq, metas, strict=True)
-                     if m[0] % c and int(u) not in self._tail]
+        need_tail = [
+            int(u)
+            for u, m in zip(uniq, metas, strict=True)
+            if m[0] % c and int(u) not in self._tail
+        ]
         if need_tail:
-            got = self.db.get([chunk_key(u, self._meta[u][0] // c) for u in need_tail])
+            got = multi_get(self.db, [chunk_key(u, self._meta[u][0] // c) for u in need_tail])
             for u, raw in zip(need_tail, got, strict=True):
                 if raw is None:
                     raise StoreError(f"partition {self.partition}: user {u} tail chunk missing")
                 self._tail[u] = raw
-        for i, user in enumerate(uniq.tolist()):
+        ts_lo = np.minimum.reduceat(srec["ts"], starts).tolist()
+        ts_hi = np.maximum.reduceat(srec["ts"], starts).tolist()
+        n_new_seq = np.add.reduceat(sin, starts).tolist()
+        dense = np.repeat(np.arange(len(uniq)), counts)
+        acts = np.bincount(
+            dense * MAX_ACTIONS + srec["action"].astype(np.int64), minlength=len(uniq) * MAX_ACTIONS
+        ).reshape(len(uniq), MAX_ACTIONS)
+        seq_rows = srec[sin.astype(bool)]
+        seq_at = 0
+        for i, (user, counts_i) in enumerate(zip(uniq.tolist(), acts.tolist(), strict=True)):
             meta = metas[i]
-            s, e = int(starts[i]), int(starts[i] + counts[i])
-            ev = srec[s:e]
             first_seen = not any(meta[3:])
-            acts = np.bincount(ev["action"], minlength=MAX_ACTIONS)[:MAX_ACTIONS]
-            for a in np.flatnonzero(acts):
-                meta[3 + a] += int(acts[a])
-            ts_lo, ts_hi = int(ev["ts"].min()), int(ev["ts"].max())
-            meta[1] = ts_lo if first_seen else min(meta[1], ts_lo)
-            meta[2] = max(meta[2], ts_hi)
-            new = ev[sin[s:e].astype(bool)]
-            if len(new):
+            meta[3:] = [a + b for a, b in zip(meta[3:], counts_i, strict=True)]
+            meta[1] = ts_lo[i] if first_seen else min(meta[1], ts_lo[i])
+            meta[2] = max(meta[2], ts_hi[i])
+            k_new = n_new_seq[i]
+            if k_new:
+                new = seq_rows[seq_at : seq_at + k_new]
+                seq_at += k_new
                 n_old = meta[0]
                 data = (self._tail.get(user, b"") if n_old % c else b"") + new.tobytes()
                 k = n_old // c
                 for off in range(0, len(data), c * _ISZ):
-                    self.put(chunk_key(user, k), data[off:off + c * _ISZ])
+                    self.put(chunk_key(user, k), data[off : off + c * _ISZ])
                     k += 1
-                n_new = n_old + len(new)
+                n_new = n_old + k_new
                 for dead in range(max(0, n_old - keep) // c, max(0, n_new - keep) // c):
                     self.delete(chunk_key(user, dead))
                 rest = (n_new % c) * _ISZ
-                self._tail[user] = data[len(data) - rest:] if rest else b""
+                self._tail[user] = data[len(data) - rest :] if rest else b""
                 meta[0] = n_new
             self.put(meta_key(user), _META.pack(*meta))
         return positions
@@ -266,8 +284,9 @@ class PartitionStore:
     def sequence(self, user: int) -> np.ndarray:
         return sequence_from(self.db, user, self.cfg, self.n_total(user), self.overlay)
 
-    def history(self, users: np.ndarray, positions: np.ndarray,
-                length: int) -> tuple[np.ndarray, np.ndarray]:
+    def history(
+        self, users: np.ndarray, positions: np.ndarray, length: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Up to ``length`` sequence events before ``positions`` for each (user, position).
 
         Reads only the chunks that cover the windows (this batch's writes included).
@@ -292,7 +311,7 @@ class PartitionStore:
         pairs, pair_inv = np.unique(pair, return_inverse=True)
         keys = [chunk_key(int(uniq[p >> 32]), int(p & 0xFFFFFFFF)) for p in pairs.tolist()]
         missing = [k for k in keys if k not in self.overlay]
-        fetched = dict(zip(missing, self.db.get(missing), strict=True)) if missing else {}
+        fetched = dict(zip(missing, multi_get(self.db, missing), strict=True))
         buf = np.zeros((len(keys), c), SEQ_DTYPE)
         for i, k in enumerate(keys):
             raw = self.overlay[k] if k in self.overlay else fetched[k]
@@ -339,8 +358,9 @@ class StoreReader:
             sec = scratch / path.name
             sec.mkdir(parents=True, exist_ok=True)
             try:
-                self.dbs[part] = Rdict(str(path), _options(create=False),
-                                       access_type=AccessType.secondary(str(sec)))
+                self.dbs[part] = Rdict(
+                    str(path), _options(create=False), access_type=AccessType.secondary(str(sec))
+                )
             except Exception as exc:
                 raise StoreError(f"cannot open {path} for reading: {exc}") from None
 
@@ -366,13 +386,13 @@ class StoreReader:
     def states(self) -> dict[int, PartitionState]:
         return {p: PartitionState.from_bytes(db.get(STATE_KEY)) for p, db in self.dbs.items()}
 
-    def users(self) -> Iterator[tuple[int, tuple[int, ...]]]:
-        """Every (user, meta) in the store."""
-        for db in self.dbs.values():
+    def users(self) -> Iterator[tuple[int, int, tuple[int, ...]]]:
+        """Every (partition, user, meta) in the store."""
+        for part, db in self.dbs.items():
             it = db.iter()
             it.seek(b"m")
             while it.valid() and it.key()[:1] == b"m":
-                yield _USER.unpack(it.key()[1:])[0], _META.unpack(it.value())
+                yield part, _USER.unpack(it.key()[1:])[0], _META.unpack(it.value())
                 it.next()
 
     def close(self) -> None:

@@ -1,9 +1,9 @@
 """The stream worker: lum.events -> RocksDB sequences + lum.samples + lum.deadletter.
 
 One asyncio consumer (aiokafka, the client faust-streaming is built on) in a consumer
-group; each poll returns up to ``batch_max`` records per partition within
-``batch_timeout_ms``; each partition's slice goes through :class:`PartitionProcessor`
-(in a worker thread, so heartbeats keep flowing), then:
+group; each poll returns up to ``batch_max`` records within ``batch_timeout_ms``; each
+partition's slice goes through :class:`PartitionProcessor` on the event loop (a batch
+takes well under a second, far inside the group session timeout), then:
 
 1. sample blocks and dead letters are produced and flushed (acks=all),
 2. the store batch (sequences, join state, offsets) is written and fsynced,
@@ -50,6 +50,8 @@ class WorkerStats:
     applied: int = 0
     batches: int = 0
     samples: int = 0
+    positives: int = 0  # samples with label 1
+    history_events: int = 0  # history rows carried by the samples
     dead_letters: int = 0
     skipped: int = 0
     last_record_at: float = 0.0
@@ -64,12 +66,20 @@ class StreamWorker:
         root: the store directory (one RocksDB per partition beneath it).
         metrics: where to count.
     Example:
-        >>> w = StreamWorker(kafka, store, worker, events, "127.0.0.1:9092", root, m)  # doctest: +SKIP
-        >>> asyncio.run(w.run(stop_event))
+        >>> w = StreamWorker(kafka, store, worker, events, bootstrap, root, m)  # doctest: +SKIP
+        >>> asyncio.run(w.run(stop_event))  # doctest: +SKIP
     """
 
-    def __init__(self, kafka: KafkaConfig, store: StoreConfig, worker: WorkerConfig,
-                 events: EventConfig, bootstrap: str, root: Path, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        store: StoreConfig,
+        worker: WorkerConfig,
+        events: EventConfig,
+        bootstrap: str,
+        root: Path,
+        metrics: Metrics,
+    ) -> None:
         self.kafka, self.store_cfg, self.cfg, self.events = kafka, store, worker, events
         self.bootstrap = bootstrap
         self.root = root
@@ -92,8 +102,9 @@ class StreamWorker:
             except StoreError as exc:
                 if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                     raise
-                log.info("partition %d store still locked by its previous owner; retrying",
-                         partition)
+                log.info(
+                    "partition %d store still locked by its previous owner; retrying", partition
+                )
                 await asyncio.sleep(0.5)
 
     def _close(self, partition: int) -> None:
@@ -105,7 +116,7 @@ class StreamWorker:
     def _listener(self, consumer: AIOKafkaConsumer) -> ConsumerRebalanceListener:
         worker = self
 
-        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+        class Listener(ConsumerRebalanceListener):
             async def on_partitions_revoked(self, revoked: Any) -> None:
                 async with worker._lock:
                     for tp in revoked:
@@ -119,28 +130,42 @@ class StreamWorker:
                             worker.processors[tp.partition] = await worker._open(tp.partition)
                         consumer.seek(tp, worker.processors[tp.partition].next_offset)
                     worker.metrics.partitions_owned.set(len(worker.processors))
-                    log.info("assigned partitions %s",
-                             {tp.partition: worker.processors[tp.partition].next_offset
-                              for tp in assigned})
+                    log.info(
+                        "assigned partitions %s",
+                        {
+                            tp.partition: worker.processors[tp.partition].next_offset
+                            for tp in assigned
+                        },
+                    )
 
         return Listener()
 
     # -- one batch -------------------------------------------------------------------------
     def _apply(self, proc: PartitionProcessor, records: list[Any]) -> BatchResult:
         t0 = time.perf_counter()
-        result = proc.process([r.offset for r in records], [r.key for r in records],
-                              [r.value for r in records])
-        assert self._producer is not None and self._dead is not None
+        result = proc.process(
+            [r.offset for r in records], [r.key for r in records], [r.value for r in records]
+        )
+        assert self._producer is not None
+        assert self._dead is not None
         if result.samples is not None:
             key = b"p%d" % proc.partition
             blocks = split_blocks(result.samples, self.cfg.max_samples_per_message)
-            self._producer.send_many(self.kafka.topic_samples,
-                                     ((key, encode_block(b)) for b in blocks))
+            self._producer.send_many(
+                self.kafka.topic_samples, ((key, encode_block(b)) for b in blocks)
+            )
             self.stats.samples += len(result.samples)
+            self.stats.positives += int(result.samples.rows["label"].sum())
+            self.stats.history_events += int(result.samples.hist_lengths.sum())
         for d in result.dead_letters:
-            self._dead.send(d.value, d.key, d.reason, d.detail,
-                            SourceRef(self.kafka.topic_events, proc.partition, d.offset),
-                            stage="worker")
+            self._dead.send(
+                d.value,
+                d.key,
+                d.reason,
+                d.detail,
+                SourceRef(self.kafka.topic_events, proc.partition, d.offset),
+                stage="worker",
+            )
         self._producer.flush()
         proc.commit()
         done = time.time() * 1000
@@ -150,18 +175,24 @@ class StreamWorker:
             self.metrics.events_applied.labels(partition=str(proc.partition)).inc(result.applied)
         if result.skipped:
             self.metrics.redelivered_skipped.inc(result.skipped)
-        stamps = np.fromiter((r.timestamp for r in records[result.skipped:]), np.float64)
+        stamps = np.fromiter((r.timestamp for r in records[result.skipped :]), np.float64)
         lat = (done - stamps) / 1000.0
         for v in lat[:: max(1, len(lat) // 256)].tolist():
             self.metrics.event_to_store_seconds.observe(max(v, 0.0))
         if self.keep_latencies:
             self.latencies_ms.append(lat * 1000.0)
         self.metrics.open_impressions.labels(partition=str(proc.partition)).set(
-            proc.join.open_count)
+            proc.join.open_count
+        )
         return result
 
-    async def run(self, stop: asyncio.Event, *, idle_exit_s: float | None = None,
-                  on_batch: Callable[[WorkerStats], None] | None = None) -> WorkerStats:
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        idle_exit_s: float | None = None,
+        on_batch: Callable[[WorkerStats], None] | None = None,
+    ) -> WorkerStats:
         """Consume until ``stop`` is set (or nothing arrived for ``idle_exit_s``)."""
         self.root.mkdir(parents=True, exist_ok=True)
         options = consumer_options(self.kafka, self.cfg.group_id) | {
@@ -173,14 +204,14 @@ class StreamWorker:
         consumer = AIOKafkaConsumer(**options)
         self._producer = Producer(self.kafka, self.bootstrap, metrics=self.metrics)
         self._dead = DeadLetterWriter.from_config(self._producer, self.kafka, self.metrics)
-        loop = asyncio.get_running_loop()
         await consumer.start()
         consumer.subscribe([self.kafka.topic_events], listener=self._listener(consumer))
         self.stats.last_record_at = time.monotonic()
         try:
             while not stop.is_set():
-                data = await consumer.getmany(timeout_ms=self.cfg.batch_timeout_ms,
-                                              max_records=self.cfg.batch_max)
+                data = await consumer.getmany(
+                    timeout_ms=self.cfg.batch_timeout_ms, max_records=self.cfg.batch_max
+                )
                 if not data:
                     idle = time.monotonic() - self.stats.last_record_at
                     if idle_exit_s is not None and self.processors and idle > idle_exit_s:
@@ -192,7 +223,7 @@ class StreamWorker:
                         proc = self.processors.get(tp.partition)
                         if proc is None or not records:
                             continue  # revoked while the records were in flight
-                        result = await loop.run_in_executor(None, self._apply, proc, records)
+                        result = self._apply(proc, records)
                         self.stats.applied += result.applied
                         self.stats.skipped += result.skipped
                         self.stats.dead_letters += len(result.dead_letters)
@@ -219,4 +250,5 @@ class StreamWorker:
         proc = self.processors.get(tp.partition)
         if high is not None and proc is not None:
             self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
-                max(0, high - proc.next_offset))
+                max(0, high - proc.next_offset)
+            )

@@ -1,0 +1,108 @@
+"""``lumstream worker``: consume lum.events into the RocksDB sequence store and emit samples.
+
+Runs until Ctrl-C/SIGTERM (or ``--idle-exit S`` seconds without records). Several workers
+with the same ``worker.group_id`` share the partitions; each partition's RocksDB
+directory under the store root moves with its assignment. Serves /metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lumstream.config import Config
+
+HELP = "consume lum.events into the RocksDB sequence store, join labels, emit lum.samples"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store",
+        metavar="DIR",
+        help="store directory (default: store.path or <paths.data_dir>/store)",
+    )
+    p.add_argument("--group", metavar="ID", help="consumer group (default: worker.group_id)")
+    p.add_argument(
+        "--idle-exit",
+        type=float,
+        metavar="S",
+        help="exit after S seconds without new records (default: run forever)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no live progress line")
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lumstream.settings import build
+    from monitoring.metrics import default_metrics
+    from monitoring.server import serve_metrics
+    from streams.kafka import bootstrap_servers
+    from streams.topics import ensure_topics
+    from streams.worker import StreamWorker, WorkerStats
+
+    worker_cfg = cfg.worker
+    if args.group:
+        worker_cfg = build(
+            type(worker_cfg), {"group_id": args.group}, source="--group", base=worker_cfg
+        )
+    if worker_cfg.engine == "faust":
+        from streams.faust_engine import run_faust_worker
+
+        return run_faust_worker(cfg, worker_cfg, args)
+    root = Path(args.store) if args.store else cfg.store_root()
+    metrics = default_metrics()
+    server = serve_metrics(cfg.metrics, metrics.registry)
+    stop = asyncio.Event()
+    started = time.monotonic()
+
+    def progress(stats: WorkerStats) -> None:
+        if not args.quiet:
+            rate = stats.applied / max(time.monotonic() - started, 1e-9)
+            print(
+                f"\rapplied {stats.applied:>10,}  samples {stats.samples:>10,}  "
+                f"dead letters {stats.dead_letters:>7,}  batches {stats.batches:>6,}  "
+                f"{rate:>9,.0f} ev/s",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    async def main(bootstrap: str) -> WorkerStats:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        worker = StreamWorker(
+            cfg.kafka, cfg.store, worker_cfg, cfg.events, bootstrap, root, metrics
+        )
+        return await worker.run(stop, idle_exit_s=args.idle_exit, on_batch=progress)
+
+    try:
+        with bootstrap_servers(
+            cfg.kafka,
+            cfg.broker,
+            metrics=metrics,
+            log_dir=cfg.paths.data_dir / "logs",
+            run_file=cfg.paths.data_dir / "broker.json",
+        ) as bootstrap:
+            ensure_topics(cfg.kafka, bootstrap)
+            print(
+                f"worker: group {worker_cfg.group_id!r} on {bootstrap}, store {root}",
+                file=sys.stderr,
+                flush=True,
+            )
+            stats = asyncio.run(main(bootstrap))
+    finally:
+        if server is not None:
+            server.close()
+    print(
+        f"\nworker stopped: applied {stats.applied:,} events, {stats.samples:,} samples, "
+        f"{stats.dead_letters:,} dead letters, {stats.skipped:,} redelivered records skipped",
+        file=sys.stderr,
+    )
+    return 0
