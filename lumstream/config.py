@@ -34,7 +34,7 @@ class PathsConfig:
     data_dir: Path = setting(Path("data"), "root of local state (RocksDB, versions, checkpoints)")
 
 
-SECTIONS: tuple[type, ...] = (
+SECTIONS: tuple[type[Any], ...] = (
     PathsConfig,
     KafkaConfig,
     BrokerConfig,
@@ -88,7 +88,7 @@ def load(
     if path is None and env.get(CONFIG_ENV):
         path = env[CONFIG_ENV]
     toml: dict[str, Any] = read_toml(Path(path)) if path else {}
-    known = {c.section for c in SECTIONS}  # type: ignore[attr-defined]
+    known = {c.section for c in SECTIONS}
     unknown = sorted(set(toml) - known)
     if unknown:
         raise ConfigError(
@@ -100,7 +100,7 @@ def load(
             cls,
             toml,
             env,
-            overrides.get(cls.section),  # type: ignore[attr-defined]
+            overrides.get(cls.section),
             toml_source=str(path) if path else "toml",
         )
         for cls in SECTIONS

@@ -47,7 +47,7 @@ class BatchResult:
     skipped: int = 0  # redelivered records below the stored offset
     samples: SampleBlock | None = None
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    event_times: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    sequence_lengths: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
 
 class PartitionProcessor:
@@ -199,7 +199,7 @@ class PartitionProcessor:
         state.watermark = wm_end
         state.bump("applied", len(off))
         result.applied = len(off)
-        result.event_times = ts
+        result.sequence_lengths = self.store.last_lengths
 
     def _samples(self, closed: np.ndarray) -> SampleBlock:
         state = self.store.state

@@ -164,6 +164,7 @@ class PartitionStore:
         self.state = PartitionState.from_bytes(self.db.get(STATE_KEY))
         self._meta: dict[int, list[int]] = {}
         self._tail: dict[int, bytes] = {}
+        self.last_lengths = np.empty(0, np.int64)  # sequence lengths of the last append's users
         self._begin()
 
     # -- batches ---------------------------------------------------------------------------
@@ -276,6 +277,7 @@ class PartitionStore:
                 self._tail[user] = data[len(data) - rest :] if rest else b""
                 meta[0] = n_new
             self.put(meta_key(user), _META.pack(*meta))
+        self.last_lengths = np.minimum([m[0] for m in metas], keep)
         return positions
 
     def n_total(self, user: int) -> int:

@@ -22,7 +22,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,30 +30,15 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from monitoring.metrics import Metrics
+from streams.applier import BatchApplier, WorkerStats
 from streams.config import EventConfig, KafkaConfig, StoreConfig, WorkerConfig
-from streams.deadletter import DeadLetterWriter, SourceRef
 from streams.kafka import consumer_options
 from streams.processor import BatchResult, PartitionProcessor
 from streams.producer import Producer
-from streams.samples import encode_block, split_blocks
 from streams.store import PartitionStore, StoreError
 
 log = logging.getLogger(__name__)
 _OPEN_RETRY_S = 60.0  # how long to wait for a revoked owner to release a partition store
-
-
-@dataclass
-class WorkerStats:
-    """Counts of this worker process (the store holds the durable ones)."""
-
-    applied: int = 0
-    batches: int = 0
-    samples: int = 0
-    positives: int = 0  # samples with label 1
-    history_events: int = 0  # history rows carried by the samples
-    dead_letters: int = 0
-    skipped: int = 0
-    last_record_at: float = 0.0
 
 
 class StreamWorker:
@@ -86,11 +70,15 @@ class StreamWorker:
         self.metrics = metrics
         self.processors: dict[int, PartitionProcessor] = {}
         self.stats = WorkerStats()
-        self.latencies_ms: list[np.ndarray] = []  # event-to-store, kept for benchmarks
-        self.keep_latencies = False
+        self.keep_latencies = False  # keep every event-to-store latency (benchmarks)
         self._lock = asyncio.Lock()
         self._producer: Producer | None = None
-        self._dead: DeadLetterWriter | None = None
+        self._applier: BatchApplier | None = None
+
+    @property
+    def latencies_ms(self) -> list[np.ndarray]:
+        """Event-to-store latencies per batch when ``keep_latencies`` was set."""
+        return self._applier.latencies_ms if self._applier is not None else []
 
     # -- partition ownership ---------------------------------------------------------------
     async def _open(self, partition: int) -> PartitionProcessor:
@@ -140,51 +128,15 @@ class StreamWorker:
 
         return Listener()
 
-    # -- one batch -------------------------------------------------------------------------
     def _apply(self, proc: PartitionProcessor, records: list[Any]) -> BatchResult:
-        t0 = time.perf_counter()
-        result = proc.process(
-            [r.offset for r in records], [r.key for r in records], [r.value for r in records]
+        assert self._applier is not None
+        return self._applier.apply(
+            proc,
+            [r.offset for r in records],
+            [r.key for r in records],
+            [r.value for r in records],
+            [r.timestamp for r in records],
         )
-        assert self._producer is not None
-        assert self._dead is not None
-        if result.samples is not None:
-            key = b"p%d" % proc.partition
-            blocks = split_blocks(result.samples, self.cfg.max_samples_per_message)
-            self._producer.send_many(
-                self.kafka.topic_samples, ((key, encode_block(b)) for b in blocks)
-            )
-            self.stats.samples += len(result.samples)
-            self.stats.positives += int(result.samples.rows["label"].sum())
-            self.stats.history_events += int(result.samples.hist_lengths.sum())
-        for d in result.dead_letters:
-            self._dead.send(
-                d.value,
-                d.key,
-                d.reason,
-                d.detail,
-                SourceRef(self.kafka.topic_events, proc.partition, d.offset),
-                stage="worker",
-            )
-        self._producer.flush()
-        proc.commit()
-        done = time.time() * 1000
-        self.metrics.batch_apply_seconds.observe(time.perf_counter() - t0)
-        self.metrics.batches_applied.inc()
-        if result.applied:
-            self.metrics.events_applied.labels(partition=str(proc.partition)).inc(result.applied)
-        if result.skipped:
-            self.metrics.redelivered_skipped.inc(result.skipped)
-        stamps = np.fromiter((r.timestamp for r in records[result.skipped :]), np.float64)
-        lat = (done - stamps) / 1000.0
-        for v in lat[:: max(1, len(lat) // 256)].tolist():
-            self.metrics.event_to_store_seconds.observe(max(v, 0.0))
-        if self.keep_latencies:
-            self.latencies_ms.append(lat * 1000.0)
-        self.metrics.open_impressions.labels(partition=str(proc.partition)).set(
-            proc.join.open_count
-        )
-        return result
 
     async def run(
         self,
@@ -203,7 +155,14 @@ class StreamWorker:
         }
         consumer = AIOKafkaConsumer(**options)
         self._producer = Producer(self.kafka, self.bootstrap, metrics=self.metrics)
-        self._dead = DeadLetterWriter.from_config(self._producer, self.kafka, self.metrics)
+        self._applier = BatchApplier(
+            self.kafka,
+            self.cfg,
+            self._producer,
+            self.metrics,
+            self.stats,
+            keep_latencies=self.keep_latencies,
+        )
         await consumer.start()
         consumer.subscribe([self.kafka.topic_events], listener=self._listener(consumer))
         self.stats.last_record_at = time.monotonic()
@@ -224,10 +183,6 @@ class StreamWorker:
                         if proc is None or not records:
                             continue  # revoked while the records were in flight
                         result = self._apply(proc, records)
-                        self.stats.applied += result.applied
-                        self.stats.skipped += result.skipped
-                        self.stats.dead_letters += len(result.dead_letters)
-                        self.stats.batches += 1
                         await self._commit(consumer, tp, result.next_offset)
                         self._lag(consumer, tp)
                 if on_batch is not None:

@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(cfg: Config, args: argparse.Namespace) -> int:
     if args.doc:
         for cls in SECTIONS:
-            print(f"[{cls.section}]  {(cls.__doc__ or '').strip()}")  # type: ignore[attr-defined]
+            print(f"[{cls.section}]  {(cls.__doc__ or '').strip()}")
             for env, typ, default, doc in describe(cls):
                 print(f"  {env:<44} {typ:<10} {default:<24} {doc}")
         return 0

@@ -222,16 +222,18 @@ def _execute(cfg: Config, args: argparse.Namespace, metrics: Metrics) -> ImportS
         except ValueError as exc:  # an unknown output suffix
             raise ImportSetupError(str(exc)) from None
         return _run_into(sink, cfg, args, metrics)
+    from streams.broker import running_broker
     from streams.kafka import KafkaEventSink, bootstrap_servers, make_producer
     from streams.topics import ensure_topics
 
-    if not cfg.kafka.bootstrap_servers:
+    run_file = cfg.paths.data_dir / "broker.json"
+    if not cfg.kafka.bootstrap_servers and running_broker(run_file) is None:
         print(
-            "note: kafka.bootstrap_servers is empty, so the events go to an embedded "
-            "in-memory broker that stops with this command",
+            "note: no kafka.bootstrap_servers and no running `lumstream broker`, so the "
+            "events go to an embedded in-memory broker that stops with this command",
             file=sys.stderr,
         )
-    with bootstrap_servers(cfg.kafka, cfg.broker, metrics=metrics) as bootstrap:
+    with bootstrap_servers(cfg.kafka, cfg.broker, metrics=metrics, run_file=run_file) as bootstrap:
         ensure_topics(cfg.kafka, bootstrap)
         producer = make_producer(cfg.kafka, bootstrap, metrics=metrics)
         kafka_sink = KafkaEventSink(

@@ -51,10 +51,6 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         worker_cfg = build(
             type(worker_cfg), {"group_id": args.group}, source="--group", base=worker_cfg
         )
-    if worker_cfg.engine == "faust":
-        from streams.faust_engine import run_faust_worker
-
-        return run_faust_worker(cfg, worker_cfg, args)
     root = Path(args.store) if args.store else cfg.store_root()
     metrics = default_metrics()
     server = serve_metrics(cfg.metrics, metrics.registry)
@@ -96,7 +92,13 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-            stats = asyncio.run(main(bootstrap))
+            if worker_cfg.engine == "faust":
+                from streams.faust_engine import run_faust
+
+                stats = run_faust(cfg.kafka, cfg.store, worker_cfg, cfg.events, bootstrap, root,
+                                  metrics, idle_exit_s=args.idle_exit)
+            else:
+                stats = asyncio.run(main(bootstrap))
     finally:
         if server is not None:
             server.close()

@@ -1,0 +1,129 @@
+"""The one way a processed batch leaves a worker, whatever consumed it.
+
+:class:`BatchApplier` runs a batch through :class:`PartitionProcessor`, sends its sample
+blocks and dead letters, waits until the broker has them (acks=all), then commits the
+partition store, and counts. The aiokafka engine, the faust engine and the backfill all
+call it, so the exactly-once argument (streams/processor.py) is made once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from monitoring.metrics import Metrics
+from streams.config import KafkaConfig, WorkerConfig
+from streams.deadletter import DeadLetterWriter, SourceRef
+from streams.processor import BatchResult, PartitionProcessor
+from streams.producer import Producer
+from streams.samples import encode_block, split_blocks
+
+_LATENCY_SAMPLES = 256  # event-to-store latencies observed per batch (evenly strided)
+
+
+@dataclass
+class WorkerStats:
+    """Counts of this worker process (the store holds the durable ones)."""
+
+    applied: int = 0
+    batches: int = 0
+    samples: int = 0
+    positives: int = 0  # samples with label 1
+    history_events: int = 0  # history rows carried by the samples
+    dead_letters: int = 0
+    skipped: int = 0
+    last_record_at: float = 0.0
+
+
+class BatchApplier:
+    """Process, deliver, commit and count one batch of one partition.
+
+    Args:
+        kafka / worker: configs (topics, samples per message).
+        producer: a started producer (not closed here).
+        metrics / stats: where to count.
+        keep_latencies: keep every event-to-store latency in ``latencies_ms`` (benchmarks).
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        worker: WorkerConfig,
+        producer: Producer,
+        metrics: Metrics,
+        stats: WorkerStats,
+        *,
+        keep_latencies: bool = False,
+    ) -> None:
+        self.kafka, self.cfg, self.producer = kafka, worker, producer
+        self.metrics, self.stats = metrics, stats
+        self.dead = DeadLetterWriter.from_config(producer, kafka, metrics)
+        self.keep_latencies = keep_latencies
+        self.latencies_ms: list[np.ndarray] = []
+
+    def apply(
+        self,
+        proc: PartitionProcessor,
+        offsets: list[int],
+        keys: list[bytes | None],
+        values: list[bytes],
+        timestamps_ms: list[int],
+    ) -> BatchResult:
+        """One batch of ``proc``'s partition in offset order; returns what it did."""
+        t0 = time.perf_counter()
+        result = proc.process(offsets, keys, values)
+        stats = self.stats
+        if result.samples is not None:
+            key = b"p%d" % proc.partition
+            blocks = split_blocks(result.samples, self.cfg.max_samples_per_message)
+            self.producer.send_many(
+                self.kafka.topic_samples, ((key, encode_block(b)) for b in blocks)
+            )
+            stats.samples += len(result.samples)
+            stats.positives += int(result.samples.rows["label"].sum())
+            stats.history_events += int(result.samples.hist_lengths.sum())
+        for d in result.dead_letters:
+            self.dead.send(
+                d.value,
+                d.key,
+                d.reason,
+                d.detail,
+                SourceRef(self.kafka.topic_events, proc.partition, d.offset),
+                stage="worker",
+            )
+        self.producer.flush()
+        proc.commit()
+        done_ms = time.time() * 1000.0
+        stats.applied += result.applied
+        stats.skipped += result.skipped
+        stats.dead_letters += len(result.dead_letters)
+        stats.batches += 1
+        self._count(proc, result, timestamps_ms, done_ms, time.perf_counter() - t0)
+        return result
+
+    def _count(
+        self,
+        proc: PartitionProcessor,
+        result: BatchResult,
+        timestamps_ms: list[int],
+        done_ms: float,
+        seconds: float,
+    ) -> None:
+        m = self.metrics
+        part = str(proc.partition)
+        m.batch_apply_seconds.observe(seconds)
+        m.batches_applied.inc()
+        if result.applied:
+            m.events_applied.labels(partition=part).inc(result.applied)
+        for n in result.sequence_lengths[:: max(1, len(result.sequence_lengths) // 64)].tolist():
+            m.sequence_length.observe(n)
+        if result.skipped:
+            m.redelivered_skipped.inc(result.skipped)
+        lat = (done_ms - np.asarray(timestamps_ms[result.skipped :], np.float64)) / 1000.0
+        for v in lat[:: max(1, len(lat) // _LATENCY_SAMPLES)].tolist():
+            m.event_to_store_seconds.observe(max(v, 0.0))
+        if self.keep_latencies:
+            self.latencies_ms.append(lat * 1000.0)
+        m.open_impressions.labels(partition=part).set(proc.join.open_count)
