@@ -21,6 +21,7 @@ from streams.producer import Producer
 from streams.samples import encode_block, split_blocks
 
 _LATENCY_SAMPLES = 256  # event-to-store latencies observed per batch (evenly strided)
+_SIZE_EVERY = 50  # batches between RocksDB size estimates (a property read, not free)
 
 
 @dataclass
@@ -127,3 +128,6 @@ class BatchApplier:
         if self.keep_latencies:
             self.latencies_ms.append(lat * 1000.0)
         m.open_impressions.labels(partition=part).set(proc.join.open_count)
+        m.store_users.labels(partition=part).set(proc.store.state.counters.get("users", 0))
+        if self.stats.batches % _SIZE_EVERY == 1:
+            m.store_bytes.labels(partition=part).set(proc.store.live_bytes())

@@ -254,9 +254,11 @@ class PartitionStore:
         ).reshape(len(uniq), MAX_ACTIONS)
         seq_rows = srec[sin.astype(bool)]
         seq_at = 0
+        new_users = 0
         for i, (user, counts_i) in enumerate(zip(uniq.tolist(), acts.tolist(), strict=True)):
             meta = metas[i]
             first_seen = not any(meta[3:])
+            new_users += first_seen
             meta[3:] = [a + b for a, b in zip(meta[3:], counts_i, strict=True)]
             meta[1] = ts_lo[i] if first_seen else min(meta[1], ts_lo[i])
             meta[2] = max(meta[2], ts_hi[i])
@@ -277,6 +279,7 @@ class PartitionStore:
                 self._tail[user] = data[len(data) - rest :] if rest else b""
                 meta[0] = n_new
             self.put(meta_key(user), _META.pack(*meta))
+        self.state.bump("users", new_users)
         self.last_lengths = np.minimum([m[0] for m in metas], keep)
         return positions
 
@@ -339,6 +342,10 @@ class PartitionStore:
                 break
             yield key, it.value()
             it.next()
+
+    def live_bytes(self) -> int:
+        """RocksDB's estimate of the live data size of this partition."""
+        return int(self.db.property_int_value("rocksdb.estimate-live-data-size") or 0)
 
     def close(self) -> None:
         self.db.close()

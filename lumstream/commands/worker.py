@@ -95,8 +95,16 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             if worker_cfg.engine == "faust":
                 from streams.faust_engine import run_faust
 
-                stats = run_faust(cfg.kafka, cfg.store, worker_cfg, cfg.events, bootstrap, root,
-                                  metrics, idle_exit_s=args.idle_exit)
+                stats = run_faust(
+                    cfg.kafka,
+                    cfg.store,
+                    worker_cfg,
+                    cfg.events,
+                    bootstrap,
+                    root,
+                    metrics,
+                    idle_exit_s=args.idle_exit,
+                )
             else:
                 stats = asyncio.run(main(bootstrap))
     finally:

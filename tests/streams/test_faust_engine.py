@@ -32,8 +32,9 @@ def _snapshot(root: Path) -> tuple[dict[int, bytes], dict[int, dict[str, int]]]:
     return seqs, counters
 
 
-def test_faust_engine_matches_aiokafka_engine(kafka_cfg: KafkaConfig, metrics: Metrics,
-                                              tmp_path: Path) -> None:
+def test_faust_engine_matches_aiokafka_engine(
+    kafka_cfg: KafkaConfig, metrics: Metrics, tmp_path: Path
+) -> None:
     gen = GeneratorConfig(events=6_000, users=300, malformed_fraction=0.01, seed=3)
     with Producer(kafka_cfg, kafka_cfg.bootstrap_servers, metrics=metrics) as producer:
         for pairs in ClickStream(gen).pair_batches():
@@ -41,18 +42,42 @@ def test_faust_engine_matches_aiokafka_engine(kafka_cfg: KafkaConfig, metrics: M
         producer.flush()
 
     fast_root = tmp_path / "aiokafka"
-    worker = StreamWorker(kafka_cfg, StoreConfig(), WorkerConfig(group_id=f"{tmp_path.name}-a"),
-                          EventConfig(), kafka_cfg.bootstrap_servers, fast_root, metrics)
+    worker = StreamWorker(
+        kafka_cfg,
+        StoreConfig(),
+        WorkerConfig(group_id=f"{tmp_path.name}-a"),
+        EventConfig(),
+        kafka_cfg.bootstrap_servers,
+        fast_root,
+        metrics,
+    )
     stats = asyncio.run(worker.run(asyncio.Event(), idle_exit_s=2.0))
     assert stats.applied + stats.dead_letters == 6_000
 
     faust_root = tmp_path / "faust"
-    sets = [f"kafka.{k}={getattr(kafka_cfg, k)}" for k in
-            ("topic_events", "topic_samples", "topic_deadletter", "topic_cq",
-             "topic_model_updates")]
-    cmd = [sys.executable, "-m", "lumstream.cli", "--set", "worker.engine=faust",
-           "--set", f"worker.group_id={tmp_path.name}-f", "--set", "metrics.enabled=false",
-           "--set", f"paths.data_dir={tmp_path}"]
+    sets = [
+        f"kafka.{k}={getattr(kafka_cfg, k)}"
+        for k in (
+            "topic_events",
+            "topic_samples",
+            "topic_deadletter",
+            "topic_cq",
+            "topic_model_updates",
+        )
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lumstream.cli",
+        "--set",
+        "worker.engine=faust",
+        "--set",
+        f"worker.group_id={tmp_path.name}-f",
+        "--set",
+        "metrics.enabled=false",
+        "--set",
+        f"paths.data_dir={tmp_path}",
+    ]
     for s in sets:
         cmd += ["--set", s]
     cmd += ["worker", "--store", str(faust_root), "--idle-exit", "2", "--quiet"]
