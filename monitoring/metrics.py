@@ -61,6 +61,13 @@ class Metrics:
             ["importer", "outcome"],
             registry=registry,
         )
+        self.replay_records = Counter(
+            "lumstream_replay_records",
+            "Records handled by `lumstream replay`, by mode (produce, backfill) and outcome "
+            "(produced, applied, rejected, skipped)",
+            ["mode", "outcome"],
+            registry=registry,
+        )
         self.produce_latency = Histogram(
             "lumstream_produce_flush_seconds",
             "Time to flush a produced batch",
@@ -141,6 +148,11 @@ class Metrics:
             "lumstream_store_sequence_length",
             "Sequence length of users touched by a batch",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+            registry=registry,
+        )
+        self.worker_batch_failures = Counter(
+            "lumstream_worker_batch_failures",
+            "Batches whose samples/dead letters could not be delivered (re-processed)",
             registry=registry,
         )
         self.partitions_owned = Gauge(

@@ -34,11 +34,12 @@ from streams.applier import BatchApplier, WorkerStats
 from streams.config import EventConfig, KafkaConfig, StoreConfig, WorkerConfig
 from streams.kafka import consumer_options
 from streams.processor import BatchResult, PartitionProcessor
-from streams.producer import Producer
+from streams.producer import ProduceError, Producer
 from streams.store import PartitionStore, StoreError
 
 log = logging.getLogger(__name__)
 _OPEN_RETRY_S = 60.0  # how long to wait for a revoked owner to release a partition store
+_RETRY_BACKOFF_S = 1.0  # pause before re-processing a batch whose delivery failed
 
 
 class StreamWorker:
@@ -182,7 +183,11 @@ class StreamWorker:
                         proc = self.processors.get(tp.partition)
                         if proc is None or not records:
                             continue  # revoked while the records were in flight
-                        result = self._apply(proc, records)
+                        try:
+                            result = self._apply(proc, records)
+                        except ProduceError as exc:
+                            await self._recover(consumer, tp, exc)
+                            continue
                         await self._commit(consumer, tp, result.next_offset)
                         self._lag(consumer, tp)
                 if on_batch is not None:
@@ -193,6 +198,26 @@ class StreamWorker:
                 self._close(part)
             self._producer.close()
         return self.stats
+
+    async def _recover(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, exc: Exception
+    ) -> None:
+        """A batch could not be delivered: rebuild the partition from its store and retry.
+
+        Nothing of the batch was committed, so reopening the store (which rebuilds the
+        join and duplicate state) and seeking back re-processes it from scratch.
+        """
+        self.metrics.worker_batch_failures.inc()
+        log.error(
+            "partition %d: batch not delivered (%s); retrying from the store offset",
+            tp.partition,
+            exc,
+        )
+        self._close(tp.partition)
+        proc = await self._open(tp.partition)
+        self.processors[tp.partition] = proc
+        consumer.seek(tp, proc.next_offset)
+        await asyncio.sleep(_RETRY_BACKOFF_S)
 
     async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
         try:
