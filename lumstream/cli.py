@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "import": "import_cmd",
     "worker": "worker",
     "store": "store_cmd",
+    "replay": "replay",
 }
 
 

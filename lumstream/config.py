@@ -19,6 +19,7 @@ from streams.config import (
     EventConfig,
     GeneratorConfig,
     KafkaConfig,
+    ReplayConfig,
     StoreConfig,
     WorkerConfig,
 )
@@ -42,6 +43,7 @@ SECTIONS: tuple[type[Any], ...] = (
     GeneratorConfig,
     StoreConfig,
     WorkerConfig,
+    ReplayConfig,
     MetricsConfig,
 )
 
@@ -57,6 +59,7 @@ class Config:
     generator: GeneratorConfig
     store: StoreConfig
     worker: WorkerConfig
+    replay: ReplayConfig
     metrics: MetricsConfig
     source: str = "defaults"
 

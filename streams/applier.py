@@ -1,24 +1,27 @@
 """The one way a processed batch leaves a worker, whatever consumed it.
 
-:class:`BatchApplier` runs a batch through :class:`PartitionProcessor`, sends its sample
-blocks and dead letters, waits until the broker has them (acks=all), then commits the
-partition store, and counts. The aiokafka engine, the faust engine and the backfill all
-call it, so the exactly-once argument (streams/processor.py) is made once.
+:class:`BatchApplier` runs a batch through :class:`PartitionProcessor`, writes its sample
+blocks and dead letters to their sinks (Kafka for the workers, Kafka or files for a
+backfill), waits until they are durable, then commits the partition store, and counts.
+The aiokafka engine, the faust engine and the backfill all call it, so the exactly-once
+argument (streams/processor.py) is made once.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from monitoring.metrics import Metrics
 from streams.config import KafkaConfig, WorkerConfig
-from streams.deadletter import DeadLetterWriter, SourceRef
-from streams.processor import BatchResult, PartitionProcessor
+from streams.deadletter import SourceRef
+from streams.outputs import DeadLetterSink, SampleSink, kafka_outputs
+from streams.processor import BatchResult, DeadLetter, PartitionProcessor
 from streams.producer import Producer
-from streams.samples import encode_block, split_blocks
+from streams.samples import split_blocks
 
 _LATENCY_SAMPLES = 256  # event-to-store latencies observed per batch (evenly strided)
 _SIZE_EVERY = 50  # batches between RocksDB size estimates (a property read, not free)
@@ -42,25 +45,27 @@ class BatchApplier:
     """Process, deliver, commit and count one batch of one partition.
 
     Args:
-        kafka / worker: configs (topics, samples per message).
-        producer: a started producer (not closed here).
+        worker: the worker config (samples per block).
+        samples / dead: where sample blocks and dead letters go (streams/outputs.py).
         metrics / stats: where to count.
+        source_topic: the topic dead letters point back to when no origin is given.
         keep_latencies: keep every event-to-store latency in ``latencies_ms`` (benchmarks).
     """
 
     def __init__(
         self,
-        kafka: KafkaConfig,
         worker: WorkerConfig,
-        producer: Producer,
+        samples: SampleSink,
+        dead: DeadLetterSink,
         metrics: Metrics,
         stats: WorkerStats,
         *,
+        source_topic: str,
         keep_latencies: bool = False,
     ) -> None:
-        self.kafka, self.cfg, self.producer = kafka, worker, producer
+        self.cfg, self.samples, self.dead = worker, samples, dead
         self.metrics, self.stats = metrics, stats
-        self.dead = DeadLetterWriter.from_config(producer, kafka, metrics)
+        self.source_topic = source_topic
         self.keep_latencies = keep_latencies
         self.latencies_ms: list[np.ndarray] = []
 
@@ -70,31 +75,34 @@ class BatchApplier:
         offsets: list[int],
         keys: list[bytes | None],
         values: list[bytes],
-        timestamps_ms: list[int],
+        timestamps_ms: list[int] | None = None,
+        origin: Callable[[DeadLetter], SourceRef] | None = None,
     ) -> BatchResult:
-        """One batch of ``proc``'s partition in offset order; returns what it did."""
+        """One batch of ``proc``'s partition in offset order: process, send + flush, commit.
+
+        Args:
+            timestamps_ms: the records' Kafka timestamps (event-to-store latency), if any.
+            origin: where a dead letter's record came from (default: ``source_topic``,
+                the processor's partition and the record's offset).
+        """
         t0 = time.perf_counter()
         result = proc.process(offsets, keys, values)
         stats = self.stats
         if result.samples is not None:
-            key = b"p%d" % proc.partition
-            blocks = split_blocks(result.samples, self.cfg.max_samples_per_message)
-            self.producer.send_many(
-                self.kafka.topic_samples, ((key, encode_block(b)) for b in blocks)
-            )
+            for block in split_blocks(result.samples, self.cfg.max_samples_per_message):
+                self.samples.write(block)
             stats.samples += len(result.samples)
             stats.positives += int(result.samples.rows["label"].sum())
             stats.history_events += int(result.samples.hist_lengths.sum())
         for d in result.dead_letters:
-            self.dead.send(
-                d.value,
-                d.key,
-                d.reason,
-                d.detail,
-                SourceRef(self.kafka.topic_events, proc.partition, d.offset),
-                stage="worker",
+            where = (
+                origin(d)
+                if origin is not None
+                else SourceRef(self.source_topic, proc.partition, d.offset)
             )
-        self.producer.flush()
+            self.dead.write(d, proc.partition, where)
+        self.samples.flush()
+        self.dead.flush()
         proc.commit()
         done_ms = time.time() * 1000.0
         stats.applied += result.applied
@@ -108,7 +116,7 @@ class BatchApplier:
         self,
         proc: PartitionProcessor,
         result: BatchResult,
-        timestamps_ms: list[int],
+        timestamps_ms: list[int] | None,
         done_ms: float,
         seconds: float,
     ) -> None:
@@ -122,12 +130,35 @@ class BatchApplier:
             m.sequence_length.observe(n)
         if result.skipped:
             m.redelivered_skipped.inc(result.skipped)
-        lat = (done_ms - np.asarray(timestamps_ms[result.skipped :], np.float64)) / 1000.0
-        for v in lat[:: max(1, len(lat) // _LATENCY_SAMPLES)].tolist():
-            m.event_to_store_seconds.observe(max(v, 0.0))
-        if self.keep_latencies:
-            self.latencies_ms.append(lat * 1000.0)
+        if timestamps_ms is not None:
+            lat = (done_ms - np.asarray(timestamps_ms[result.skipped :], np.float64)) / 1000.0
+            for v in lat[:: max(1, len(lat) // _LATENCY_SAMPLES)].tolist():
+                m.event_to_store_seconds.observe(max(v, 0.0))
+            if self.keep_latencies:
+                self.latencies_ms.append(lat * 1000.0)
         m.open_impressions.labels(partition=part).set(proc.join.open_count)
         m.store_users.labels(partition=part).set(proc.store.state.counters.get("users", 0))
         if self.stats.batches % _SIZE_EVERY == 1:
             m.store_bytes.labels(partition=part).set(proc.store.live_bytes())
+
+
+def kafka_applier(
+    kafka: KafkaConfig,
+    worker: WorkerConfig,
+    producer: Producer,
+    metrics: Metrics,
+    stats: WorkerStats,
+    *,
+    keep_latencies: bool = False,
+) -> BatchApplier:
+    """The live workers' applier: samples and dead letters to the configured topics."""
+    samples, dead = kafka_outputs(producer, kafka, metrics, stage="worker")
+    return BatchApplier(
+        worker,
+        samples,
+        dead,
+        metrics,
+        stats,
+        source_topic=kafka.topic_events,
+        keep_latencies=keep_latencies,
+    )

@@ -168,3 +168,18 @@ class WorkerConfig:
     max_samples_per_message: int = setting(
         256, "samples per lum.samples message (a block)", minimum=1
     )
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """`lumstream replay`: re-produce archived events, or backfill a store from them."""
+
+    section: ClassVar[str] = "replay"
+    rate: float = setting(
+        0.0, "events/s when re-producing into Kafka; 0 = as fast as possible", minimum=0.0
+    )
+    store: str = setting("", "backfill store directory; empty = <paths.data_dir>/backfill/store")
+    checkpoint_every: int = setting(
+        50_000, "records between resume points (produce: flush + checkpoint file)", minimum=1
+    )
+    checkpoint_s: float = setting(2.0, "longest time between resume points (s)", minimum=0.0)

@@ -23,7 +23,7 @@ from typing import Any
 import faust
 
 from monitoring.metrics import Metrics
-from streams.applier import BatchApplier, WorkerStats
+from streams.applier import BatchApplier, WorkerStats, kafka_applier
 from streams.config import EventConfig, KafkaConfig, StoreConfig, WorkerConfig
 from streams.processor import PartitionProcessor
 from streams.producer import Producer
@@ -96,9 +96,8 @@ def build_app(
             worker.batch_max, within=worker.batch_timeout_ms / 1000
         ):
             if "applier" not in state:
-                state["applier"] = BatchApplier(
-                    kafka, worker, Producer(kafka, bootstrap, metrics=metrics), metrics, stats
-                )
+                state["producer"] = Producer(kafka, bootstrap, metrics=metrics)
+                state["applier"] = kafka_applier(kafka, worker, state["producer"], metrics, stats)
             applier: BatchApplier = state["applier"]
             by_partition: dict[int, list[Any]] = {}
             for event in batch:
@@ -122,9 +121,9 @@ def build_app(
     async def on_shutdown(app: Any, *, signal: Any = None, **_: Any) -> None:
         for partition in list(processors):
             close(partition)
-        applier = state.get("applier")
-        if applier is not None:
-            applier.producer.close()
+        producer = state.get("producer")
+        if producer is not None:
+            producer.close()
 
     return app
 

@@ -404,6 +404,15 @@ class StoreReader:
                 yield part, _USER.unpack(it.key()[1:])[0], _META.unpack(it.value())
                 it.next()
 
+    def sequences(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(user, sequence oldest first) for every user: the backbone's SequenceSource."""
+        for part, user, meta in self.users():
+            yield user, sequence_from(self.dbs[part], user, self.cfg, meta[0])
+
+    def watermark(self) -> int:
+        """The newest event time applied to any partition (0 when empty)."""
+        return max((max(s.watermark, 0) for s in self.states().values()), default=0)
+
     def close(self) -> None:
         for db in self.dbs.values():
             db.close()

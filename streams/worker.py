@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from monitoring.metrics import Metrics
-from streams.applier import BatchApplier, WorkerStats
+from streams.applier import BatchApplier, WorkerStats, kafka_applier
 from streams.config import EventConfig, KafkaConfig, StoreConfig, WorkerConfig
 from streams.kafka import consumer_options
 from streams.processor import BatchResult, PartitionProcessor
@@ -156,7 +156,7 @@ class StreamWorker:
         }
         consumer = AIOKafkaConsumer(**options)
         self._producer = Producer(self.kafka, self.bootstrap, metrics=self.metrics)
-        self._applier = BatchApplier(
+        self._applier = kafka_applier(
             self.kafka,
             self.cfg,
             self._producer,
