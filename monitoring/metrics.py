@@ -216,6 +216,88 @@ class Metrics:
             "Query conditions not in the version's vocabulary (mapped to the OOV condition)",
             registry=registry,
         )
+        # -- ranker (trainer/ranker, embeddings) ------------------------------------------
+        self.ranker_samples = Counter(
+            "lumstream_ranker_samples",
+            "Samples scored before learning (scored) and learned from (learned)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.ranker_samples_per_second = Gauge(
+            "lumstream_ranker_samples_per_second",
+            "Ranker training throughput over the last log interval",
+            registry=registry,
+        )
+        self.ranker_loss = Gauge(
+            "lumstream_ranker_loss", "Log-loss of the last training step", registry=registry
+        )
+        self.ranker_progressive = Gauge(
+            "lumstream_ranker_progressive",
+            "Progressive validation over the window (auc, gauc, logloss, calibration, ctr)",
+            ["metric"],
+            registry=registry,
+        )
+        self.ranker_samples_skipped = Counter(
+            "lumstream_ranker_samples_skipped",
+            "Samples or history events not learned from, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.ranker_ids = Counter(
+            "lumstream_ranker_ids",
+            "Id lookups by table and outcome (hit, new, admitted, collision, evicted)",
+            ["table", "outcome"],
+            registry=registry,
+        )
+        self.ranker_ids_used = Gauge(
+            "lumstream_ranker_ids_used",
+            "Table rows owned by an admitted id",
+            ["table"],
+            registry=registry,
+        )
+        self.ranker_vector_misses = Counter(
+            "lumstream_ranker_vector_misses",
+            "Samples without a LUM vector (user, item, condition not queried)",
+            ["kind"],
+            registry=registry,
+        )
+        self.ranker_backbone_version = Gauge(
+            "lumstream_ranker_backbone_version",
+            "Number N of the backbone version whose vectors the ranker uses (-1: none)",
+            registry=registry,
+        )
+        self.ranker_backbone_missing = Counter(
+            "lumstream_ranker_backbone_missing",
+            "Times the vector set in use disappeared from disk (kept in memory)",
+            registry=registry,
+        )
+        self.ranker_vector_load_errors = Counter(
+            "lumstream_ranker_vector_load_errors",
+            "Vector sets that could not be loaded",
+            registry=registry,
+        )
+        self.ranker_checkpoints = Counter(
+            "lumstream_ranker_checkpoints",
+            "Checkpoints by outcome (saved, load_failed, restored)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.ranker_checkpoint_age = Gauge(
+            "lumstream_ranker_checkpoint_age_seconds",
+            "Seconds since the last checkpoint was saved",
+            registry=registry,
+        )
+        self.ranker_version = Gauge(
+            "lumstream_ranker_version",
+            "Number N of the newest published ranker version rN",
+            registry=registry,
+        )
+        self.ranker_consumer_lag = Gauge(
+            "lumstream_ranker_consumer_lag",
+            "lum.samples records behind the partition end",
+            ["partition"],
+            registry=registry,
+        )
 
 
 @functools.cache

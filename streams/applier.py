@@ -3,7 +3,7 @@
 :class:`BatchApplier` runs a batch through :class:`PartitionProcessor`, writes its sample
 blocks and dead letters to their sinks (Kafka for the workers, Kafka or files for a
 backfill), waits until they are durable, then commits the partition store, and counts.
-The aiokafka engine, the faust engine and the backfill all call it, so the exactly-once
+The confluent engine, the faust engine and the backfill all call it, so the exactly-once
 argument (streams/processor.py) is made once.
 """
 
@@ -39,6 +39,18 @@ class WorkerStats:
     dead_letters: int = 0
     skipped: int = 0
     last_record_at: float = 0.0
+
+
+@dataclass
+class PartitionBatch:
+    """Records of one partition in offset order, and what to tell about them."""
+
+    proc: PartitionProcessor
+    offsets: list[int]
+    keys: list[bytes | None]
+    values: list[bytes]
+    timestamps_ms: list[int] | None = None
+    origin: Callable[[DeadLetter], SourceRef] | None = None
 
 
 class BatchApplier:
@@ -81,12 +93,33 @@ class BatchApplier:
         """One batch of ``proc``'s partition in offset order: process, send + flush, commit.
 
         Args:
-            timestamps_ms: the records' Kafka timestamps (event-to-store latency), if any.
+            timestamps_ms: the records' Kafka timestamps (the future bound on ``ts`` and
+                event-to-store latency), if any.
             origin: where a dead letter's record came from (default: ``source_topic``,
                 the processor's partition and the record's offset).
         """
+        return self.apply_many(
+            [PartitionBatch(proc, offsets, keys, values, timestamps_ms, origin)]
+        )[0]
+
+    def apply_many(self, batches: list[PartitionBatch]) -> list[BatchResult]:
+        """Batches of different partitions: all processed and sent, one flush, then every
+        store committed. A failed flush raises before any commit (nothing is applied)."""
         t0 = time.perf_counter()
-        result = proc.process(offsets, keys, values)
+        results = [self._stage(b) for b in batches]
+        self.samples.flush()
+        self.dead.flush()
+        for b in batches:
+            b.proc.commit()
+        done_ms = time.time() * 1000.0
+        seconds = time.perf_counter() - t0
+        for b, result in zip(batches, results, strict=True):
+            self._count(b.proc, result, b.timestamps_ms, done_ms, seconds)
+        return results
+
+    def _stage(self, b: PartitionBatch) -> BatchResult:
+        proc = b.proc
+        result = proc.process(b.offsets, b.keys, b.values, b.timestamps_ms)
         stats = self.stats
         if result.samples is not None:
             for block in split_blocks(result.samples, self.cfg.max_samples_per_message):
@@ -96,20 +129,15 @@ class BatchApplier:
             stats.history_events += int(result.samples.hist_lengths.sum())
         for d in result.dead_letters:
             where = (
-                origin(d)
-                if origin is not None
+                b.origin(d)
+                if b.origin is not None
                 else SourceRef(self.source_topic, proc.partition, d.offset)
             )
             self.dead.write(d, proc.partition, where)
-        self.samples.flush()
-        self.dead.flush()
-        proc.commit()
-        done_ms = time.time() * 1000.0
         stats.applied += result.applied
         stats.skipped += result.skipped
         stats.dead_letters += len(result.dead_letters)
         stats.batches += 1
-        self._count(proc, result, timestamps_ms, done_ms, time.perf_counter() - t0)
         return result
 
     def _count(

@@ -142,9 +142,9 @@ class WorkerConfig:
 
     section: ClassVar[str] = "worker"
     engine: str = setting(
-        "aiokafka",
-        "consumer engine: aiokafka (fast batched) or faust",
-        choices=("aiokafka", "faust"),
+        "confluent",
+        "consumer engine: confluent (librdkafka, batched) or faust (faust-streaming agent)",
+        choices=("confluent", "faust"),
     )
     group_id: str = setting("lumstream-worker", "consumer group of the workers")
     batch_max: int = setting(20_000, "most events applied in one RocksDB write batch", minimum=1)

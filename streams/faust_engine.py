@@ -2,12 +2,12 @@
 
 A faust agent takes lum.events in batches (``Stream.take_events``, bounded by
 ``batch_max`` and ``batch_timeout_ms``) and hands each partition's slice to the same
-:class:`BatchApplier` and :class:`PartitionProcessor` as the aiokafka engine, so both
+:class:`BatchApplier` and :class:`PartitionProcessor` as the confluent-kafka engine, so both
 engines have the same effect on the store and the topics. Partition stores open on
 faust's ``on_partitions_assigned`` (and the consumer seeks to the store's offset) and
 close on ``on_partitions_revoked``.
 
-faust's per-event stream machinery caps this engine well below the aiokafka engine
+faust's per-event stream machinery caps this engine well below the confluent-kafka engine
 (bench/ingest.py measures both); it is here for deployments that run their stream
 processing as faust apps.
 """

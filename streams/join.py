@@ -143,11 +143,21 @@ class LabelJoin:
             int(matched.sum()), int(late.sum()), int((~matched).sum() - late.sum())
         )
 
-    def expire(self, wm_prev: int, wm_end: int, new_blob: int | None) -> np.ndarray:
-        """Impressions closed by this batch's watermark, in emission order.
+    def expire(
+        self, wm_prev: int, new_blob: int | None, offsets: np.ndarray, wm_after: np.ndarray
+    ) -> np.ndarray:
+        """Impressions closed by this batch, in emission order.
 
-        ``new_blob`` is this batch's impression blob: all of its closed rows are new.
+        Args:
+            wm_prev: the watermark before the batch.
+            new_blob: this batch's impression blob (all of its closed rows are new).
+            offsets / wm_after: the batch's applied offsets and the watermark after each.
+
+        An impression closes at the first offset whose watermark passes its deadline (at
+        its own offset when it arrived already late); samples are ordered by (closing
+        offset, deadline, impression offset), a function of the stream alone.
         """
+        wm_end = int(wm_after[-1])
         out = []
         for blob in list(self.blobs.values()):
             deadline = blob.rows["ts"] + self.window
@@ -167,5 +177,6 @@ class LabelJoin:
         if not out:
             return np.empty(0, PENDING_DTYPE)
         rows = np.concatenate(out)
-        order = np.lexsort((rows["offset"], rows["ts"] + self.window))
-        return rows[order]
+        deadline = rows["ts"] + self.window
+        closes = np.maximum(offsets[np.searchsorted(wm_after, deadline, "right")], rows["offset"])
+        return rows[np.lexsort((rows["offset"], deadline, closes))]

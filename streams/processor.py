@@ -76,6 +76,12 @@ class PartitionProcessor:
                 "built with the old window (drain or rebuild the store first)"
             )
         store.state.label_window_ms = window_ms
+        if cfg.history_len + store.cfg.chunk_events > store.cfg.seq_len:
+            raise ValueError(
+                f"worker.history_len ({cfg.history_len}) + store.chunk_events "
+                f"({store.cfg.chunk_events}) must not exceed store.seq_len "
+                f"({store.cfg.seq_len}): a sample's history must fit in the kept sequence"
+            )
         self.join = LabelJoin(store, window_ms)
         self.dedup = DuplicateWindow(store, int(cfg.dedup_window_s * 1000))
         actions = events.actions
@@ -94,10 +100,20 @@ class PartitionProcessor:
         self,
         offsets: Sequence[int],
         keys: Sequence[bytes | None],
-        values: Sequence[bytes],
-        now_ms: int | None = None,
+        values: Sequence[bytes | None],
+        now_ms: int | Sequence[int] | None = None,
     ) -> BatchResult:
-        """Validate and apply one batch of this partition's records (offset order)."""
+        """Validate and apply one batch of this partition's records (offset order).
+
+        Args:
+            values: the record values; a null value (a Kafka tombstone) is rejected as
+                malformed, with an empty original.
+            now_ms: what the future bound on ``ts`` counts from: one value or one per
+                record (the workers pass the records' Kafka timestamps); default now.
+        """
+        if None in values:
+            values = [b"" if v is None else v for v in values]
+        payloads: Sequence[bytes] = values  # type: ignore[assignment]
         state = self.store.state
         start = 0
         while start < len(offsets) and offsets[start] < state.next_offset:
@@ -105,15 +121,16 @@ class PartitionProcessor:
         result = BatchResult(self.partition, state.next_offset, skipped=start)
         if start == len(offsets):
             return result
-        cols, rejected = decode_batch(values[start:], self.events, now_ms)
+        now = now_ms if now_ms is None or isinstance(now_ms, int) else now_ms[start:]
+        cols, rejected = decode_batch(payloads[start:], self.events, now)
         dead = result.dead_letters
         for r in rejected:
             i = start + r.index
-            dead.append(DeadLetter(values[i], keys[i], r.reason, r.detail, offsets[i]))
+            dead.append(DeadLetter(payloads[i], keys[i], r.reason, r.detail, offsets[i]))
         result.next_offset = offsets[-1] + 1
         state.next_offset = result.next_offset
         if len(cols.index):
-            self._apply(cols, start, result, values, keys, offsets)
+            self._apply(cols, start, result, payloads, keys, offsets)
         dead.sort(key=lambda d: d.offset)  # rejected here are counted by the dead-letter writer
         state.bump("rejected", len(dead))
         return result
@@ -135,6 +152,7 @@ class PartitionProcessor:
         wm0 = state.watermark
         wm_after = np.maximum.accumulate(np.maximum(ts, wm0))
         wm_before = np.concatenate(([wm0], wm_after[:-1]))
+        off_all = off
         dup = self.dedup.duplicates(hashes, ts, wm_before)
         if dup.any():
             for i in where[dup].tolist():
@@ -191,7 +209,7 @@ class PartitionProcessor:
             self.metrics.unmatched_positives.labels(reason="no_impression").inc(
                 outcome.no_impression
             )
-        closed = self.join.expire(wm0, wm_end, new_blob)
+        closed = self.join.expire(wm0, new_blob, off_all, wm_after)
         if len(closed):
             result.samples = self._samples(closed)
         self.dedup.add(hashes, ts)

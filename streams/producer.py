@@ -104,6 +104,7 @@ class Producer:
         self._partitions: dict[str, int] = {}
         self._round_robin = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._order = asyncio.Lock()  # binds to the producer's loop on first use
         options = {
             "bootstrap_servers": bootstrap,
             "client_id": f"{cfg.client_id}-producer",
@@ -294,23 +295,29 @@ class Producer:
         failed = 0
         first: BaseException | None = None
         try:
-            n = self._partitions.get(topic)
-            if n is None:
-                n = self._partitions[topic] = len(await self._aio.partitions_for(topic))
-            self._round_robin += 1
-            groups: dict[int, list[_Record]] = {}
-            for rec in records:
-                groups.setdefault(self._partition(rec[0], n), []).append(rec)
-            for partition, recs in groups.items():
-                batch = self._aio.create_batch()
-                for key, value, headers, ts in recs:
-                    if batch.append(key=key, value=value, headers=headers, timestamp=ts) is None:
-                        sent = await self._aio.send_batch(batch, topic, partition=partition)
-                        sends.append((sent, batch.record_count()))
-                        batch = self._aio.create_batch()  # an empty batch takes any record
-                        batch.append(key=key, value=value, headers=headers, timestamp=ts)
-                sent = await self._aio.send_batch(batch, topic, partition=partition)
-                sends.append((sent, batch.record_count()))
+            # Hand-offs queue their batches one after another (the lock is FIFO), so the
+            # records of a key reach its partition in send order; only the acks overlap.
+            async with self._order:
+                n = self._partitions.get(topic)
+                if n is None:
+                    n = self._partitions[topic] = len(await self._aio.partitions_for(topic))
+                self._round_robin += 1
+                groups: dict[int, list[_Record]] = {}
+                for rec in records:
+                    groups.setdefault(self._partition(rec[0], n), []).append(rec)
+                for partition, recs in groups.items():
+                    batch = self._aio.create_batch()
+                    for key, value, headers, ts in recs:
+                        if (
+                            batch.append(key=key, value=value, headers=headers, timestamp=ts)
+                            is None
+                        ):
+                            sent = await self._aio.send_batch(batch, topic, partition=partition)
+                            sends.append((sent, batch.record_count()))
+                            batch = self._aio.create_batch()  # an empty batch takes any record
+                            batch.append(key=key, value=value, headers=headers, timestamp=ts)
+                    sent = await self._aio.send_batch(batch, topic, partition=partition)
+                    sends.append((sent, batch.record_count()))
         except Exception as exc:  # metadata or queueing failed: the records not queued are lost
             failed, first = len(records) - sum(k for _, k in sends), exc
         results = await asyncio.gather(*(f for f, _ in sends), return_exceptions=True)

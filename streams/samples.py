@@ -114,7 +114,7 @@ def decode_block(raw: bytes) -> SampleBlock:
     lengths = np.frombuffer(raw, "<i4", n, pos)
     pos += n * 4
     hist = np.frombuffer(raw, HIST_DTYPE, n_hist, pos)
-    if n and (lengths.min() < 0 or int(lengths.sum()) != n_hist):
+    if (n and lengths.min() < 0) or int(lengths.sum()) != n_hist:
         raise SampleFormatError("history lengths do not add up to the history size")
     return SampleBlock(partition, rows, lengths, hist)
 

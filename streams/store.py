@@ -304,7 +304,9 @@ class PartitionStore:
         uniq, inv = np.unique(users, return_inverse=True)
         totals = np.fromiter((m[0] for m in self._load_meta(uniq)), np.int64, len(uniq))
         first_avail = (np.maximum(totals - keep, 0) // c) * c
-        lo = np.maximum(positions - length, first_avail[inv])
+        want = np.maximum(positions - length, 0)
+        lo = np.maximum(want, first_avail[inv])
+        self.state.bump("history_truncated", int((lo > want).sum()))
         lens = np.maximum(positions - lo, 0)
         total = int(lens.sum())
         if total == 0:

@@ -52,9 +52,13 @@ class UserVectors:
 
 def encode_vectors(v: UserVectors) -> bytes:
     n, d = v.vectors.shape
-    return b"".join((_HEADER.pack(MAGIC, v.version, v.computed_ms, n, d),
-                     v.conditions.astype("<i8", copy=False).tobytes(),
-                     v.vectors.astype("<f4", copy=False).tobytes()))
+    return b"".join(
+        (
+            _HEADER.pack(MAGIC, v.version, v.computed_ms, n, d),
+            v.conditions.astype("<i8", copy=False).tobytes(),
+            v.vectors.astype("<f4", copy=False).tobytes(),
+        )
+    )
 
 
 def decode_vectors(raw: bytes) -> UserVectors:
@@ -91,8 +95,14 @@ class VectorStore:
         self._wo = WriteOptions()
         self._wo.sync = sync
 
-    def write(self, users: np.ndarray, version: int, computed_ms: int, conditions: np.ndarray,
-              vectors: np.ndarray) -> list[tuple[bytes, bytes]]:
+    def write(
+        self,
+        users: np.ndarray,
+        version: int,
+        computed_ms: int,
+        conditions: np.ndarray,
+        vectors: np.ndarray,
+    ) -> list[tuple[bytes, bytes]]:
         """Store (U, N, D) vectors for ``users``; returns the (key, value) records for lum.cq."""
         wb = WriteBatch(raw_mode=True)
         out = []
@@ -127,8 +137,9 @@ class VectorReader:
     def __init__(self, root: Path, scratch: Path) -> None:
         scratch.mkdir(parents=True, exist_ok=True)
         self._scratch = scratch
-        self.db = Rdict(str(root), Options(raw_mode=True),
-                        access_type=AccessType.secondary(str(scratch)))
+        self.db = Rdict(
+            str(root), Options(raw_mode=True), access_type=AccessType.secondary(str(scratch))
+        )
 
     def refresh(self) -> None:
         self.db.try_catch_up_with_primary()

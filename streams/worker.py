@@ -1,9 +1,10 @@
 """The stream worker: lum.events -> RocksDB sequences + lum.samples + lum.deadletter.
 
-One asyncio consumer (aiokafka, the client faust-streaming is built on) in a consumer
-group; each poll returns up to ``batch_max`` records within ``batch_timeout_ms``; each
-partition's slice goes through :class:`PartitionProcessor` on the event loop (a batch
-takes well under a second, far inside the group session timeout), then:
+One consumer in a consumer group (confluent-kafka: librdkafka fetches in C threads and
+builds records in C, which profiling showed is where a pure-Python client spends a third
+of the worker's time). Each poll returns up to ``batch_max`` records within
+``batch_timeout_ms``; each partition's slice goes through :class:`PartitionProcessor`,
+then (:class:`BatchApplier`):
 
 1. sample blocks and dead letters are produced and flushed (acks=all),
 2. the store batch (sequences, join state, offsets) is written and fsynced,
@@ -12,34 +13,51 @@ takes well under a second, far inside the group session timeout), then:
 
 A crash between any two steps re-processes the batch from step 1: the store skips
 nothing and doubles nothing; re-sent samples carry the same (partition, seq).
-Partitions move between workers of the group with their RocksDB directories
-(``on_partitions_revoked`` closes, ``on_partitions_assigned`` opens and seeks).
+Partitions move between workers of the group with their RocksDB directories (a revoked
+partition's store is closed, an assigned one opened and the consumer positioned at its
+stored offset, both inside the rebalance callbacks).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.structs import OffsetAndMetadata
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from monitoring.metrics import Metrics
-from streams.applier import BatchApplier, WorkerStats, kafka_applier
+from streams.applier import BatchApplier, PartitionBatch, WorkerStats, kafka_applier
 from streams.config import EventConfig, KafkaConfig, StoreConfig, WorkerConfig
-from streams.kafka import consumer_options
-from streams.processor import BatchResult, PartitionProcessor
+from streams.processor import PartitionProcessor
 from streams.producer import ProduceError, Producer
 from streams.store import PartitionStore, StoreError
 
 log = logging.getLogger(__name__)
 _OPEN_RETRY_S = 60.0  # how long to wait for a revoked owner to release a partition store
 _RETRY_BACKOFF_S = 1.0  # pause before re-processing a batch whose delivery failed
+
+
+def consumer_config(kafka: KafkaConfig, bootstrap: str, group_id: str) -> dict[str, Any]:
+    """librdkafka settings of the worker's consumer (manual commits, fast group joins)."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "client.id": f"{kafka.client_id}-worker",
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": 6_000,
+        "heartbeat.interval.ms": 500,
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "max.partition.fetch.bytes": 16 * 1024 * 1024,
+        "message.max.bytes": kafka.max_message_bytes + 65_536,
+        "socket.timeout.ms": kafka.request_timeout_ms,
+    }
 
 
 class StreamWorker:
@@ -52,7 +70,7 @@ class StreamWorker:
         metrics: where to count.
     Example:
         >>> w = StreamWorker(kafka, store, worker, events, bootstrap, root, m)  # doctest: +SKIP
-        >>> asyncio.run(w.run(stop_event))  # doctest: +SKIP
+        >>> w.run(threading.Event(), idle_exit_s=5)  # doctest: +SKIP
     """
 
     def __init__(
@@ -72,8 +90,6 @@ class StreamWorker:
         self.processors: dict[int, PartitionProcessor] = {}
         self.stats = WorkerStats()
         self.keep_latencies = False  # keep every event-to-store latency (benchmarks)
-        self._lock = asyncio.Lock()
-        self._producer: Producer | None = None
         self._applier: BatchApplier | None = None
 
     @property
@@ -82,7 +98,7 @@ class StreamWorker:
         return self._applier.latencies_ms if self._applier is not None else []
 
     # -- partition ownership ---------------------------------------------------------------
-    async def _open(self, partition: int) -> PartitionProcessor:
+    def _open(self, partition: int) -> PartitionProcessor:
         deadline = time.monotonic() + _OPEN_RETRY_S
         while True:
             try:
@@ -94,7 +110,7 @@ class StreamWorker:
                 log.info(
                     "partition %d store still locked by its previous owner; retrying", partition
                 )
-                await asyncio.sleep(0.5)
+                time.sleep(0.5)
 
     def _close(self, partition: int) -> None:
         proc = self.processors.pop(partition, None)
@@ -102,106 +118,111 @@ class StreamWorker:
             proc.close()
         self.metrics.partitions_owned.set(len(self.processors))
 
-    def _listener(self, consumer: AIOKafkaConsumer) -> ConsumerRebalanceListener:
-        worker = self
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            if tp.partition not in self.processors:
+                self.processors[tp.partition] = self._open(tp.partition)
+            tp.offset = self.processors[tp.partition].next_offset
+        consumer.assign(partitions)
+        self.metrics.partitions_owned.set(len(self.processors))
+        self.stats.last_record_at = time.monotonic()  # idle time counts from here
+        log.info("assigned partitions %s", {tp.partition: tp.offset for tp in partitions})
 
-        class Listener(ConsumerRebalanceListener):
-            async def on_partitions_revoked(self, revoked: Any) -> None:
-                async with worker._lock:
-                    for tp in revoked:
-                        worker._close(tp.partition)
-                    log.info("revoked partitions %s", sorted(tp.partition for tp in revoked))
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._close(tp.partition)
+        consumer.unassign()
+        log.info("revoked partitions %s", sorted(tp.partition for tp in partitions))
 
-            async def on_partitions_assigned(self, assigned: Any) -> None:
-                async with worker._lock:
-                    for tp in assigned:
-                        if tp.partition not in worker.processors:
-                            worker.processors[tp.partition] = await worker._open(tp.partition)
-                        consumer.seek(tp, worker.processors[tp.partition].next_offset)
-                    worker.metrics.partitions_owned.set(len(worker.processors))
-                    log.info(
-                        "assigned partitions %s",
-                        {
-                            tp.partition: worker.processors[tp.partition].next_offset
-                            for tp in assigned
-                        },
-                    )
-
-        return Listener()
-
-    def _apply(self, proc: PartitionProcessor, records: list[Any]) -> BatchResult:
-        assert self._applier is not None
-        return self._applier.apply(
-            proc,
-            [r.offset for r in records],
-            [r.key for r in records],
-            [r.value for r in records],
-            [r.timestamp for r in records],
-        )
-
-    async def run(
+    # -- the loop --------------------------------------------------------------------------
+    def run(
         self,
-        stop: asyncio.Event,
+        stop: threading.Event,
         *,
         idle_exit_s: float | None = None,
         on_batch: Callable[[WorkerStats], None] | None = None,
     ) -> WorkerStats:
         """Consume until ``stop`` is set (or nothing arrived for ``idle_exit_s``)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        options = consumer_options(self.kafka, self.cfg.group_id) | {
-            "bootstrap_servers": self.bootstrap,
-            "max_poll_records": self.cfg.batch_max,
-            "fetch_max_bytes": 64 * 1024 * 1024,
-            "max_partition_fetch_bytes": 16 * 1024 * 1024,
-        }
-        consumer = AIOKafkaConsumer(**options)
-        self._producer = Producer(self.kafka, self.bootstrap, metrics=self.metrics)
+        consumer = Consumer(consumer_config(self.kafka, self.bootstrap, self.cfg.group_id))
+        producer = Producer(self.kafka, self.bootstrap, metrics=self.metrics)
         self._applier = kafka_applier(
             self.kafka,
             self.cfg,
-            self._producer,
+            producer,
             self.metrics,
             self.stats,
             keep_latencies=self.keep_latencies,
         )
-        await consumer.start()
-        consumer.subscribe([self.kafka.topic_events], listener=self._listener(consumer))
+        consumer.subscribe(
+            [self.kafka.topic_events],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
         self.stats.last_record_at = time.monotonic()
+        timeout_s = self.cfg.batch_timeout_ms / 1000
         try:
             while not stop.is_set():
-                data = await consumer.getmany(
-                    timeout_ms=self.cfg.batch_timeout_ms, max_records=self.cfg.batch_max
-                )
-                if not data:
+                records = consumer.consume(num_messages=self.cfg.batch_max, timeout=timeout_s)
+                if not records:
                     idle = time.monotonic() - self.stats.last_record_at
                     if idle_exit_s is not None and self.processors and idle > idle_exit_s:
                         break
                     continue
                 self.stats.last_record_at = time.monotonic()
-                async with self._lock:
-                    for tp, records in data.items():
-                        proc = self.processors.get(tp.partition)
-                        if proc is None or not records:
-                            continue  # revoked while the records were in flight
-                        try:
-                            result = self._apply(proc, records)
-                        except ProduceError as exc:
-                            await self._recover(consumer, tp, exc)
-                            continue
-                        await self._commit(consumer, tp, result.next_offset)
-                        self._lag(consumer, tp)
+                self._apply(consumer, records)
                 if on_batch is not None:
                     on_batch(self.stats)
         finally:
-            await consumer.stop()
+            consumer.close()
             for part in list(self.processors):
                 self._close(part)
-            self._producer.close()
+            producer.close()
         return self.stats
 
-    async def _recover(
-        self, consumer: AIOKafkaConsumer, tp: TopicPartition, exc: Exception
-    ) -> None:
+    def _apply(self, consumer: Consumer, records: list[Any]) -> None:
+        by_partition: dict[int, list[Any]] = {}
+        for rec in records:
+            if rec.error() is not None:
+                log.warning("consumer error: %s", rec.error())
+                continue
+            by_partition.setdefault(rec.partition(), []).append(rec)
+        todo = [
+            (p, self.processors[p], recs)
+            for p, recs in by_partition.items()
+            if p in self.processors
+        ]  # else revoked while the records were in flight
+        assert self._applier is not None
+        try:
+            results = self._applier.apply_many(
+                [
+                    PartitionBatch(
+                        proc,
+                        [r.offset() for r in recs],
+                        [r.key() for r in recs],
+                        [r.value() for r in recs],
+                        [r.timestamp()[1] for r in recs],
+                    )
+                    for _, proc, recs in todo
+                ]
+            )
+        except ProduceError as exc:
+            for p, _, _ in todo:
+                self._recover(consumer, p, exc)
+            return
+        commits = [
+            TopicPartition(self.kafka.topic_events, p, r.next_offset)
+            for (p, _, _), r in zip(todo, results, strict=True)
+        ]
+        try:
+            consumer.commit(offsets=commits, asynchronous=True)
+        except KafkaException as exc:  # the store holds the truth; this only costs a re-read
+            log.warning("offset commit failed (%s); the store offsets still hold", exc)
+        for p, proc, _ in todo:
+            self._lag(consumer, p, proc)
+
+    def _recover(self, consumer: Consumer, partition: int, exc: Exception) -> None:
         """A batch could not be delivered: rebuild the partition from its store and retry.
 
         Nothing of the batch was committed, so reopening the store (which rebuilds the
@@ -209,26 +230,18 @@ class StreamWorker:
         """
         self.metrics.worker_batch_failures.inc()
         log.error(
-            "partition %d: batch not delivered (%s); retrying from the store offset",
-            tp.partition,
-            exc,
+            "partition %d: batch not delivered (%s); retrying from the store offset", partition, exc
         )
-        self._close(tp.partition)
-        proc = await self._open(tp.partition)
-        self.processors[tp.partition] = proc
-        consumer.seek(tp, proc.next_offset)
-        await asyncio.sleep(_RETRY_BACKOFF_S)
+        self._close(partition)
+        proc = self._open(partition)
+        self.processors[partition] = proc
+        consumer.seek(TopicPartition(self.kafka.topic_events, partition, proc.next_offset))
+        time.sleep(_RETRY_BACKOFF_S)
 
-    async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
-        try:
-            await consumer.commit({tp: OffsetAndMetadata(offset, "")})
-        except Exception as exc:  # the store holds the truth; a failed commit only costs a re-read
-            log.warning("offset commit for %s failed (%s); the store offset still holds", tp, exc)
-
-    def _lag(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
-        high = consumer.highwater(tp)
-        proc = self.processors.get(tp.partition)
-        if high is not None and proc is not None:
-            self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
+    def _lag(self, consumer: Consumer, partition: int, proc: PartitionProcessor) -> None:
+        tp = TopicPartition(self.kafka.topic_events, partition)
+        _, high = consumer.get_watermark_offsets(tp, cached=True)
+        if high >= 0:
+            self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(partition)).set(
                 max(0, high - proc.next_offset)
             )

@@ -10,7 +10,6 @@ the counts; a summary follows. Nothing outside ``<data_dir>/demo`` is touched.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import shutil
 import sys
 import threading
@@ -116,8 +115,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-        async def consume() -> WorkerStats:
-            stop = asyncio.Event()
+        def consume() -> WorkerStats:
+            stop = threading.Event()
             worker = StreamWorker(
                 cfg.kafka,
                 cfg.store,
@@ -128,23 +127,22 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                 metrics,
             )
 
-            async def stop_when_drained() -> None:
-                while True:
-                    await asyncio.sleep(0.25)
+            def stop_when_drained() -> None:
+                while not stop.wait(0.25):
                     show(worker.stats)
                     caught_up = worker.stats.applied + worker.stats.dead_letters >= produced[0]
                     if done.is_set() and caught_up:
                         stop.set()
-                        return
 
-            watcher = asyncio.create_task(stop_when_drained())
-            stats = await worker.run(stop)
-            await watcher
+            watcher = threading.Thread(target=stop_when_drained, name="demo-watch", daemon=True)
+            watcher.start()
+            stats = worker.run(stop)
+            watcher.join()
             return stats
 
         thread = threading.Thread(target=generate, name="demo-generator", daemon=True)
         thread.start()
-        stats = asyncio.run(consume())
+        stats = consume()
         thread.join()
         show(stats, final=True)
         if tty:

@@ -8,9 +8,9 @@ directory under the store root moves with its assignment. Serves /metrics.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -54,7 +54,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     root = Path(args.store) if args.store else cfg.store_root()
     metrics = default_metrics()
     server = serve_metrics(cfg.metrics, metrics.registry)
-    stop = asyncio.Event()
+    stop = threading.Event()
     started = time.monotonic()
 
     def progress(stats: WorkerStats) -> None:
@@ -69,14 +69,19 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    async def main(bootstrap: str) -> WorkerStats:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        worker = StreamWorker(
-            cfg.kafka, cfg.store, worker_cfg, cfg.events, bootstrap, root, metrics
-        )
-        return await worker.run(stop, idle_exit_s=args.idle_exit, on_batch=progress)
+    def main(bootstrap: str) -> WorkerStats:
+        previous = {
+            sig: signal.signal(sig, lambda *_: stop.set())
+            for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            worker = StreamWorker(
+                cfg.kafka, cfg.store, worker_cfg, cfg.events, bootstrap, root, metrics
+            )
+            return worker.run(stop, idle_exit_s=args.idle_exit, on_batch=progress)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     try:
         with bootstrap_servers(
@@ -106,7 +111,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                     idle_exit_s=args.idle_exit,
                 )
             else:
-                stats = asyncio.run(main(bootstrap))
+                stats = main(bootstrap)
     finally:
         if server is not None:
             server.close()

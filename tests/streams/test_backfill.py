@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import threading
 import uuid
@@ -286,7 +285,7 @@ def test_backfill_equals_the_live_worker_on_the_same_events(
     live = StreamWorker(
         kafka_cfg, STORE, worker_cfg, EventConfig(), broker.bootstrap, tmp_path / "live", m
     )
-    asyncio.run(live.run(asyncio.Event(), idle_exit_s=2))
+    live.run(threading.Event(), idle_exit_s=2)
     assert live.stats.applied + live.stats.dead_letters == len(VALUES)
     assert dump_store(tmp_path / "live", PARTS) == ref.store
     blocks = [

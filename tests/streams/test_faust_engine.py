@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -51,7 +51,7 @@ def test_faust_engine_matches_aiokafka_engine(
         fast_root,
         metrics,
     )
-    stats = asyncio.run(worker.run(asyncio.Event(), idle_exit_s=2.0))
+    stats = worker.run(threading.Event(), idle_exit_s=2.0)
     assert stats.applied + stats.dead_letters == 6_000
 
     faust_root = tmp_path / "faust"

@@ -1,0 +1,519 @@
+"""End-to-end ingest rate of one stream worker process, against the naive faust baseline.
+
+One run on this machine, one fresh embedded broker:
+
+1. pre-fill ``lum.events`` (4 partitions) with ``--events`` generator records (1% malformed
+   by default) through ``Producer.send_many``;
+2. **worker**: one :class:`streams.worker.StreamWorker` in this process (aiokafka engine)
+   consumes them all: validate, sequence update, label join, samples and dead letters
+   produced and flushed, one fsynced RocksDB WriteBatch with the offsets per partition
+   batch. Timed from the start of the first batch to the end of the last commit (the
+   group join before and the idle tail after are excluded). Also: event-to-store latency
+   (Kafka record timestamp -> durable commit; on a pre-filled topic this is mostly the
+   time a record waited in the topic) and the per-batch apply latency (process + send +
+   flush + commit of one partition batch: the latency the worker adds);
+3. **naive**: a faust-streaming agent over the first ``--naive-events`` of the same
+   records, updating a RocksDB-backed faust Table per event
+   (``table[user] = table[user] + [event]``), in a child process, timed from its first
+   to its last event;
+4. optionally (``--faust-engine-events N``) the worker's faust engine
+   (``worker.engine=faust``) as a ``lumstream worker`` subprocess, timed from its first
+   to its last applied offset by polling the store (0.1 s resolution).
+
+``--profile`` adds a second worker run under cProfile and prints where the time goes.
+
+Usage::
+
+    python bench/ingest.py                           # a table
+    python bench/ingest.py --events 500000 --naive-events 20000 --json
+    python bench/ingest.py --events 200000 --profile --skip-naive
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import dataclasses
+import io
+import os
+import platform
+import pstats
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from prometheus_client import CollectorRegistry
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lumstream.config import Config, load
+from monitoring.metrics import Metrics
+from streams.broker import EmbeddedBroker
+from streams.config import KafkaConfig
+from streams.generator import ClickStream
+from streams.kafka import end_offsets, with_topics
+from streams.producer import Producer
+from streams.samples import HIST_DTYPE, SAMPLE_DTYPE
+from streams.store import StoreReader
+from streams.topics import ensure_topics
+from streams.worker import StreamWorker
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Recorder:
+    """Stands in for a Histogram metric: keeps every observation and when it came."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.ends: list[float] = []
+
+    def observe(self, value: float) -> None:
+        self.values.append(value)
+        self.ends.append(time.perf_counter())
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def _pct(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+# -- pre-fill ----------------------------------------------------------------------------
+
+
+def prefill(cfg: Config, kafka: KafkaConfig, bootstrap: str, topic: str, n: int) -> float:
+    """Produce the first ``n`` generator records into ``topic``; returns records/s."""
+    gen = dataclasses.replace(cfg.generator, events=n)
+    metrics = Metrics(CollectorRegistry())
+    t0 = time.perf_counter()
+    with Producer(kafka, bootstrap, metrics=metrics) as producer:
+        for batch in ClickStream(gen).pair_batches():
+            producer.send_many(topic, batch)
+        producer.flush()
+    return n / (time.perf_counter() - t0)
+
+
+# -- the worker ------------------------------------------------------------------------------
+
+
+def run_worker(
+    cfg: Config,
+    kafka: KafkaConfig,
+    bootstrap: str,
+    root: Path,
+    total: int,
+    profile: cProfile.Profile | None = None,
+) -> dict[str, Any]:
+    """One in-process StreamWorker over ``total`` records; stops once all are processed."""
+    metrics = Metrics(CollectorRegistry())
+    batches = Recorder()
+    metrics.batch_apply_seconds = batches  # type: ignore[assignment]
+    worker_cfg = dataclasses.replace(cfg.worker, group_id=f"bench-{uuid.uuid4().hex[:8]}")
+    store_cfg = dataclasses.replace(cfg.store, path=str(root))
+    worker = StreamWorker(kafka, store_cfg, worker_cfg, cfg.events, bootstrap, root, metrics)
+    worker.keep_latencies = True
+
+    def on_batch(stats: Any) -> None:
+        if stats.applied + stats.dead_letters >= total:
+            stop.set()
+
+    stop = threading.Event()
+    cpu_start = time.process_time()  # the group join before the first batch costs little CPU
+    if profile is not None:
+        profile.enable()
+    try:
+        stats = worker.run(stop, on_batch=on_batch)
+    finally:
+        if profile is not None:
+            profile.disable()
+    cpu_end = time.process_time()
+    values = np.array(batches.values)
+    first_start = batches.ends[0] - batches.values[0]
+    seconds = batches.ends[-1] - first_start
+    processed = stats.applied + stats.dead_letters
+    latencies = np.concatenate(worker.latencies_ms) if worker.latencies_ms else np.empty(0)
+    return {
+        "events": processed,
+        "seconds": seconds,
+        "events_per_s": processed / seconds,
+        # per CPU second of this process (the producer's background thread included): the
+        # figure to trust on a shared, loaded machine
+        "events_per_cpu_s": processed / max(cpu_end - cpu_start, 1e-9),
+        "applied": stats.applied,
+        "dead_letters": stats.dead_letters,
+        "samples": stats.samples,
+        # what went to lum.samples: fixed columns + history lengths + history rows
+        "sample_bytes": stats.samples * (SAMPLE_DTYPE.itemsize + 4)
+        + getattr(stats, "history_events", 0) * HIST_DTYPE.itemsize,
+        "batches": len(values),
+        "mean_batch": processed / max(len(values), 1),
+        "p50_batch_apply_ms": _pct(values, 50) * 1000,
+        "p99_batch_apply_ms": _pct(values, 99) * 1000,
+        "p50_event_to_store_ms": _pct(latencies, 50),
+        "p99_event_to_store_ms": _pct(latencies, 99),
+    }
+
+
+# -- the naive faust baseline -----------------------------------------------------------------
+
+
+def naive_child(bootstrap: str, topic: str, n: int, datadir: str, out: str) -> None:
+    """A faust app that appends every event to the user's list in a RocksDB faust Table;
+    writes {first, last, n} to ``out`` after ``n`` events, then idles until killed."""
+    import faust
+
+    app = faust.App(
+        f"naive-{uuid.uuid4().hex[:8]}",
+        broker=f"kafka://{bootstrap}",
+        store="rocksdb://",
+        value_serializer="raw",
+        datadir=datadir,
+        web_enabled=False,
+        topic_partitions=4,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=6.0,  # as streams.kafka.consumer_options: a ~3 s join on tansu
+        broker_heartbeat_interval=0.5,
+    )
+    source = app.topic(topic, key_type=bytes, value_type=bytes)
+    schema: Any = faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json")
+    table = app.Table("sequences", default=list, partitions=4, schema=schema)
+    seen = {"n": 0, "first": 0.0}
+
+    @app.agent(source)
+    async def apply(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                ev = orjson.loads(event.value)
+                user = str(ev["user_id"]).encode()
+                table[user] = table[user] + [[ev["item_id"], ev["action"], ev["ts"]]]
+            except Exception:  # the naive loop skips what it cannot read
+                pass
+            seen["n"] += 1
+            if seen["n"] == 1:
+                seen["first"] = time.time()
+            if seen["n"] == n:
+                Path(out).write_bytes(
+                    orjson.dumps({"first": seen["first"], "last": time.time(), "n": n})
+                )
+
+    faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+
+
+def run_naive(kafka: KafkaConfig, bootstrap: str, topic: str, n: int, tmp: Path) -> float:
+    out = tmp / "naive.json"
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--naive-child",
+        bootstrap,
+        topic,
+        str(n),
+        str(tmp / "faust"),
+        str(out),
+    ]
+    child = subprocess.Popen(
+        argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60 + n / 100  # even 100 events/s finishes
+        while not out.exists():
+            if child.poll() is not None:
+                err = child.stderr.read().decode(errors="replace") if child.stderr else ""
+                raise RuntimeError(f"naive faust baseline exited early:\n{err[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("naive faust baseline did not finish in time")
+            time.sleep(0.2)
+        time.sleep(0.1)
+        result = orjson.loads(out.read_bytes())
+    finally:
+        _stop(child)
+    return (result["n"] - 1) / (result["last"] - result["first"])
+
+
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    if child.poll() is None:
+        os.killpg(child.pid, signal.SIGTERM)
+        try:
+            child.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    if child.stderr is not None:
+        child.stderr.close()
+
+
+# -- the faust engine of the worker (optional) ------------------------------------------------
+
+
+def run_faust_engine(kafka: KafkaConfig, bootstrap: str, total: int, tmp: Path) -> float:
+    """``lumstream worker`` with worker.engine=faust; rate from polling its store."""
+    root = tmp / "faust-engine"
+    argv = [sys.executable, "-m", "lumstream.cli", "--set", "worker.engine=faust"]
+    for name in (
+        "topic_events",
+        "topic_samples",
+        "topic_deadletter",
+        "topic_cq",
+        "topic_model_updates",
+    ):
+        argv += ["--set", f"kafka.{name}={getattr(kafka, name)}"]
+    argv += [
+        "worker",
+        "--store",
+        str(root),
+        "--group",
+        f"bench-faust-{uuid.uuid4().hex[:8]}",
+        "--quiet",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LUMSTREAM_")}
+    env |= {
+        "LUMSTREAM_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "LUMSTREAM_PATHS_DATA_DIR": str(tmp / "faust-data"),
+        "LUMSTREAM_METRICS_ENABLED": "false",
+    }
+    child = subprocess.Popen(
+        argv,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    first: tuple[float, int] | None = None
+    try:
+        deadline = time.monotonic() + 120 + total / 1000
+        while True:
+            done = _applied(root, tmp)
+            now = time.perf_counter()
+            if first is None and done > 0:
+                first = (now, done)
+            if done >= total:
+                break
+            if child.poll() is not None:
+                err = child.stderr.read().decode(errors="replace") if child.stderr else ""
+                raise RuntimeError(f"faust engine worker exited early:\n{err[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("faust engine worker did not finish in time")
+            time.sleep(0.1)
+    finally:
+        _stop(child)
+    assert first is not None
+    return (total - first[1]) / max(now - first[0], 1e-9)
+
+
+def _applied(root: Path, tmp: Path) -> int:
+    if len(list(root.glob("p[0-9]*"))) == 0:
+        return 0
+    scratch = tmp / f"reader-{uuid.uuid4().hex[:6]}"
+    try:
+        reader = StoreReader(root, load().store, scratch)
+    except Exception:  # a partition directory that is still being created
+        return 0
+    try:
+        reader.refresh()
+        return sum(s.next_offset for s in reader.states().values())
+    finally:
+        reader.close()
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = load()
+    kafka_base = dataclasses.replace(cfg.kafka, partitions=args.partitions)
+    gen = dataclasses.replace(
+        cfg.generator,
+        start_ts_ms=int(time.time() * 1000) - 86_400_000,
+        malformed_fraction=args.malformed,
+    )
+    cfg = dataclasses.replace(cfg, generator=gen)
+    result: dict[str, Any] = {
+        "events": args.events,
+        "naive_events": args.naive_events,
+        "config": {
+            "partitions": args.partitions,
+            "batch_max": cfg.worker.batch_max,
+            "batch_timeout_ms": cfg.worker.batch_timeout_ms,
+            "sync_writes": cfg.store.sync_writes,
+            "seq_len": cfg.store.seq_len,
+            "chunk_events": cfg.store.chunk_events,
+            "label_window_s": cfg.worker.label_window_s,
+            "history_len": cfg.worker.history_len,
+            "users": gen.users,
+            "items": gen.items,
+            "malformed_fraction": gen.malformed_fraction,
+        },
+        "machine": machine(),
+    }
+    metrics = Metrics(CollectorRegistry())
+    with (
+        tempfile.TemporaryDirectory(prefix="lumstream-bench-") as tmp_name,
+        EmbeddedBroker(cfg.broker, metrics=metrics) as broker,
+    ):
+        tmp = Path(tmp_name)
+        bootstrap = broker.bootstrap
+        kafka = with_topics(kafka_base, f".bench.{uuid.uuid4().hex[:8]}")
+        ensure_topics(kafka, bootstrap)
+        result["prefill_events_per_s"] = prefill(
+            cfg, kafka, bootstrap, kafka.topic_events, args.events
+        )
+        total = sum(end_offsets(kafka, bootstrap, kafka.topic_events).values())
+        if total != args.events:
+            raise RuntimeError(f"pre-filled {total} records, expected {args.events}")
+        result |= run_worker(cfg, kafka, bootstrap, tmp / "store", total)
+        if args.profile:
+            prof = cProfile.Profile()
+            run_worker(cfg, kafka, bootstrap, tmp / "store-profiled", total, profile=prof)
+            result["profile"] = _profile_text(prof, args.profile_top)
+        if args.naive_events:
+            naive = with_topics(kafka_base, f".naive.{uuid.uuid4().hex[:8]}")
+            ensure_topics(naive, bootstrap)
+            prefill(cfg, naive, bootstrap, naive.topic_events, args.naive_events)
+            result["naive_events_per_s"] = run_naive(
+                naive, bootstrap, naive.topic_events, args.naive_events, tmp
+            )
+            result["ratio"] = result["events_per_s"] / result["naive_events_per_s"]
+        else:
+            result["naive_events_per_s"] = None
+            result["ratio"] = None
+        if args.faust_engine_events:
+            fe = with_topics(kafka_base, f".faust.{uuid.uuid4().hex[:8]}")
+            ensure_topics(fe, bootstrap)
+            prefill(cfg, fe, bootstrap, fe.topic_events, args.faust_engine_events)
+            result["faust_engine_events_per_s"] = run_faust_engine(
+                fe, bootstrap, args.faust_engine_events, tmp
+            )
+    result["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2)
+    return result
+
+
+def _profile_text(prof: cProfile.Profile, top: int) -> str:
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out).strip_dirs()
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    return out.getvalue()
+
+
+def _print_table(r: dict[str, Any]) -> None:
+    m = r["machine"]
+    naive = r["naive_events_per_s"]
+    rows = [
+        (
+            "machine",
+            f"{m['platform']}, {m['cpu_count']} CPUs, Python {m['python']}, "
+            f"load {m['load_average_1m']} -> {m['load_average_1m_end']} (1 min)",
+        ),
+        ("config", ", ".join(f"{k}={v}" for k, v in r["config"].items())),
+        (
+            "events (pre-filled)",
+            f"{r['events']:,} ({r['prefill_events_per_s']:,.0f} events/s to pre-fill)",
+        ),
+        (
+            "worker: one process",
+            f"{r['events_per_s']:>10,.0f} events/s  "
+            f"({r['seconds']:.2f} s, first batch to last commit)",
+        ),
+        ("  per CPU second", f"{r['events_per_cpu_s']:>10,.0f} events/s"),
+        (
+            "  batches",
+            f"{r['batches']:,} (mean {r['mean_batch']:,.0f} records), "
+            f"{r['dead_letters']:,} dead letters",
+        ),
+        (
+            "  samples",
+            f"{r['samples']:,} ({r['sample_bytes'] / 2**20:,.0f} MiB with history to lum.samples)",
+        ),
+        (
+            "  batch apply p50 / p99",
+            f"{r['p50_batch_apply_ms']:.1f} / "
+            f"{r['p99_batch_apply_ms']:.1f} ms  (process + send + "
+            "flush + fsynced commit of one partition batch)",
+        ),
+        (
+            "  event-to-store p50 / p99",
+            f"{r['p50_event_to_store_ms']:,.0f} / "
+            f"{r['p99_event_to_store_ms']:,.0f} ms  (record "
+            "timestamp to commit: includes time waiting in the "
+            "pre-filled topic)",
+        ),
+    ]
+    if naive:
+        rows += [
+            ("naive faust Table", f"{naive:>10,.0f} events/s  ({r['naive_events']:,} events)"),
+            ("ratio worker / naive", f"{r['ratio']:>10,.1f} x"),
+        ]
+    if r.get("faust_engine_events_per_s"):
+        rows.append(("worker, faust engine", f"{r['faust_engine_events_per_s']:>10,.0f} events/s"))
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    if "profile" in r:
+        print(
+            "\ncProfile of a second worker run (the event-loop thread; the producer's "
+            "background thread is not included):\n"
+        )
+        print(r["profile"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--naive-child"]:
+        naive_child(argv[1], argv[2], int(argv[3]), argv[4], argv[5])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=500_000, help="records to pre-fill")
+    parser.add_argument("--partitions", type=int, default=4, help="lum.events partitions")
+    parser.add_argument(
+        "--malformed", type=float, default=0.01, help="fraction of malformed generator records"
+    )
+    parser.add_argument(
+        "--naive-events",
+        type=int,
+        default=20_000,
+        help="records for the naive faust baseline (0 = skip)",
+    )
+    parser.add_argument("--skip-naive", action="store_true", help="same as --naive-events 0")
+    parser.add_argument(
+        "--faust-engine-events",
+        type=int,
+        default=0,
+        help="also time the worker's faust engine on this many records",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="a second worker run under cProfile; print the top functions",
+    )
+    parser.add_argument("--profile-top", type=int, default=25, help="functions to print")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    if args.skip_naive:
+        args.naive_events = 0
+    result = bench(args)
+    if args.json:
+        print(orjson.dumps(result).decode())
+    else:
+        _print_table(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
