@@ -19,8 +19,12 @@ from streams.vector_store import (
 
 def _vectors(n: int = 3, d: int = 4) -> UserVectors:
     rng = np.random.default_rng(0)
-    return UserVectors(7, 1_767_225_600_000, np.arange(n, dtype=np.int64) + 10,
-                       rng.normal(size=(n, d)).astype(np.float32))
+    return UserVectors(
+        7,
+        1_767_225_600_000,
+        np.arange(n, dtype=np.int64) + 10,
+        rng.normal(size=(n, d)).astype(np.float32),
+    )
 
 
 def test_round_trip() -> None:
