@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "worker": "worker",
     "store": "store_cmd",
     "replay": "replay",
+    "backbone": "backbone",
 }
 
 

@@ -23,6 +23,7 @@ from streams.config import (
     StoreConfig,
     WorkerConfig,
 )
+from trainer.backbone.config import BackboneConfig, RefreshConfig
 
 CONFIG_ENV = "LUMSTREAM_CONFIG"
 
@@ -44,6 +45,8 @@ SECTIONS: tuple[type[Any], ...] = (
     StoreConfig,
     WorkerConfig,
     ReplayConfig,
+    BackboneConfig,
+    RefreshConfig,
     MetricsConfig,
 )
 
@@ -60,6 +63,8 @@ class Config:
     store: StoreConfig
     worker: WorkerConfig
     replay: ReplayConfig
+    backbone: BackboneConfig
+    refresh: RefreshConfig
     metrics: MetricsConfig
     source: str = "defaults"
 

@@ -194,6 +194,11 @@ class Metrics:
             "Condition-query vectors o_q computed and written",
             registry=registry,
         )
+        self.backbone_refresh_failures = Counter(
+            "lumstream_backbone_refresh_failures",
+            "Refreshes that failed (the last good version stays published)",
+            registry=registry,
+        )
         self.backbone_oldest_vector_age = Gauge(
             "lumstream_backbone_oldest_vector_age_seconds",
             "Age of the oldest condition-query vector still served (staleness)",

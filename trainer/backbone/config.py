@@ -1,0 +1,146 @@
+"""Config of the LUM generative backbone (light: no heavy imports, read by the CLI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from lumstream.settings import ConfigError, setting
+
+CONDITION_FIELDS = ("cond", "cat")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """The Large User Model (LUM step 1 and 2): tokens, transformer, loss, training, versions.
+
+    Args: every field is a setting (``LUMSTREAM_BACKBONE_<NAME>``); see each line's doc.
+
+    Example:
+        >>> BackboneConfig(objective="next_item").tokens_per_event
+        1
+    """
+
+    section: ClassVar[str] = "backbone"
+    # -- tokens ----------------------------------------------------------------------------
+    objective: str = setting(
+        "lum",
+        "lum = {c1,i1,c2,i2,...} next-condition-item; next_item = items only (baseline)",
+        choices=("lum", "next_item"),
+    )
+    condition_fields: tuple[str, ...] = setting(
+        ("cond",),
+        "sequence fields forming the condition token: cond (scenario/search term), "
+        "cat (category), or several",
+    )
+    sequence_actions: tuple[str, ...] = setting(
+        (), "actions that form the sequence (names from events.actions); empty = all"
+    )
+    max_len: int = setting(
+        200, "most recent events per user fed to the model", minimum=2, maximum=100_000
+    )
+    min_item_count: int = setting(
+        1, "occurrences before an item gets its own row (else OOV)", minimum=1
+    )
+    min_condition_count: int = setting(
+        1, "occurrences before a condition gets its own row", minimum=1
+    )
+    gap_buckets: int = setting(
+        16, "log2 time-gap buckets (bucket 0 = first event)", minimum=2, maximum=64
+    )
+    feature_dim: int = setting(
+        16, "width of each side-feature embedding before projection", minimum=1
+    )
+    # -- user encoder ----------------------------------------------------------------------
+    dim: int = setting(64, "model width (token embedding and transformer)", minimum=4)
+    layers: int = setting(2, "transformer blocks", minimum=1, maximum=256)
+    heads: int = setting(2, "attention heads (dim must divide by it)", minimum=1)
+    attention: str = setting(
+        "softmax",
+        "softmax = causal softmax attention; hstu = pointwise SiLU attention (HSTU)",
+        choices=("softmax", "hstu"),
+    )
+    ffn_mult: int = setting(4, "feed-forward width / dim (softmax blocks)", minimum=1)
+    dropout: float = setting(
+        0.2, "dropout on token embeddings and residual branches", minimum=0.0, maximum=0.9
+    )
+    # -- loss ------------------------------------------------------------------------------
+    temperature: float = setting(
+        0.05, "InfoNCE temperature on cosine similarities", minimum=1e-4, maximum=10.0
+    )
+    sampled_negatives: int = setting(
+        0,
+        "extra negatives per step sampled by popularity (in-batch negatives are always used)",
+        minimum=0,
+    )
+    negative_alpha: float = setting(
+        0.75, "sampling distribution of extra negatives: count^alpha", minimum=0.0, maximum=1.0
+    )
+    logq_correction: bool = setting(False, "subtract log(sampling probability) from the logits")
+    # -- training --------------------------------------------------------------------------
+    packing: bool = setting(
+        True, "pack many users per row (per-user causal masks); false = one padded row per user"
+    )
+    batch_users: int = setting(64, "users per global training step", minimum=1)
+    epochs: int = setting(10, "passes over the training users", minimum=1)
+    max_steps: int = setting(0, "stop after this many steps; 0 = epochs decide", minimum=0)
+    lr: float = setting(1e-3, "AdamW learning rate", minimum=0.0)
+    weight_decay: float = setting(0.0, "AdamW weight decay", minimum=0.0)
+    seed: int = setting(17, "seed of initialisation, shuffling and sampling")
+    # -- query and versions ----------------------------------------------------------------
+    query_conditions: tuple[str, ...] = setting(
+        (),
+        "raw condition values queried in step 2 (one field: 'Comedy'; several fields: "
+        "'Comedy|search'); empty = the most frequent ones",
+    )
+    query_top: int = setting(
+        16, "how many most frequent conditions to query when query_conditions is empty", minimum=1
+    )
+    keep_versions: int = setting(3, "published versions kept; older ones are removed", minimum=1)
+
+    def __post_init__(self) -> None:
+        bad = [f for f in self.condition_fields if f not in CONDITION_FIELDS]
+        if (
+            not self.condition_fields
+            or bad
+            or len(set(self.condition_fields)) != len(self.condition_fields)
+        ):
+            raise ConfigError(
+                f"backbone.condition_fields: {self.condition_fields!r}; expected "
+                f"distinct names from {', '.join(CONDITION_FIELDS)}"
+            )
+        if self.dim % self.heads:
+            raise ConfigError(
+                f"backbone.heads: dim {self.dim} is not divisible by {self.heads} heads"
+            )
+
+    @property
+    def tokens_per_event(self) -> int:
+        """2 for lum (condition + item token), 1 for next_item."""
+        return 2 if self.objective == "lum" else 1
+
+    @property
+    def max_tokens(self) -> int:
+        """Longest token sequence of one user: all events plus one query position."""
+        return self.tokens_per_event * self.max_len + 1
+
+
+@dataclass(frozen=True)
+class RefreshConfig:
+    """The refresh job (``lumstream backbone refresh``): cadence, data, outputs."""
+
+    section: ClassVar[str] = "refresh"
+    cadence_s: float = setting(600.0, "seconds between refreshes", minimum=1.0)
+    old_share: float = setting(
+        0.2,
+        "share of unchanged users kept in a warm-start refresh (against forgetting)",
+        minimum=0.0,
+        maximum=1.0,
+    )
+    eval_users: int = setting(2_000, "held-out users evaluated per version", minimum=1)
+    vector_batch_users: int = setting(256, "users per group-query pass", minimum=1)
+    versions_path: str = setting("", "backbone versions; empty = <paths.data_dir>/backbone")
+    vectors_path: str = setting(
+        "", "condition-query vector store; empty = <paths.data_dir>/vectors"
+    )
+    publish_cq: bool = setting(True, "also produce the vectors to the compacted lum.cq topic")

@@ -1,0 +1,263 @@
+"""The backbone refresh job: fine-tune -> freeze -> publish vN -> condition-query vectors.
+
+One refresh (``refresh_once``):
+
+1. open the sequence store read-only (RocksDB secondaries: the workers keep writing);
+2. pick the data: everything (first version, or ``--retrain``), else the users with events
+   after the last version's data watermark plus a share of older users (no forgetting);
+   nothing new -> nothing to do;
+3. hold out each user's last event, train (warm-started from the last version unless
+   retraining), evaluate leave-last-out retrieval on the held-out events;
+4. publish ``vN`` atomically (manifest + safetensors), keep ``keep_versions``;
+5. group-query every user's condition-query vectors, users with the most new events
+   first, and write them to the vector store and to lum.cq (tagged with vN and the time).
+
+``run_forever`` repeats it every ``refresh.cadence_s`` until stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from monitoring.metrics import Metrics
+from streams.config import EventConfig, StoreConfig
+from streams.store import StoreReader
+from streams.vector_store import VectorStore
+from trainer.backbone.config import BackboneConfig, RefreshConfig
+from trainer.backbone.data import (
+    MemorySource,
+    SequenceSource,
+    action_indices,
+    changed_first,
+    prepare,
+    since,
+)
+from trainer.backbone.encoder import LumBackbone
+from trainer.backbone.eval import HeldOut, evaluate, leave_last_out
+from trainer.backbone.group_query import compute_vectors, query_condition_ids
+from trainer.backbone.train import train
+from trainer.backbone.versions import VersionInfo, latest, publish
+
+log = logging.getLogger(__name__)
+
+# Receives the (key, value) records of lum.cq (a producer's send_many, or None).
+CqSink = Callable[[list[tuple[bytes, bytes]]], None]
+
+
+@dataclass
+class RefreshResult:
+    """What one refresh did (``version`` is None when there was nothing new)."""
+
+    version: VersionInfo | None
+    users_trained: int = 0
+    vectors_written: int = 0
+    metrics: dict[str, float] | None = None
+    seconds: float = 0.0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RefreshPaths:
+    """Where the job reads and writes."""
+
+    store: Path  # the sequence store (read-only)
+    versions: Path  # backbone versions v1, v2, ...
+    vectors: Path  # the condition-query vector store (this job is its only writer)
+
+
+def refresh_once(
+    cfg: BackboneConfig,
+    rcfg: RefreshConfig,
+    store_cfg: StoreConfig,
+    events: EventConfig,
+    paths: RefreshPaths,
+    metrics: Metrics,
+    *,
+    cq: CqSink | None = None,
+    retrain: bool = False,
+) -> RefreshResult:
+    """One refresh; see the module doc. Raises ``StoreError`` when there is no store."""
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="lumstream-refresh-") as scratch:
+        reader = StoreReader(paths.store, store_cfg, Path(scratch))
+        try:
+            reader.refresh()
+            result = _refresh(cfg, rcfg, events, paths, metrics, reader, cq, retrain)
+        finally:
+            reader.close()
+    result.seconds = time.perf_counter() - started
+    metrics.backbone_refresh_duration.observe(result.seconds)
+    return result
+
+
+def _refresh(
+    cfg: BackboneConfig,
+    rcfg: RefreshConfig,
+    events: EventConfig,
+    paths: RefreshPaths,
+    metrics: Metrics,
+    reader: StoreReader,
+    cq: CqSink | None,
+    retrain: bool,
+) -> RefreshResult:
+    last = latest(paths.versions)
+    store_wm = reader.watermark()
+    last_wm = int(last.manifest["data_watermark"]) if last is not None else 0
+    if last is not None and not retrain and store_wm <= last_wm:
+        return RefreshResult(None, reason=f"no events after {last.name}'s watermark")
+    snapshot = MemorySource(dict(reader.sequences()))  # one consistent read of the store
+    if last is None or retrain:
+        source: SequenceSource = snapshot
+        init = None
+    else:
+        source, init = since(snapshot, last_wm, rcfg.old_share, cfg.seed), last
+    trained = train_version(
+        cfg, rcfg, events, source, paths.versions, metrics, init=init, watermark=store_wm
+    )
+    if trained is None:
+        return RefreshResult(None, reason="no user has two events of the sequence actions yet")
+    info, model, users = trained
+    all_pairs, _ = prepare(snapshot, action_indices(cfg.sequence_actions, events), min_events=1)
+    written = write_vectors(
+        info,
+        model,
+        changed_first(all_pairs, last_wm),
+        paths.vectors,
+        rcfg.vector_batch_users,
+        metrics,
+        cq,
+    )
+    scores = dict(info.manifest["metrics"])
+    log.info(
+        "refresh: published %s (%d users trained, %d users' vectors), %s",
+        info.name,
+        users,
+        written,
+        scores,
+    )
+    return RefreshResult(info, users, written, scores)
+
+
+def train_version(
+    cfg: BackboneConfig,
+    rcfg: RefreshConfig,
+    events: EventConfig,
+    source: SequenceSource,
+    versions: Path,
+    metrics: Metrics,
+    *,
+    init: VersionInfo | None,
+    watermark: int,
+) -> tuple[VersionInfo, LumBackbone, int] | None:
+    """Train on ``source`` (each user's last event held out and evaluated), publish vN.
+
+    Returns (version, model, users trained), or None when no user has enough events.
+    """
+    pairs, _ = prepare(source, action_indices(cfg.sequence_actions, events), metrics=metrics)
+    if not pairs:
+        return None
+    history, held = leave_last_out(pairs, cfg.condition_fields)
+    trained = train(
+        cfg, history, init_from=None if init is None else init.path, events=events, metrics=metrics
+    )
+    scores = evaluate(trained.model, _sample(held, rcfg.eval_users, cfg.seed))
+    info = publish(
+        versions,
+        trained.model,
+        watermark=watermark,
+        metrics=scores,
+        parent=None if init is None else init.name,
+        keep=cfg.keep_versions,
+        registry=metrics,
+    )
+    return info, trained.model, len(history)
+
+
+def _sample(held: HeldOut, n: int, seed: int) -> HeldOut:
+    """At most ``n`` held-out users (evaluation cost stays bounded)."""
+    if len(held.histories) <= n:
+        return held
+    pick = np.sort(np.random.default_rng(seed).choice(len(held.histories), n, replace=False))
+    return HeldOut(
+        [held.histories[i] for i in pick.tolist()],
+        held.items[pick],
+        held.conds[pick],
+        held.ts[pick],
+    )
+
+
+def write_vectors(
+    info: VersionInfo,
+    model: object,
+    pairs: list[tuple[int, np.ndarray]],
+    root: Path,
+    batch_users: int,
+    metrics: Metrics,
+    cq: CqSink | None,
+) -> int:
+    """Group-query ``pairs`` in order (changed users first) into the vector store and lum.cq."""
+
+    assert isinstance(model, LumBackbone)
+    conds = query_condition_ids(model)
+    store = VectorStore(root)
+    try:
+        written = 0
+        started_ms = time.time_ns() // 1_000_000
+        for start in range(0, len(pairs), batch_users):
+            chunk = pairs[start : start + batch_users]
+            users, vecs = compute_vectors(model, chunk, conds, metrics=metrics)
+            now_ms = time.time_ns() // 1_000_000
+            records = store.write(
+                users,
+                info.number,
+                now_ms,
+                conds.reshape(len(conds), -1)[:, 0],
+                vecs.detach().cpu().numpy().astype(np.float32),
+            )
+            if cq is not None:
+                cq(records)
+            written += len(users)
+        store.set_state(version=info.number, full_pass_started_ms=started_ms, users=written)
+        metrics.backbone_oldest_vector_age.set((time.time_ns() // 1_000_000 - started_ms) / 1000.0)
+        return written
+    finally:
+        store.close()
+
+
+def run_forever(
+    cfg: BackboneConfig,
+    rcfg: RefreshConfig,
+    store_cfg: StoreConfig,
+    events: EventConfig,
+    paths: RefreshPaths,
+    metrics: Metrics,
+    stop: threading.Event,
+    *,
+    cq: CqSink | None = None,
+    retrain: bool = False,
+    on_refresh: Callable[[RefreshResult], None] | None = None,
+) -> None:
+    """Refresh every ``rcfg.cadence_s`` until ``stop`` is set; a failed refresh is logged
+    and retried at the next tick (the last good version stays published)."""
+    first = True
+    while not stop.is_set():
+        try:
+            result = refresh_once(
+                cfg, rcfg, store_cfg, events, paths, metrics, cq=cq, retrain=retrain and first
+            )
+        except Exception:
+            log.exception("refresh failed; the last published version stays in use")
+            metrics.backbone_refresh_failures.inc()
+        else:
+            if on_refresh is not None:
+                on_refresh(result)
+        first = False
+        stop.wait(rcfg.cadence_s)
