@@ -15,10 +15,14 @@ import sys
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lumstream.config import Config
+    from monitoring.metrics import Metrics
+    from streams.applier import WorkerStats
+    from streams.generator import ClickStream
 
 HELP = "run the pipeline on embedded defaults: broker, generator, stream worker, samples"
 
@@ -39,6 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="events per second the generator sends (default 8000)",
     )
     p.add_argument(
+        "--skip-backbone",
+        action="store_true",
+        help="stop after the stream stage (no backbone refresh)",
+    )
+    p.add_argument(
         "--malformed-fraction",
         type=float,
         default=0.002,
@@ -55,7 +64,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from streams.generator.pacing import TokenBucket
     from streams.producer import Producer
     from streams.topics import ensure_topics
-    from streams.worker import StreamWorker, WorkerStats
+    from streams.worker import StreamWorker
 
     root = cfg.paths.data_dir / "demo"
     shutil.rmtree(root, ignore_errors=True)  # the embedded broker starts empty: so does the store
@@ -147,12 +156,23 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         show(stats, final=True)
         if tty:
             print()
+        _stream_summary(cfg, stream, stats, root, time.monotonic() - started)
+        ok = stats.applied > 0 and stats.samples > 0
+        if ok and not args.skip_backbone:
+            ok = _backbone(cfg, root, metrics, broker.bootstrap)
     if server is not None:
         server.close()
+    if not ok:
+        print("lumstream demo: a stage of the pipeline produced nothing", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def _stream_summary(
+    cfg: Config, stream: ClickStream, stats: WorkerStats, root: Path, elapsed: float
+) -> None:
     n_samples, positives, hist = stats.samples, stats.positives, stats.history_events
-    elapsed = time.monotonic() - started
     gs = stream.stats
-    print("summary")
+    print("stream")
     print(
         f"  generated   {gs.events:,} events ({gs.impressions:,} impressions, "
         f"{gs.clicks:,} clicks, {gs.purchases:,} purchases, {gs.malformed:,} malformed), "
@@ -172,7 +192,46 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         f"  store       {root / 'store'}  (inspect: lumstream --set paths.data_dir="
         f"{cfg.paths.data_dir} store --store {root / 'store'} stats)"
     )
-    ok = stats.applied > 0 and n_samples > 0
-    if not ok:
-        print("lumstream demo: the pipeline produced no samples", file=sys.stderr)
-    return 0 if ok else 1
+
+
+def _backbone(cfg: Config, root: Path, metrics: Metrics, bootstrap: str) -> bool:
+    """One backbone refresh over the demo store: train, publish v1, write the vectors."""
+    from streams.producer import Producer
+    from trainer.backbone.refresh import RefreshPaths, refresh_once
+    from trainer.backbone.versions import list_versions
+
+    print(
+        f"backbone (LUM, {cfg.backbone.objective}): training on the store, publishing a "
+        "version, computing condition-query vectors ...",
+        flush=True,
+    )
+    paths = RefreshPaths(root / "store", root / "backbone", root / "vectors")
+    backbone = replace(cfg.backbone, epochs=min(cfg.backbone.epochs, 3))
+    with Producer(cfg.kafka, bootstrap, metrics=metrics) as producer:
+        result = refresh_once(
+            backbone,
+            cfg.refresh,
+            cfg.store,
+            cfg.events,
+            paths,
+            metrics,
+            cq=lambda records: producer.send_many(cfg.kafka.topic_cq, records, source="demo"),
+        )
+    if result.version is None:
+        print(f"  no version: {result.reason}")
+        return False
+    scores = "  ".join(f"{k} {v:.4f}" for k, v in sorted((result.metrics or {}).items()))
+    print(
+        f"  published   {result.version.name} in {result.seconds:.1f} s "
+        f"({result.version.manifest['param_count']:,} parameters, "
+        f"{result.users_trained:,} users): {scores}"
+    )
+    print(
+        f"  vectors     {result.vectors_written:,} users x {result.conditions} conditions to "
+        f"{paths.vectors} and {cfg.kafka.topic_cq}"
+    )
+    print(
+        f"  versions    {', '.join(v.name for v in list_versions(paths.versions))} under "
+        f"{paths.versions}"
+    )
+    return result.vectors_written > 0

@@ -49,7 +49,7 @@ from trainer.backbone.versions import VersionInfo, latest, publish
 log = logging.getLogger(__name__)
 
 # Receives the (key, value) records of lum.cq (a producer's send_many, or None).
-CqSink = Callable[[list[tuple[bytes, bytes]]], None]
+CqSink = Callable[[list[tuple[bytes, bytes]]], object]
 
 
 @dataclass
@@ -60,6 +60,7 @@ class RefreshResult:
     users_trained: int = 0
     vectors_written: int = 0
     metrics: dict[str, float] | None = None
+    conditions: int = 0  # query conditions per user
     seconds: float = 0.0
     reason: str = ""
 
@@ -143,7 +144,7 @@ def _refresh(
         written,
         scores,
     )
-    return RefreshResult(info, users, written, scores)
+    return RefreshResult(info, users, written, scores, len(query_condition_ids(model)))
 
 
 def train_version(
