@@ -53,9 +53,9 @@ def info_nce(
             passes the global target count times ``1 / world`` so that averaging the
             replicas' gradients gives the gradient of the global mean.
     """
-    q = F.normalize(queries, dim=-1)  # (M, D)
+    q = F.normalize(queries, dim=-1) / temperature  # (M, D); scaling q, not the (M, C) logits
     e = F.normalize(cand_emb, dim=-1)  # (C, D)
-    logits = q @ e.T / temperature  # (M, C)
+    logits = q @ e.T  # (M, C)
     if log_q is not None:
         logits = logits - log_q.to(logits.dtype)
     labels = torch.searchsorted(candidates, targets)  # (M,)
