@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "store": "store_cmd",
     "replay": "replay",
     "backbone": "backbone",
+    "train": "train",
 }
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from embeddings.config import EmbeddingsConfig
 from lumstream.settings import ConfigError, layered, read_toml, setting
 from monitoring.config import MetricsConfig
 from streams.config import (
@@ -24,6 +25,7 @@ from streams.config import (
     WorkerConfig,
 )
 from trainer.backbone.config import BackboneConfig, RefreshConfig
+from trainer.ranker.config import RankerConfig
 
 CONFIG_ENV = "LUMSTREAM_CONFIG"
 
@@ -47,6 +49,8 @@ SECTIONS: tuple[type[Any], ...] = (
     ReplayConfig,
     BackboneConfig,
     RefreshConfig,
+    EmbeddingsConfig,
+    RankerConfig,
     MetricsConfig,
 )
 
@@ -65,6 +69,8 @@ class Config:
     replay: ReplayConfig
     backbone: BackboneConfig
     refresh: RefreshConfig
+    embeddings: EmbeddingsConfig
+    ranker: RankerConfig
     metrics: MetricsConfig
     source: str = "defaults"
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
@@ -52,6 +52,43 @@ def _frames(fh: BinaryIO, path: Path) -> Iterator[tuple[int, bytes]]:
             return
         yield pos, body
         pos += _LEN.size + size
+
+
+def iter_frames(path: str | Path, start: int = 0) -> Iterator[tuple[int, bytes, int]]:
+    """(frame start, block bytes, next frame start) from byte ``start`` (0: the first
+    frame); a position returned as "next" resumes reading there."""
+    path = Path(path)
+    with path.open("rb") as fh:
+        if start <= len(MAGIC):
+            for pos, body in _frames(fh, path):
+                yield pos, body, pos + _LEN.size + len(body)
+            return
+        if fh.read(len(MAGIC)) != MAGIC:
+            raise SampleFormatError(f"{path}: not a lumstream sample file (bad magic)")
+        fh.seek(start)
+        pos = start
+        while True:
+            head = fh.read(_LEN.size)
+            if len(head) < _LEN.size:
+                return
+            (size,) = _LEN.unpack(head)
+            body = fh.read(size)
+            if len(body) < size:
+                return
+            yield pos, body, pos + _LEN.size + size
+            pos += _LEN.size + size
+
+
+def write_sample_file(
+    path: str | Path, blocks: Iterable[SampleBlock], *, append: bool = False, sync: bool = False
+) -> int:
+    """Write ``blocks`` to a sample file (a new one unless ``append``); returns how many."""
+    with SampleFileWriter(path, sync=sync, must_be_new=not append) as out:
+        n = 0
+        for block in blocks:
+            out.write(block)
+            n += 1
+    return n
 
 
 def iter_sample_file(path: str | Path) -> Iterator[SampleBlock]:

@@ -102,8 +102,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     _init_distributed()
     rank, _ = world()
-    rcfg: RankerConfig = cfg.ranker  # type: ignore[attr-defined]
-    ecfg: EmbeddingsConfig = cfg.embeddings  # type: ignore[attr-defined]
+    rcfg: RankerConfig = cfg.ranker
+    ecfg: EmbeddingsConfig = cfg.embeddings
     data = cfg.paths.data_dir
     ckpt_dir = Path(rcfg.checkpoint_dir) if rcfg.checkpoint_dir else data / "ranker" / "ckpt"
     versions = Path(rcfg.versions_dir) if rcfg.versions_dir else data / "ranker" / "versions"
@@ -148,7 +148,7 @@ def _with_source(
     if args.samples_file or rank != 0:
         source: Any = FileSource(args.samples_file) if rank == 0 else None
         return _train(cfg, args, engine, checkpointer, watcher, versions, metrics, source, None)
-    from streams.kafka import bootstrap_servers, make_consumer, make_producer
+    from streams.kafka import bootstrap_servers, end_offsets, make_consumer, make_producer
     from streams.topics import ensure_topics
     from trainer.ranker.source import KafkaSource
 
@@ -160,10 +160,11 @@ def _with_source(
         run_file=cfg.paths.data_dir / "broker.json",
     ) as bootstrap:
         ensure_topics(cfg.kafka, bootstrap)
-        ranker_cfg = cfg.ranker  # type: ignore[attr-defined]
+        ranker_cfg = cfg.ranker
         consumer = make_consumer(cfg.kafka, bootstrap)
+        ends = end_offsets(cfg.kafka, bootstrap, cfg.kafka.topic_samples) if replay else None
         source = KafkaSource(
-            consumer, cfg.kafka.topic_samples, start=ranker_cfg.start, stop_at_end=replay
+            consumer, cfg.kafka.topic_samples, start=ranker_cfg.start, stop_at=ends
         )
         producer = make_producer(cfg.kafka, bootstrap, metrics=metrics)
         try:
@@ -194,7 +195,7 @@ def _train(
     from trainer.ranker.loop import StreamingTrainer
 
     rank, _ = world()
-    rcfg = cfg.ranker  # type: ignore[attr-defined]
+    rcfg = cfg.ranker
 
     def announcer(path: Path, extra: dict[str, Any]) -> None:
         if send is not None:

@@ -1,0 +1,582 @@
+"""Benchmarks of the ranker (LUM step 3): LUM gain, multi-epoch sparse-reset, throughput.
+
+Usage::
+
+    python bench/ranker.py lum-gain --data /tmp/ml.jsonl          # MovieLens event log
+    python bench/ranker.py lum-gain --data synthetic --json
+    python bench/ranker.py multi-epoch --data /tmp/ml.jsonl --epochs 4
+    python bench/ranker.py throughput --json
+
+``--data`` is ``synthetic`` (the built-in generator) or an event log written by
+``lumstream import`` (``lumstream import movielens ml-latest-small --out ml.jsonl``: every
+rating an impression, a rating >= 4 adds a click). Events go through the stream worker's
+own label join (``streams.processor``, one partition) to become samples, so the ranker sees
+what it sees live. ``--set SECTION.NAME=VALUE`` overrides a ``ranker``, ``embeddings``,
+``backbone`` or ``generator`` setting. Each run prints a table with its configuration and
+the machine, or with ``--json`` one JSON object.
+
+- lum-gain: time-ordered split at the ``--split`` quantile of sample time. The backbone is
+  trained on the sequences before the split and queried at the split time; the ranker
+  trains on the samples before it and is then evaluated progressively (each batch scored
+  before it is learned) on the samples after it. Variants, same code and budget: ``no_lum``,
+  ``lum_direct`` (o_q of the sample's condition and e_i), ``lum_full`` (+ interest matching)
+  and ``e2e_gr``: the backbone alone, sim(o_q, e_i) through a sigmoid fitted on the train
+  part.
+- multi-epoch: the same split; epochs 1..K on the train part, the eval part scored (not
+  learned) after each epoch: naive, sparse-reset, single epoch.
+- throughput: training samples/s of the default model, fused TorchRec tables vs plain
+  ``nn.Embedding`` (+ the same row-wise Adagrad in torch), with and without LUM features,
+  interleaved repeats, median reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from prometheus_client import CollectorRegistry
+
+from embeddings.config import EmbeddingsConfig
+from lumstream.settings import build
+from monitoring.metrics import Metrics
+from streams.config import EventConfig, GeneratorConfig, StoreConfig, WorkerConfig
+from streams.events import EventError, decode
+from streams.ids import stable_id
+from streams.processor import open_processor
+from trainer.backbone.config import BackboneConfig
+from trainer.backbone.data import MemorySource, sequences_from_events
+from trainer.ranker.batch import Samples
+from trainer.ranker.config import RankerConfig
+from trainer.ranker.engine import RankerEngine, Scored
+from trainer.ranker.metrics import summary
+from trainer.ranker.multi_epoch import train_epochs
+from trainer.ranker.vectors import LumVectors
+
+VARIANTS = ("no_lum", "lum_direct", "lum_full")
+# a world small enough that users have ~80 clicks each within a few minutes of CPU
+SYNTHETIC = {
+    "users": "500",
+    "items": "1000",
+    "categories": "8",
+    "events": "300000",
+    "base_ctr": "0.15",
+}
+BACKBONE = {
+    "heads": "2",
+    "layers": "1",
+    "max_len": "100",
+    "batch_users": "32",
+    "dropout": "0.1",
+    "temperature": "0.1",
+}
+BACKBONE_BY_DATA = {"synthetic": {"dim": "64", "epochs": "20"}, "log": {"dim": "32", "epochs": "5"}}
+
+
+# -- settings, machine ---------------------------------------------------------------------------
+def overrides(items: list[str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise SystemExit(f"--set {item!r}: expected SECTION.NAME=VALUE")
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def backbone_cfg(data: str, over: dict[str, dict[str, str]]) -> BackboneConfig:
+    by_data = BACKBONE_BY_DATA["synthetic" if data == "synthetic" else "log"]
+    values = {**BACKBONE, **by_data, **over.get("backbone", {})}
+    return build(BackboneConfig, values, source="bench")
+
+
+def machine(threads: int) -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": threads,
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+# -- data ----------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Data:
+    """Samples (emission order), the valid events (for sequences) and the world (synthetic)."""
+
+    name: str
+    samples: Samples
+    values: list[bytes]
+    world: Any = None
+
+
+def load(data: str, gen_over: dict[str, str]) -> Data:
+    if data == "synthetic":
+        from streams.generator import ClickStream
+
+        gen = build(GeneratorConfig, {**SYNTHETIC, **gen_over}, source="bench")
+        stream = ClickStream(gen)
+        values = [v for batch in stream.pair_batches() for _, v in batch]
+        world = stream.world
+    else:
+        from streams.sinks import iter_event_log
+
+        values = [raw for _, raw in iter_event_log(data)]
+        world = None
+    return Data(data, to_samples(values), values, world)
+
+
+def to_samples(values: list[bytes]) -> Samples:
+    """The stream worker's label join over the events (one partition)."""
+    parts = []
+    with tempfile.TemporaryDirectory() as d:
+        proc = open_processor(
+            Path(d),
+            0,
+            StoreConfig(sync_writes=False),
+            WorkerConfig(),
+            EventConfig(),
+            Metrics(CollectorRegistry()),
+        )
+        step = 20_000
+        for i in range(0, len(values), step):
+            chunk = values[i : i + step]
+            res = proc.process(list(range(i, i + len(chunk))), [None] * len(chunk), chunk)
+            if res.samples is not None:
+                parts.append(Samples.from_block(res.samples))
+            proc.commit()
+        proc.close()
+    return Samples.concat(parts)
+
+
+def split(s: Samples, q: float) -> tuple[int, Samples, Samples]:
+    t = int(np.quantile(s.rows["ts"], q))
+    before = s.rows["ts"] < t
+    return t, s.select(before), s.select(~before)
+
+
+def sequences_before(
+    values: list[bytes], t: int, actions: tuple[str, ...]
+) -> dict[int, np.ndarray]:
+    cfg = EventConfig()
+    events = []
+    for raw in values:
+        try:
+            ev = decode(raw, cfg)
+        except EventError:
+            continue
+        if ev.ts < t and (not actions or ev.action in actions):
+            events.append(ev)
+    return sequences_from_events(events, cfg)
+
+
+def train_backbone(
+    data: Data, t: int, bcfg: BackboneConfig, actions: tuple[str, ...]
+) -> tuple[Any, dict[int, np.ndarray], dict[str, Any]]:
+    """The backbone trained on the sequences before ``t``; every user's full sequence (for
+    later queries, each cut at its query time); and what training did."""
+    from trainer.backbone.train import train
+
+    seqs = sequences_before(data.values, 2**63 - 1, actions)
+    pairs = [(u, q[q["ts"] < t]) for u, q in sorted(seqs.items())]
+    pairs = [(u, q) for u, q in pairs if len(q) >= 2]
+    start = time.perf_counter()
+    result = train(bcfg, MemorySource(dict(pairs)))
+    info = {
+        "seconds": round(time.perf_counter() - start, 1),
+        "users": len(pairs),
+        "steps": result.steps,
+        "last_loss": round(result.losses[-1], 4) if result.losses else None,
+    }
+    return result.model, seqs, info
+
+
+class VectorTimeline:
+    """LUM step 2 as the refresh job runs it: the frozen backbone re-queried at times
+    t_1 <= t_2 <= ... for the users whose sequences changed, each sequence cut before t_k
+    (no event at or after the query time, so no sample's own click leaks into its vector).
+
+    Args:
+        model: the frozen backbone.
+        seqs: user -> full sequence (sorted by time).
+    """
+
+    def __init__(self, model: Any, seqs: dict[int, np.ndarray]) -> None:
+        from trainer.backbone.group_query import item_embeddings, query_condition_ids
+
+        self.model, self.seqs = model, seqs
+        self.q = query_condition_ids(model)
+        self.items, e = item_embeddings(model)
+        self.e = e.numpy()
+        self.vectors: dict[int, np.ndarray] = {}
+        self.seen: dict[int, int] = {}
+        self.seconds = 0.0
+        self.queries = 0
+
+    def at(self, t: int, name: str) -> LumVectors:
+        from trainer.backbone.group_query import compute_vectors
+
+        start = time.perf_counter()
+        changed = []
+        for u, q in self.seqs.items():
+            n = int(np.searchsorted(q["ts"], t))
+            if n and n != self.seen.get(u, 0):
+                changed.append((u, q[:n]))
+                self.seen[u] = n
+        if changed:
+            users, o = compute_vectors(self.model, changed, self.q, now_ms=t)
+            for u, v in zip(users.tolist(), o.numpy(), strict=True):
+                self.vectors[u] = v
+            self.queries += len(changed)
+        ids = np.array(sorted(self.vectors), np.int64)
+        d = self.e.shape[1]
+        o_all = (
+            np.stack([self.vectors[u] for u in ids.tolist()])
+            if len(ids)
+            else np.zeros((0, len(self.q), d), np.float32)
+        )
+        self.seconds += time.perf_counter() - start
+        return LumVectors(
+            name, self.q, ids, o_all, self.items, self.e, self.model.cfg.condition_fields
+        )
+
+
+def vector_schedule(
+    timeline: VectorTimeline, s: Samples, n_train: int, batch: int, refresh: int, t_split: int
+) -> list[LumVectors]:
+    """The vector set of every batch (train batches then eval batches): re-queried every
+    ``refresh`` samples (rounded to whole batches) at the earliest sample time of the
+    batches that use it. ``refresh`` 0: one set queried at the split for every batch (the
+    train part then sees vectors built from its own future clicks: leaky, for comparison)."""
+    bounds = _batches(len(s), n_train, batch)
+    if refresh == 0:
+        return [timeline.at(t_split, "v1")] * len(bounds)
+    per = max(1, refresh // batch)
+    out: list[LumVectors] = []
+    for k in range(0, len(bounds), per):
+        group = bounds[k : k + per]
+        t = int(s.rows["ts"][group[0][0] : group[-1][1]].min())
+        out.extend([timeline.at(t, f"v1@{t}")] * len(group))
+    return out
+
+
+def _batches(n: int, n_train: int, b: int) -> list[tuple[int, int]]:
+    return [(i, min(i + b, n_train)) for i in range(0, n_train, b)] + [
+        (i, min(i + b, n)) for i in range(n_train, n, b)
+    ]
+
+
+# -- runs ----------------------------------------------------------------------------------------
+def progressive(
+    rcfg: RankerConfig,
+    ecfg: EmbeddingsConfig,
+    s: Samples,
+    n_train: int,
+    vectors: list[LumVectors] | None,
+) -> tuple[list[Scored], float]:
+    """Learn the train part, then score-then-learn the eval part; the eval part's scores.
+    ``vectors`` holds the LUM vector set of every batch."""
+    dim, n = (vectors[0].dim, vectors[0].n_conditions) if vectors else (1, 1)
+    eng = RankerEngine(rcfg, ecfg, dim, n)
+    start = time.perf_counter()
+    scored = []
+    for k, (lo, hi) in enumerate(_batches(len(s), n_train, rcfg.batch_size)):
+        out = eng.step(s.slice(lo, hi), vectors[k] if vectors else None)
+        if lo >= n_train:
+            scored.append(out)
+    return scored, time.perf_counter() - start
+
+
+def e2e_scores(vec: LumVectors, s: Samples) -> np.ndarray:
+    """sim(o_q, e_i) for the sample's condition (mean over the query conditions when it is
+    not one of them); 0 when the user or item has no vector."""
+    o, uf = vec.lookup_users(s.rows["user"])
+    e, itf = vec.lookup_items(s.rows["item"])
+    sims = np.einsum("bnd,bd->bn", o, e)  # (B, N)
+    ci = vec.condition_index(np.stack([s.rows[f] for f in vec.condition_fields], axis=1))
+    own = np.where(ci >= 0, sims[np.arange(len(s)), np.maximum(ci, 0)], sims.mean(axis=1))
+    return np.where(uf & itf, own, 0.0)
+
+
+def fit_sigmoid(x: np.ndarray, y: np.ndarray, iters: int = 50) -> tuple[float, float]:
+    """Logistic regression y ~ sigmoid(a x + b) by Newton's method (the calibration)."""
+    a, b = 0.0, float(np.log((y.mean() + 1e-6) / (1 - y.mean() + 1e-6)))
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-(a * x + b)))
+        g = np.array([((p - y) * x).sum(), (p - y).sum()])
+        w = p * (1 - p) + 1e-9
+        h = np.array([[(w * x * x).sum(), (w * x).sum()], [(w * x).sum(), w.sum()]])
+        step = np.linalg.solve(h + 1e-6 * np.eye(2), g)
+        a, b = a - step[0], b - step[1]
+    return float(a), float(b)
+
+
+def oracle_auc(world: Any, s: Samples) -> dict[str, float]:
+    from streams.generator import World
+
+    names = {stable_id(World.condition_name(c)): c for c in range(world.n_categories)}
+    conds = np.array([names.get(int(c), 0) for c in s.rows["cond"]])
+    p = world.click_prob(s.rows["user"], s.rows["item"], conds)
+    return summary(p, s.rows["label"], s.rows["user"])
+
+
+def _round(d: dict[str, float]) -> dict[str, float]:
+    return {k: round(float(v), 4) for k, v in d.items()}
+
+
+def lum_gain(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[str, Any]:
+    data = load(args.data, over.get("generator", {}))
+    t, tr, ev = split(data.samples, args.split)
+    stream = Samples.concat([tr, ev])
+    actions = (
+        tuple(args.actions.split(","))
+        if args.actions
+        else (("click", "purchase") if args.data == "synthetic" else ())
+    )
+    bcfg = backbone_cfg(args.data, over)
+    t_backbone = (
+        int(np.quantile(data.samples.rows["ts"], args.backbone_split)) if args.backbone_split else t
+    )
+    model, seqs, bb = train_backbone(data, t_backbone, bcfg, actions)
+    bb["trained_before_ts_ms"] = t_backbone
+    ecfg = build(EmbeddingsConfig, over.get("embeddings", {}), source="bench")
+    base = build(RankerConfig, over.get("ranker", {}), source="bench")
+    timeline = VectorTimeline(model, seqs)
+    vectors = vector_schedule(timeline, stream, len(tr), base.batch_size, args.refresh, t)
+    bb.update(
+        query_seconds=round(timeline.seconds, 1),
+        queried_users=timeline.queries,
+        vector_sets=len({id(v) for v in vectors}),
+        query_conditions=vectors[0].n_conditions,
+    )
+    res: dict[str, Any] = {"auc": {}, "gauc": {}, "logloss": {}, "seconds": {}}
+    labels, users = ev.rows["label"].astype(np.float64), ev.rows["user"]
+    for variant, lum in zip(VARIANTS, ("off", "direct", "full"), strict=True):
+        rcfg = dataclasses.replace(base, lum_features=lum)
+        scored, secs = progressive(rcfg, ecfg, stream, len(tr), vectors)
+        probs = np.concatenate([x.probs for x in scored])
+        out = summary(
+            probs,
+            np.concatenate([x.labels for x in scored]),
+            np.concatenate([x.users for x in scored]),
+        )
+        for k in ("auc", "gauc", "logloss"):
+            res[k][variant] = round(out[k], 4)
+        res["seconds"][variant] = round(secs, 1)
+    bounds = _batches(len(stream), len(tr), base.batch_size)
+    sims = np.concatenate(
+        [e2e_scores(v, stream.slice(lo, hi)) for v, (lo, hi) in zip(vectors, bounds, strict=True)]
+    )
+    a, b = fit_sigmoid(sims[: len(tr)], tr.rows["label"].astype(np.float64))
+    e2e = summary(1 / (1 + np.exp(-(a * sims[len(tr) :] + b))), labels, users)
+    for k in ("auc", "gauc", "logloss"):
+        res[k]["e2e_gr"] = round(e2e[k], 4)
+    ev_vec = [v for v, (lo, _) in zip(vectors, bounds, strict=True) if lo >= len(tr)]
+    ev_bounds = [x for x in bounds if x[0] >= len(tr)]
+    found_u = np.concatenate(
+        [
+            v.lookup_users(stream.rows["user"][lo:hi])[1]
+            for v, (lo, hi) in zip(ev_vec, ev_bounds, strict=True)
+        ]
+    )
+    res.update(
+        bench="lum-gain",
+        data=args.data,
+        split={
+            "quantile": args.split,
+            "ts_ms": t,
+            "train": len(tr),
+            "eval": len(ev),
+            "eval_ctr": round(float(labels.mean()), 4),
+            "refresh_samples": args.refresh,
+        },
+        backbone={
+            **bb,
+            "config": {k: getattr(bcfg, k) for k in (*BACKBONE, "dim", "epochs")},
+            "actions": list(actions),
+        },
+        vector_coverage={
+            "user": round(float(found_u.mean()), 4),
+            "item": round(float(ev_vec[-1].lookup_items(ev.rows["item"])[1].mean()), 4),
+            "condition": round(float((ev_vec[-1].condition_index(ev.rows["cond"]) >= 0).mean()), 4),
+        },
+        gain={k: round(res[k]["lum_full"] - res[k]["no_lum"], 4) for k in ("auc", "gauc")},
+        config={"ranker": over.get("ranker", {}), "embeddings": over.get("embeddings", {})},
+    )
+    if data.world is not None:
+        res["oracle"] = _round(
+            {k: v for k, v in oracle_auc(data.world, ev).items() if k in ("auc", "gauc")}
+        )
+    return res
+
+
+def multi_epoch(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[str, Any]:
+    data = load(args.data, over.get("generator", {}))
+    t, tr, ev = split(data.samples, args.split)
+    rcfg = build(RankerConfig, {**over.get("ranker", {}), "lum_features": "off"}, source="bench")
+    ecfg = build(EmbeddingsConfig, over.get("embeddings", {}), source="bench")
+    res: dict[str, Any] = {"auc": {}, "gauc": {}, "train_auc": {}, "seconds": {}}
+    for mode in ("naive", "sparse_reset", "single"):
+        start = time.perf_counter()
+        out = train_epochs(RankerEngine(rcfg, ecfg, 1, 1), tr, ev, mode=mode, epochs=args.epochs)
+        res["seconds"][mode] = round(time.perf_counter() - start, 1)
+        aucs = [round(r.eval["auc"], 4) for r in out]
+        gaucs = [round(r.eval["gauc"], 4) for r in out]
+        res["auc"][mode] = aucs[0] if mode == "single" else aucs
+        res["gauc"][mode] = gaucs[0] if mode == "single" else gaucs
+        res["train_auc"][mode] = [round(r.train["auc"], 4) for r in out]
+    res.update(
+        bench="multi-epoch",
+        data=args.data,
+        epochs=args.epochs,
+        lum_features="off",
+        split={"quantile": args.split, "ts_ms": t, "train": len(tr), "eval": len(ev)},
+        config={"ranker": over.get("ranker", {}), "embeddings": over.get("embeddings", {})},
+    )
+    return res
+
+
+def throughput(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[str, Any]:
+    gen = {**SYNTHETIC, "events": str(args.events), **over.get("generator", {})}
+    s = load("synthetic", gen).samples
+    rcfg = build(RankerConfig, over.get("ranker", {}), source="bench")
+    ecfg = build(EmbeddingsConfig, over.get("embeddings", {}), source="bench")
+    rng = np.random.default_rng(0)
+    n_q, dim = 16, 64
+    users, items = np.unique(s.rows["user"]), np.unique(s.rows["item"])
+    vec = LumVectors(
+        "v1",
+        np.unique(s.rows["cond"])[:n_q],
+        users,
+        rng.normal(size=(len(users), min(n_q, len(np.unique(s.rows["cond"]))), dim)),
+        items,
+        rng.normal(size=(len(items), dim)),
+    )
+    b = rcfg.batch_size
+    warm, timed = 3, args.batches
+    need = (warm + timed) * b
+    if len(s) < need:
+        raise SystemExit(f"throughput: {len(s)} samples, need {need}; raise --events")
+    runs: dict[str, dict[str, list[float]]] = {
+        "lum": {"fused": [], "plain": []},
+        "no_lum": {"fused": [], "plain": []},
+    }
+    for _ in range(args.repeats):
+        for lum in ("lum", "no_lum"):
+            cfg = dataclasses.replace(rcfg, lum_features="full" if lum == "lum" else "off")
+            for kind in ("fused", "plain"):
+                eng = RankerEngine(cfg, ecfg, vec.dim, vec.n_conditions, fused=kind == "fused")
+                for i in range(warm):
+                    eng.step(s.slice(i * b, (i + 1) * b), vec)
+                start = time.perf_counter()
+                for i in range(warm, warm + timed):
+                    eng.step(s.slice(i * b, (i + 1) * b), vec)
+                runs[lum][kind].append(timed * b / (time.perf_counter() - start))
+    med = {lum: {k: round(float(np.median(v)), 0) for k, v in r.items()} for lum, r in runs.items()}
+    return {
+        "bench": "throughput",
+        "data": "synthetic",
+        "samples_per_s": med["lum"],
+        "samples_per_s_no_lum": med["no_lum"],
+        "runs": {lum: {k: [round(x) for x in v] for k, v in r.items()} for lum, r in runs.items()},
+        "batches_timed": timed,
+        "batch_size": b,
+        "lum": {"conditions": vec.n_conditions, "dim": dim},
+        "config": {"ranker": over.get("ranker", {}), "embeddings": over.get("embeddings", {})},
+    }
+
+
+# -- output --------------------------------------------------------------------------------------
+def print_table(res: dict[str, Any]) -> None:
+    print(f"# ranker {res['bench']} on {res['data']}")
+    print(f"machine: {res['machine']}")
+    print(f"config overrides: {res['config']}")
+    if res["bench"] == "lum-gain":
+        print(f"split: {res['split']}")
+        print(f"backbone: {res['backbone']}")
+        print(f"vector coverage on eval: {res['vector_coverage']}")
+        print(f"{'variant':<12} {'AUC':>8} {'GAUC':>8} {'logloss':>8}")
+        for v in (*VARIANTS, "e2e_gr"):
+            print(f"{v:<12} {res['auc'][v]:>8.4f} {res['gauc'][v]:>8.4f} {res['logloss'][v]:>8.4f}")
+        if "oracle" in res:
+            print(f"{'oracle':<12} {res['oracle']['auc']:>8.4f} {res['oracle']['gauc']:>8.4f}")
+        print(f"gain lum_full - no_lum: {res['gain']}")
+    elif res["bench"] == "multi-epoch":
+        print(f"split: {res['split']}; lum features: {res['lum_features']}")
+        print(
+            f"{'mode':<14}" + "".join(f"{'epoch ' + str(e + 1):>10}" for e in range(res["epochs"]))
+        )
+        for mode in ("naive", "sparse_reset"):
+            print(f"{mode + ' AUC':<14}" + "".join(f"{a:>10.4f}" for a in res["auc"][mode]))
+            print(f"{mode + ' GAUC':<14}" + "".join(f"{a:>10.4f}" for a in res["gauc"][mode]))
+        print(f"{'single AUC':<14}{res['auc']['single']:>10.4f}   GAUC {res['gauc']['single']:.4f}")
+    else:
+        print(f"batch {res['batch_size']}, {res['batches_timed']} timed batches, LUM {res['lum']}")
+        print(f"{'':<10} {'fused':>10} {'plain':>10}")
+        for key, name in (("samples_per_s", "LUM full"), ("samples_per_s_no_lum", "no LUM")):
+            print(f"{name:<10} {res[key]['fused']:>10,.0f} {res[key]['plain']:>10,.0f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("bench", choices=("lum-gain", "multi-epoch", "throughput"))
+    p.add_argument("--data", default="synthetic", help="synthetic or an event log file")
+    p.add_argument("--split", type=float, default=0.8, help="train share of sample time")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument(
+        "--actions",
+        default="",
+        help="lum-gain: actions forming the backbone's "
+        "sequences (default: click,purchase on synthetic, all on logs)",
+    )
+    p.add_argument(
+        "--backbone-split",
+        type=float,
+        default=0.0,
+        help="lum-gain: the backbone sees events before this sample-time quantile "
+        "(0: the ranker's split)",
+    )
+    p.add_argument(
+        "--refresh",
+        type=int,
+        default=5000,
+        help="lum-gain: samples between vector refreshes (0: vectors fixed at the split)",
+    )
+    p.add_argument("--events", type=int, default=60_000, help="throughput: generator events")
+    p.add_argument("--batches", type=int, default=30, help="throughput: timed batches")
+    p.add_argument("--repeats", type=int, default=3, help="throughput: interleaved repeats")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: the machine is shared)"
+    )
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    over = overrides(args.set)
+    run = {"lum-gain": lum_gain, "multi-epoch": multi_epoch, "throughput": throughput}[args.bench]
+    start = time.perf_counter()
+    res = run(args, over)
+    res["machine"] = machine(args.threads)
+    res["total_seconds"] = round(time.perf_counter() - start, 1)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print_table(res)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,378 @@
+"""Ranker checkpoints (everything needed to resume) and ranker versions (what serving loads).
+
+**Checkpoint** ``CKPT/ck-<steps>/``: ``torch.distributed.checkpoint`` files of the dense
+weights, the sharded tables, the fused row-wise Adagrad state, the dense Adam state and the
+id mappers (each rank writes its own shards), plus ``stream.json``: where the consumer
+resumes (offsets per lum.samples partition, high-water ``seq`` per source partition), the
+step and sample counters, the backbone versions used, and the size and SHA-256 of every
+file. All ranks write into one hidden temporary directory; rank 0 then fsyncs and renames
+it in one ``os.rename``: a SIGKILL at any moment leaves either the previous checkpoint or
+the new one, never a half one. Loading checks sizes and hashes first; a truncated or
+corrupt checkpoint is skipped (logged, counted) and the previous one is used.
+
+**Version** ``VERSIONS/rN/``: ``manifest.json`` and ``model.safetensors`` (the dense
+weights, the full tables gathered to rank 0, the id -> row owners), published atomically
+the same way and loaded weights-only by :func:`load_ranker` into the plain model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from embeddings.config import EmbeddingsConfig
+from embeddings.ids import IdMapper
+from embeddings.tables import TABLES, PlainEmbeddingCollection
+from lumstream.settings import ConfigError, build
+from monitoring.metrics import Metrics
+from trainer.ranker.config import RankerConfig
+from trainer.ranker.distributed import barrier, broadcast_bytes, world
+from trainer.ranker.engine import RankerEngine, make_mappers
+from trainer.ranker.model import RankerModel
+
+log = logging.getLogger(__name__)
+
+STREAM = "stream.json"
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+FORMAT = 1
+_CK = re.compile(r"^ck-([0-9]+)$")
+_VERSION = re.compile(r"^r([0-9]+)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or version that cannot be used; the message says which and why."""
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files(directory: Path, skip: str) -> dict[str, dict[str, Any]]:
+    out = {}
+    for f in sorted(directory.iterdir()):
+        if f.is_file() and f.name != skip:
+            _fsync(f)
+            out[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+    return out
+
+
+def _verify(directory: Path, meta_name: str) -> dict[str, Any]:
+    """Parse ``meta_name`` and check every listed file's size and hash."""
+    meta_path = directory / meta_name
+    try:
+        meta = json.loads(meta_path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{meta_path}: missing or corrupt ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "files" not in meta:
+        raise CheckpointError(f"{meta_path}: not a format-{FORMAT} file")
+    for name, info in meta["files"].items():
+        f = directory / name
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing")
+        if f.stat().st_size != info["bytes"]:
+            raise CheckpointError(
+                f"{f}: {f.stat().st_size} bytes, expected {info['bytes']} (truncated)"
+            )
+        if _sha256(f) != info["sha256"]:
+            raise CheckpointError(f"{f}: SHA-256 differs (corrupt)")
+    return meta
+
+
+def _publish_dir(tmp: Path, final: Path) -> None:
+    _fsync(tmp)
+    os.rename(tmp, final)
+    _fsync(final.parent)
+
+
+def _clean_temp(root: Path) -> None:
+    for p in root.glob(".tmp-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+class Checkpointer:
+    """Saves and restores the full training state (collective: call on every rank).
+
+    Args:
+        root: the checkpoint directory.
+        keep: checkpoints kept.
+        metrics: ``ranker_checkpoints{outcome}`` and the checkpoint age.
+    """
+
+    def __init__(self, root: str | Path, keep: int = 3, metrics: Metrics | None = None) -> None:
+        self.root, self.keep, self.metrics = Path(root), keep, metrics
+        self.saved_at: float | None = None
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.ranker_checkpoints.labels(outcome=outcome).inc()
+
+    def list(self) -> list[Path]:
+        """Checkpoint directories, newest first."""
+        if not self.root.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.root.iterdir() if (m := _CK.match(p.name))]
+        return [p for _, p in sorted(found, reverse=True)]
+
+    def save(self, engine: RankerEngine, stream: dict[str, Any]) -> Path:
+        """Write a checkpoint of ``engine`` and the consumer state ``stream`` atomically."""
+        import torch.distributed.checkpoint as dcp
+
+        rank, _ = world()
+        name = f"ck-{engine.steps:012d}"
+        token = broadcast_bytes(uuid.uuid4().hex.encode() if rank == 0 else None).decode()
+        tmp = self.root / f".tmp-{token}"
+        if rank == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            _clean_temp(self.root)
+            tmp.mkdir()
+        barrier()
+        dcp.save(engine.state(), checkpoint_id=str(tmp))
+        barrier()
+        final = self.root / name
+        if rank == 0:
+            meta = dict(stream)
+            meta.update(
+                format=FORMAT,
+                steps=engine.steps,
+                samples_learned=engine.samples_learned,
+                created_at_ms=time.time_ns() // 1_000_000,
+                files=_files(tmp, STREAM),
+            )
+            (tmp / STREAM).write_text(json.dumps(meta, indent=1, sort_keys=True))
+            _fsync(tmp / STREAM)
+            if final.exists():  # no step since the last checkpoint: same state
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                _publish_dir(tmp, final)
+            for old in self.list()[self.keep :]:
+                shutil.rmtree(old, ignore_errors=True)
+        barrier()
+        self.saved_at = time.time()
+        self._count("saved")
+        if self.metrics is not None:
+            self.metrics.ranker_checkpoint_age.set(0.0)
+        return final
+
+    def restore(self, engine: RankerEngine) -> dict[str, Any] | None:
+        """Load the newest valid checkpoint into ``engine``; its stream state, or None.
+
+        Raises:
+            CheckpointError: a verified checkpoint that does not fit the model (the config
+                changed: use another checkpoint directory).
+        """
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        rank, _ = world()
+        chosen = b""
+        if rank == 0:
+            for path in self.list():
+                try:
+                    _verify(path, STREAM)
+                except CheckpointError as exc:
+                    log.warning("ranker checkpoint skipped: %s", exc)
+                    self._count("load_failed")
+                    continue
+                chosen = str(path).encode()
+                break
+        picked = broadcast_bytes(chosen if rank == 0 else None).decode()
+        if not picked:
+            return None
+        path = Path(picked)
+        state = engine.state()
+        try:
+            dcp.load(state, checkpoint_id=str(path))
+            engine.load_state(state)
+        except (CheckpointException, RuntimeError, ValueError, KeyError) as exc:
+            # DCP's CheckpointException is a BaseException
+            raise CheckpointError(
+                f"{path}: does not fit this model ({exc}); the ranker or embeddings config "
+                "changed: point ranker.checkpoint_dir elsewhere"
+            ) from exc
+        self._count("restored")
+        meta = json.loads((path / STREAM).read_text())
+        log.info("ranker: resumed from %s (%d samples learned)", path, engine.samples_learned)
+        return meta
+
+
+# -- versions -----------------------------------------------------------------------------------
+def _config_dict(cfg: object) -> dict[str, Any]:
+    return {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in dataclasses.asdict(cfg).items()  # type: ignore[call-overload]
+    }
+
+
+def publish_version(
+    root: str | Path,
+    engine: RankerEngine,
+    info: dict[str, Any],
+    *,
+    keep: int = 3,
+    metrics: Metrics | None = None,
+) -> Path | None:
+    """Export ``engine`` as the next version ``rN`` under ``root`` (collective; rank 0
+    writes and returns the path, other ranks return None).
+
+    Args:
+        info: recorded in the manifest (backbone version, watermark, window metrics...).
+    """
+    from safetensors.torch import save_file
+
+    tables = {t: engine.access.full_table(t) for t in TABLES}  # collective gather
+    rank, _ = world()
+    if rank != 0:
+        return None
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    _clean_temp(root)
+    tmp = root / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    tensors: dict[str, torch.Tensor] = {
+        f"dense.{k}": v.detach().contiguous()
+        for k, v in engine.model.state_dict().items()
+        if not k.startswith("sparse.")
+    }
+    for t, table in tables.items():
+        assert table is not None
+        tensors[f"table.{t}"] = table.contiguous()
+    for t, mapper in engine.mappers.items():
+        tensors[f"ids.{t}.owner"] = torch.from_numpy(mapper.owner.copy())
+        tensors[f"ids.{t}.last_seen"] = torch.from_numpy(mapper.last_seen.copy())
+    save_file(tensors, str(tmp / WEIGHTS))
+    manifest = dict(info)
+    manifest.update(
+        format=FORMAT,
+        kind="ranker",
+        created_at_ms=time.time_ns() // 1_000_000,
+        ranker=_config_dict(engine.cfg),
+        embeddings=_config_dict(engine.emb),
+        lum={"dim": engine.lum_dim, "conditions": engine.lum_conditions},
+        steps=engine.steps,
+        samples_learned=engine.samples_learned,
+        files=_files(tmp, MANIFEST),
+    )
+    numbers = [int(m.group(1)) for p in root.iterdir() if (m := _VERSION.match(p.name))]
+    number = max(numbers, default=0) + 1
+    manifest["number"] = number
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    _fsync(tmp / MANIFEST)
+    final = root / f"r{number}"
+    _publish_dir(tmp, final)
+    for n in sorted([*numbers, number])[:-keep]:
+        shutil.rmtree(root / f"r{n}", ignore_errors=True)
+    if metrics is not None:
+        metrics.ranker_version.set(number)
+    return final
+
+
+@dataclass
+class LoadedRanker:
+    """A published version, ready to score (plain embeddings, eval mode).
+
+    Args:
+        model: the ranker.
+        mappers: table -> id mapper (owners and last-seen times; no admission counts).
+        manifest: the parsed manifest.
+    """
+
+    model: RankerModel
+    mappers: dict[str, IdMapper]
+    manifest: dict[str, Any]
+
+
+def load_ranker(path: str | Path) -> LoadedRanker:
+    """Load ``VERSIONS/rN`` weights-only (safetensors), checking sizes and hashes.
+
+    Raises:
+        CheckpointError: missing, truncated or corrupt files, an invalid config, weights
+            that do not fit.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    manifest = _verify(path, MANIFEST)
+    try:
+        cfg = build(RankerConfig, manifest["ranker"], source=str(path / MANIFEST))
+        emb = build(EmbeddingsConfig, manifest["embeddings"], source=str(path / MANIFEST))
+        lum = manifest["lum"]
+    except (ConfigError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: invalid config in manifest: {exc}") from None
+    try:
+        tensors = load_file(str(path / WEIGHTS))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path / WEIGHTS}: unreadable ({exc})") from None
+    model = RankerModel(cfg, emb, PlainEmbeddingCollection(emb), lum["dim"], lum["conditions"])
+    state = {k[len("dense.") :]: v for k, v in tensors.items() if k.startswith("dense.")}
+    for t in TABLES:
+        state[f"sparse.embeddings.{t}.weight"] = tensors.get(f"table.{t}", torch.empty(0))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the manifest's model: {exc}") from None
+    mappers = make_mappers(emb)
+    for t, m in mappers.items():
+        m.owner[...] = tensors[f"ids.{t}.owner"].numpy()
+        m.last_seen[...] = tensors[f"ids.{t}.last_seen"].numpy()
+    return LoadedRanker(model.eval(), mappers, manifest)
+
+
+def announce(
+    send: Callable[[bytes, bytes], None], version: Path, manifest_extra: dict[str, Any]
+) -> None:
+    """Announce a published version: key ``b"ranker"``, value a JSON object (name, path,
+    time, and ``manifest_extra``), through ``send(key, value)`` (e.g. a producer on
+    ``lum.model-updates``)."""
+    value = {
+        "kind": "ranker",
+        "name": version.name,
+        "path": str(version.resolve()),
+        "announced_at_ms": time.time_ns() // 1_000_000,
+    }
+    value.update(manifest_extra)
+    send(b"ranker", json.dumps(value, sort_keys=True).encode())
+
+
+def stream_state(hwm: dict[int, int], positions: dict[int, int], **extra: Any) -> dict[str, Any]:
+    """The consumer part of a checkpoint (JSON keys are strings)."""
+    out: dict[str, Any] = {
+        "hwm": {str(k): int(v) for k, v in hwm.items()},
+        "positions": {str(k): int(v) for k, v in positions.items()},
+    }
+    out.update(extra)
+    return out
+
+
+def parse_stream_state(meta: dict[str, Any]) -> tuple[dict[int, int], dict[int, int]]:
+    """(hwm, positions) of a checkpoint's stream state."""
+    return (
+        {int(k): int(v) for k, v in meta.get("hwm", {}).items()},
+        {int(k): int(v) for k, v in meta.get("positions", {}).items()},
+    )

@@ -1,0 +1,75 @@
+"""The few collectives the ranker needs beyond TorchRec's (gloo on CPU, nccl on GPU).
+
+Without an initialised process group, the fused path starts a one-process group on an
+in-memory store, so the same code runs with 1 process or N.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def ensure_process_group() -> bool:
+    """Start a one-process gloo group when none exists; True when one was started here."""
+    if dist.is_initialized():
+        return False
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    return True
+
+
+def broadcast_bytes(data: bytes | None, src: int = 0) -> bytes:
+    """``data`` of rank ``src`` on every rank (others pass None)."""
+    rank, size = world()
+    if size == 1:
+        assert data is not None
+        return data
+    n = torch.tensor([len(data) if rank == src and data is not None else 0], dtype=torch.int64)
+    dist.broadcast(n, src)
+    buf = (
+        torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        if rank == src and data is not None and len(data)
+        else torch.empty(int(n.item()), dtype=torch.uint8)
+    )
+    if int(n.item()):
+        dist.broadcast(buf, src)
+    return buf.numpy().tobytes()
+
+
+def all_gather_array(a: np.ndarray) -> np.ndarray:
+    """Concatenation of every rank's 1-D array, in rank order, on every rank."""
+    _rank, size = world()
+    if size == 1:
+        return a
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(size)]
+    dist.all_gather(sizes, torch.tensor([len(a)], dtype=torch.int64))
+    longest = max(int(s.item()) for s in sizes)
+    padded = torch.zeros(longest, dtype=t.dtype)
+    padded[: len(a)] = t
+    parts = [torch.zeros(longest, dtype=t.dtype) for _ in range(size)]
+    dist.all_gather(parts, padded)
+    return np.concatenate([p[: int(s.item())].numpy() for p, s in zip(parts, sizes, strict=True)])
+
+
+def any_rank(flag: bool) -> bool:
+    """True when ``flag`` is true on any rank."""
+    _rank, size = world()
+    if size == 1:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64)
+    dist.all_reduce(t)
+    return bool(t.item())
+
+
+def barrier() -> None:
+    if world()[1] > 1:
+        dist.barrier()

@@ -1,0 +1,308 @@
+"""The streaming loop: samples in, score, learn, export metrics, checkpoint, publish.
+
+Rank 0 reads the source and assembles global batches of ``batch_size`` rows (a partial
+batch when the source is exhausted or idle for ``idle_flush_s``); it broadcasts each batch
+with what to do (learn it, checkpoint, which vector set, stop) so every rank takes the same
+steps. Every batch is scored before it is learned from (progressive validation); rank 0
+adds the scores to a sliding window and exports windowed AUC, GAUC, log-loss and
+calibration every ``log_every`` batches. The backbone version of the vectors used is
+recorded per batch (as change points ``[step, version]`` in the checkpoint and manifest).
+
+Example:
+    >>> loop = StreamingTrainer(cfg, engine, source, vectors=watcher)  # doctest: +SKIP
+    >>> stats = loop.run(stop_event)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monitoring.metrics import Metrics
+from trainer.ranker.batch import Samples
+from trainer.ranker.checkpoint import (
+    Checkpointer,
+    parse_stream_state,
+    publish_version,
+    stream_state,
+)
+from trainer.ranker.config import RankerConfig
+from trainer.ranker.distributed import broadcast_bytes, world
+from trainer.ranker.engine import RankerEngine, Scored
+from trainer.ranker.metrics import Window
+from trainer.ranker.source import Assembler, SampleSource
+from trainer.ranker.vectors import LumVectors, VectorsWatcher
+
+log = logging.getLogger(__name__)
+_HEARTBEAT_S = 5.0  # idle ranks hear from rank 0 at least this often
+
+
+@dataclass
+class LoopStats:
+    """What a run did (rank 0's view).
+
+    Args:
+        batches / samples: learned in this run.
+        window: the last window summary.
+        backbone_versions: ``[step, version]`` change points of the vectors used.
+        published: ranker versions written in this run.
+    """
+
+    batches: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+    window: dict[str, float] = field(default_factory=dict)
+    backbone_versions: list[list[Any]] = field(default_factory=list)
+    published: list[str] = field(default_factory=list)
+    scored: list[Scored] = field(default_factory=list)
+
+
+class StreamingTrainer:
+    """Consume samples forever (or until a finite source ends) and keep the ranker fresh.
+
+    Args:
+        cfg: ranker settings (batch size, window, cadences).
+        engine: the model and its optimizers.
+        source: the samples (read on rank 0 only; None on other ranks).
+        vectors: a :class:`VectorsWatcher`, fixed :class:`LumVectors`, or None (no LUM).
+        checkpointer: saves and restores (None: no checkpoints).
+        versions_dir: where versions are published on every checkpoint (None: not).
+        announce: called with (version path, manifest extra) after publishing (rank 0).
+        metrics: where the loop's metrics go.
+        keep_scores: keep every batch's scores in ``LoopStats.scored`` (benchmarks, tests).
+        ts_range: learn only samples with ``from <= ts < to``.
+    """
+
+    def __init__(
+        self,
+        cfg: RankerConfig,
+        engine: RankerEngine,
+        source: SampleSource | None,
+        *,
+        vectors: VectorsWatcher | LumVectors | None = None,
+        checkpointer: Checkpointer | None = None,
+        versions_dir: Path | None = None,
+        announce: Callable[[Path, dict[str, Any]], None] | None = None,
+        metrics: Metrics | None = None,
+        keep_scores: bool = False,
+        ts_range: tuple[int, int] | None = None,
+    ) -> None:
+        self.cfg, self.engine, self.source = cfg, engine, source
+        self.watcher = vectors if isinstance(vectors, VectorsWatcher) else None
+        self.vectors = vectors.current if isinstance(vectors, VectorsWatcher) else vectors
+        self.checkpointer, self.versions_dir, self.announce = checkpointer, versions_dir, announce
+        self.metrics, self.keep_scores = metrics, keep_scores
+        self.rank, self.world = world()
+        self.window = Window(cfg.window)
+        self.stats = LoopStats()
+        self.assembler = Assembler(metrics=metrics, ts_range=ts_range)
+        self.watermark = 0
+        self._vec_path = ""
+        self._last_ckpt = time.monotonic()
+        self._batches_since_ckpt = 0
+
+    # -- start -----------------------------------------------------------------------------
+    def resume(self) -> bool:
+        """Restore the newest valid checkpoint (all ranks) and position the source."""
+        if self.checkpointer is None:
+            return False
+        meta = self.checkpointer.restore(self.engine)
+        if meta is None:
+            return False
+        hwm, positions = parse_stream_state(meta)
+        self.assembler = Assembler(hwm, positions, self.metrics, self.assembler.ts_range)
+        self.stats.backbone_versions = [list(x) for x in meta.get("backbone_versions", [])]
+        self.watermark = int(meta.get("watermark", 0))
+        if self.source is not None:
+            self.source.seek(positions)
+        return True
+
+    # -- rank 0: what to do next -----------------------------------------------------------
+    def _next_batch(self, stop: threading.Event) -> tuple[str, Samples]:
+        assert self.source is not None
+        b = self.cfg.batch_size
+        deadline = time.monotonic() + _HEARTBEAT_S
+        while not stop.is_set():
+            if self.assembler.available() >= b:
+                return "batch", self.assembler.take(b)
+            if self.source.exhausted():
+                if self.assembler.available():
+                    return "batch", self.assembler.take(b)
+                return "stop", Samples.empty()
+            idle = time.monotonic() - self.assembler.last_arrival
+            if self.assembler.available() and idle >= self.cfg.idle_flush_s:
+                return "batch", self.assembler.take(b)
+            if time.monotonic() > deadline:
+                return "wait", Samples.empty()
+            msgs = self.source.poll(max(1, b // 16), timeout_s=0.2)
+            self.assembler.add(msgs)
+        return "stop", Samples.empty()
+
+    def _want_checkpoint(self, op: str) -> bool:
+        if self.checkpointer is None:
+            return False
+        if op == "stop":
+            return self._batches_since_ckpt > 0
+        every_b = self.cfg.checkpoint_every_batches
+        every_s = self.cfg.checkpoint_every_s
+        return (every_b > 0 and self._batches_since_ckpt >= every_b) or (
+            every_s > 0
+            and time.monotonic() - self._last_ckpt >= every_s
+            and self._batches_since_ckpt > 0
+        )
+
+    def _vectors_on_rank0(self) -> str:
+        if self.watcher is not None:
+            self.vectors = self.watcher.poll()
+            return str(self.watcher.path) if self.watcher.path is not None else ""
+        return ""
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None, max_batches: int | None = None) -> LoopStats:
+        """Train until the source ends, ``stop`` is set, or ``max_batches`` batches."""
+        stop = stop or threading.Event()
+        started = time.monotonic()
+        last_log, last_log_samples = started, 0
+        while True:
+            if self.rank == 0:
+                if max_batches is not None and self.stats.batches >= max_batches:
+                    op, samples = "stop", Samples.empty()
+                else:
+                    op, samples = self._next_batch(stop)
+                header: dict[str, Any] = {
+                    "op": op,
+                    "vectors": self._vectors_on_rank0(),
+                    "checkpoint": op != "wait" and self._want_checkpoint(op),
+                }
+                msg = json.dumps(header).encode() + b"\n" + samples.encode()
+            else:
+                msg = None
+            raw = broadcast_bytes(msg)
+            head, _, body = raw.partition(b"\n")
+            header = json.loads(head)
+            if self.rank != 0:
+                self._follow_vectors(header["vectors"])
+            if header["op"] == "batch":
+                self._train(Samples.decode(body))
+                if self.rank == 0 and self.stats.batches % self.cfg.log_every == 0:
+                    now = time.monotonic()
+                    rate = (self.stats.samples - last_log_samples) / max(now - last_log, 1e-9)
+                    self._export(rate)
+                    last_log, last_log_samples = now, self.stats.samples
+            if header["checkpoint"]:
+                self.checkpoint()
+            if header["op"] == "stop":
+                break
+        self.stats.seconds = time.monotonic() - started
+        if self.rank == 0:
+            self._export(self.stats.samples / max(self.stats.seconds, 1e-9))
+        return self.stats
+
+    def _follow_vectors(self, path: str) -> None:
+        if not path or (self.vectors is not None and self._vec_path == path):
+            return
+        try:
+            self.vectors = LumVectors.load(path)
+            self._vec_path = path
+        except Exception as exc:  # keep the loaded set: rank 0 decides, a follower copes
+            log.warning(
+                "rank %d: cannot load vectors %s (%s); keeping the old ones", self.rank, path, exc
+            )
+
+    def _train(self, samples: Samples) -> None:
+        version = self.vectors.version if self.vectors is not None else None
+        if not self.stats.backbone_versions or self.stats.backbone_versions[-1][1] != version:
+            self.stats.backbone_versions.append([self.engine.steps, version])
+            if self.metrics is not None:
+                self.metrics.ranker_backbone_version.set(_version_number(version))
+        scored = self.engine.step(samples, self.vectors)
+        self.assembler.learned(samples)
+        self._batches_since_ckpt += 1
+        self.stats.batches += 1
+        self.stats.samples += len(scored)
+        if len(scored):
+            self.watermark = max(self.watermark, int(scored.ts.max()))
+        if self.rank == 0:
+            self.window.add(scored.probs, scored.labels, scored.users)
+            if self.keep_scores:
+                self.stats.scored.append(scored)
+            if self.metrics is not None:
+                self.metrics.ranker_samples.labels(outcome="scored").inc(len(scored))
+                if scored.learned:
+                    self.metrics.ranker_samples.labels(outcome="learned").inc(len(scored))
+
+    def _export(self, rate: float) -> None:
+        summary = self.window.summary() if len(self.window) else {}
+        self.stats.window = summary
+        if self.metrics is not None:
+            self.metrics.ranker_samples_per_second.set(rate)
+            for k, v in summary.items():
+                if k != "n" and np.isfinite(v):
+                    self.metrics.ranker_progressive.labels(metric=k).set(v)
+            for t, m in self.engine.mappers.items():
+                self.metrics.ranker_ids_used.labels(table=t).set(m.used)
+            if self.checkpointer is not None and self.checkpointer.saved_at is not None:
+                self.metrics.ranker_checkpoint_age.set(time.time() - self.checkpointer.saved_at)
+            if self.source is not None:
+                for p, lag in self.source.lag().items():
+                    self.metrics.ranker_consumer_lag.labels(partition=str(p)).set(lag)
+        if summary:
+            log.info(
+                "ranker: %d batches, %d samples, %.0f samples/s, window auc %.4f gauc %.4f "
+                "logloss %.4f calibration %.3f (backbone %s)",
+                self.stats.batches,
+                self.stats.samples,
+                rate,
+                summary["auc"],
+                summary["gauc"],
+                summary["logloss"],
+                summary["calibration"],
+                self.vectors.version if self.vectors is not None else "none",
+            )
+
+    def checkpoint(self) -> None:
+        """Save a checkpoint (and publish a version when configured); collective."""
+        assert self.checkpointer is not None
+        state = stream_state(
+            self.assembler.learned_hwm,
+            self.assembler.positions(),
+            backbone_versions=self.stats.backbone_versions,
+            watermark=self.watermark,
+        )
+        self.checkpointer.save(self.engine, state)
+        self._last_ckpt = time.monotonic()
+        self._batches_since_ckpt = 0
+        if self.versions_dir is not None:
+            extra = {
+                "backbone_versions": self.stats.backbone_versions,
+                "backbone": self.vectors.version if self.vectors is not None else None,
+                "data_watermark": self.watermark,
+                "window": {k: v for k, v in self.window.summary().items() if np.isfinite(v)}
+                if len(self.window)
+                else {},
+            }
+            path = publish_version(
+                self.versions_dir,
+                self.engine,
+                extra,
+                keep=self.cfg.keep_versions,
+                metrics=self.metrics,
+            )
+            if path is not None:
+                self.stats.published.append(path.name)
+                if self.announce is not None:
+                    self.announce(path, {"backbone": extra["backbone"], "steps": self.engine.steps})
+
+
+def _version_number(version: str | None) -> int:
+    if version and version[1:].isdigit():
+        return int(version[1:])
+    return -1

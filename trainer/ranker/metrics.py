@@ -1,0 +1,166 @@
+"""Progressive-validation metrics: AUC, GAUC (per user), log-loss and calibration.
+
+Fast paths are vectorised numpy (sorts and bincounts); beside each sits a plain reference
+(:func:`auc_reference` compares every positive with every negative, :func:`gauc_reference`
+loops over users) that the tests check them against. Ties count one half.
+
+:class:`Window` keeps the last ``size`` scored samples (a ring buffer) and summarises them;
+the streaming loop adds each batch's predictions *before* the model learns from it, so the
+window measures the model on traffic it has not seen yet.
+
+Example:
+    >>> auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))
+    0.75
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+EPS = 1e-7
+
+
+def _average_ranks(sorted_keys: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
+    """1-based ranks of already sorted values, ties averaged; ``starts`` (bool) marks
+    group starts so ranks restart in every group."""
+    n = len(sorted_keys)
+    new_block = np.ones(n, bool)
+    new_block[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    if starts is not None:
+        new_block |= starts
+    block = np.cumsum(new_block) - 1
+    first = np.flatnonzero(new_block)
+    last = np.append(first[1:], n) - 1
+    pos = np.arange(n, dtype=np.float64)
+    if starts is not None:
+        group_first = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
+        pos = pos - group_first
+        first_pos, last_pos = pos[first], pos[last]
+    else:
+        first_pos, last_pos = first.astype(np.float64), last.astype(np.float64)
+    return ((first_pos + last_pos) / 2.0 + 1.0)[block]
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """ROC AUC (Mann-Whitney U); NaN when only one class is present."""
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(labels) > 0
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="stable")
+    ranks = _average_ranks(s[order])
+    r_pos = float(ranks[y[order]].sum())
+    return (r_pos - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+def auc_reference(scores: np.ndarray, labels: np.ndarray) -> float:
+    """AUC by comparing every (positive, negative) pair (O(n²); tests only)."""
+    pos = [float(s) for s, y in zip(scores, labels, strict=True) if y > 0]
+    neg = [float(s) for s, y in zip(scores, labels, strict=True) if y <= 0]
+    if not pos or not neg:
+        return float("nan")
+    total = sum(1.0 if p > q else 0.5 if p == q else 0.0 for p in pos for q in neg)
+    return total / (len(pos) * len(neg))
+
+
+def gauc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
+    """Impression-weighted mean of per-group AUCs over groups with both classes (NaN if
+    none)."""
+    s = np.asarray(scores, np.float64)
+    y = (np.asarray(labels) > 0).astype(np.float64)
+    g = np.asarray(groups)
+    if len(s) == 0:
+        return float("nan")
+    order = np.lexsort((s, g))
+    gs, ss, ys = g[order], s[order], y[order]
+    starts = np.ones(len(gs), bool)
+    starts[1:] = gs[1:] != gs[:-1]
+    gid = np.cumsum(starts) - 1
+    ranks = _average_ranks(ss, starts)
+    n = np.bincount(gid).astype(np.float64)
+    n_pos = np.bincount(gid, weights=ys)
+    r_pos = np.bincount(gid, weights=ranks * ys)
+    n_neg = n - n_pos
+    ok = (n_pos > 0) & (n_neg > 0)
+    if not ok.any():
+        return float("nan")
+    per = (r_pos[ok] - n_pos[ok] * (n_pos[ok] + 1) / 2.0) / (n_pos[ok] * n_neg[ok])
+    return float((per * n[ok]).sum() / n[ok].sum())
+
+
+def gauc_reference(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
+    """GAUC by looping over groups with :func:`auc_reference` (tests only)."""
+    num = den = 0.0
+    for g in sorted(set(np.asarray(groups).tolist())):
+        sel = np.asarray(groups) == g
+        a = auc_reference(np.asarray(scores)[sel], np.asarray(labels)[sel])
+        if not math.isnan(a):
+            num += a * int(sel.sum())
+            den += int(sel.sum())
+    return num / den if den else float("nan")
+
+
+def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean binary cross-entropy (probabilities clipped to [1e-7, 1 - 1e-7])."""
+    if len(probs) == 0:
+        return float("nan")
+    p = np.clip(np.asarray(probs, np.float64), EPS, 1 - EPS)
+    y = np.asarray(labels, np.float64)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+def summary(probs: np.ndarray, labels: np.ndarray, users: np.ndarray) -> dict[str, float]:
+    """auc, gauc, logloss, calibration (mean prediction / observed CTR), ctr, n."""
+    p = np.asarray(probs, np.float64)
+    y = np.asarray(labels, np.float64)
+    ctr = float(y.mean()) if len(y) else float("nan")
+    return {
+        "auc": auc(p, y),
+        "gauc": gauc(p, y, users),
+        "logloss": log_loss(p, y),
+        "calibration": float(p.mean()) / ctr if len(y) and ctr > 0 else float("nan"),
+        "ctr": ctr,
+        "n": float(len(y)),
+    }
+
+
+class Window:
+    """The last ``size`` (probability, label, user) triples, as a ring buffer.
+
+    Args:
+        size: samples kept.
+
+    Example:
+        >>> w = Window(3)
+        >>> w.add(np.array([0.2, 0.9, 0.6, 0.1]), np.array([0, 1, 1, 0]), np.array([1, 1, 2, 2]))
+        >>> len(w), w.summary()["auc"]
+        (3, 1.0)
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.probs = np.zeros(size, np.float64)
+        self.labels = np.zeros(size, np.float64)
+        self.users = np.zeros(size, np.int64)
+        self._next = 0
+        self._filled = 0
+
+    def __len__(self) -> int:
+        return self._filled
+
+    def add(self, probs: np.ndarray, labels: np.ndarray, users: np.ndarray) -> None:
+        """Append a batch (only its last ``size`` rows when it is larger than the window)."""
+        probs, labels, users = probs[-self.size :], labels[-self.size :], users[-self.size :]
+        idx = (self._next + np.arange(len(probs))) % self.size
+        self.probs[idx], self.labels[idx], self.users[idx] = probs, labels, users
+        self._next = int((self._next + len(probs)) % self.size)
+        self._filled = min(self.size, self._filled + len(probs))
+
+    def summary(self) -> dict[str, float]:
+        """:func:`summary` of the samples in the window."""
+        n = self._filled
+        return summary(self.probs[:n], self.labels[:n], self.users[:n])
