@@ -16,6 +16,7 @@ from streams.vector_store import VectorReader, decode_vectors
 from trainer.backbone.config import BackboneConfig, RefreshConfig
 from trainer.backbone.refresh import RefreshPaths, refresh_once
 from trainer.backbone.versions import list_versions
+from trainer.ranker.vectors import LumVectors
 
 torch.set_num_threads(1)
 CFG = BackboneConfig(
@@ -84,3 +85,8 @@ def test_refresh_publishes_skips_and_warm_starts(tmp_path: Path) -> None:
     assert third.version is not None
     assert third.version.manifest["parent"] is None
     assert [v.name for v in list_versions(paths.versions)] == ["v2", "v3"]  # keep_versions=2
+    sets = sorted(d.name for d in paths.vector_sets.iterdir())
+    assert sets == ["v2", "v3"]  # the ranker's vector sets follow version retention
+    loaded = LumVectors.load(paths.vector_sets / "v3")
+    found = loaded.lookup_users(np.array([user], np.int64))[1]
+    assert bool(found[0])

@@ -42,9 +42,9 @@ from trainer.backbone.data import (
 )
 from trainer.backbone.encoder import LumBackbone
 from trainer.backbone.eval import HeldOut, evaluate, leave_last_out
-from trainer.backbone.group_query import compute_vectors, query_condition_ids
+from trainer.backbone.group_query import compute_vectors, item_embeddings, query_condition_ids
 from trainer.backbone.train import train
-from trainer.backbone.versions import VersionInfo, latest, publish
+from trainer.backbone.versions import VersionInfo, latest, list_versions, publish
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,11 @@ class RefreshPaths:
     store: Path  # the sequence store (read-only)
     versions: Path  # backbone versions v1, v2, ...
     vectors: Path  # the condition-query vector store (this job is its only writer)
+
+    @property
+    def vector_sets(self) -> Path:
+        """Whole vector sets per version (``LumVectors`` files) for the ranker trainer."""
+        return self.versions / "vectors"
 
 
 def refresh_once(
@@ -131,7 +136,7 @@ def _refresh(
         info,
         model,
         changed_first(all_pairs, last_wm),
-        paths.vectors,
+        paths,
         rcfg.vector_batch_users,
         metrics,
         cq,
@@ -197,40 +202,73 @@ def _sample(held: HeldOut, n: int, seed: int) -> HeldOut:
 
 def write_vectors(
     info: VersionInfo,
-    model: object,
+    model: LumBackbone,
     pairs: list[tuple[int, np.ndarray]],
-    root: Path,
+    paths: RefreshPaths,
     batch_users: int,
     metrics: Metrics,
     cq: CqSink | None,
 ) -> int:
-    """Group-query ``pairs`` in order (changed users first) into the vector store and lum.cq."""
+    """Group-query ``pairs`` in order (changed users first).
 
-    assert isinstance(model, LumBackbone)
+    Each chunk goes to the vector store (per-user lookups: serving) and lum.cq as soon as
+    it is computed; the whole set with the item embeddings e_i is then saved as one
+    ``LumVectors`` file under ``<versions>/vectors/vN`` (the ranker trainer's input).
+    """
+    from trainer.ranker.vectors import LumVectors
+
     conds = query_condition_ids(model)
-    store = VectorStore(root)
+    store = VectorStore(paths.vectors)
+    all_users: list[np.ndarray] = []
+    all_vecs: list[np.ndarray] = []
     try:
-        written = 0
         started_ms = time.time_ns() // 1_000_000
         for start in range(0, len(pairs), batch_users):
-            chunk = pairs[start : start + batch_users]
-            users, vecs = compute_vectors(model, chunk, conds, metrics=metrics)
-            now_ms = time.time_ns() // 1_000_000
+            users, vecs = compute_vectors(
+                model, pairs[start : start + batch_users], conds, metrics=metrics
+            )
+            block = vecs.detach().cpu().numpy().astype(np.float32)  # (U, N, D)
             records = store.write(
                 users,
                 info.number,
-                now_ms,
+                time.time_ns() // 1_000_000,
                 conds.reshape(len(conds), -1)[:, 0],
-                vecs.detach().cpu().numpy().astype(np.float32),
+                block,
             )
             if cq is not None:
                 cq(records)
-            written += len(users)
+            all_users.append(users)
+            all_vecs.append(block)
+        written = sum(len(u) for u in all_users)
         store.set_state(version=info.number, full_pass_started_ms=started_ms, users=written)
-        metrics.backbone_oldest_vector_age.set((time.time_ns() // 1_000_000 - started_ms) / 1000.0)
-        return written
     finally:
         store.close()
+    items, item_vecs = item_embeddings(model)
+    dim = model.cfg.dim
+    LumVectors(
+        info.name,
+        conds,
+        np.concatenate(all_users) if all_users else np.zeros(0, np.int64),
+        np.concatenate(all_vecs) if all_vecs else np.zeros((0, len(conds), dim), np.float32),
+        items,
+        item_vecs.detach().cpu().numpy(),
+        model.cfg.condition_fields,
+        started_ms,
+    ).save(paths.vector_sets / info.name)
+    _prune_sets(paths)
+    metrics.backbone_oldest_vector_age.set((time.time_ns() // 1_000_000 - started_ms) / 1000.0)
+    return written
+
+
+def _prune_sets(paths: RefreshPaths) -> None:
+    """Vector sets follow version retention: a set whose version is gone is removed."""
+    import shutil
+
+    kept = {v.name for v in list_versions(paths.versions)}
+    if paths.vector_sets.is_dir():
+        for d in paths.vector_sets.iterdir():
+            if d.is_dir() and d.name not in kept:
+                shutil.rmtree(d, ignore_errors=True)
 
 
 def run_forever(
