@@ -32,12 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lumstream.durable import write_json_atomic
 from monitoring.metrics import Metrics
 from streams.applier import BatchApplier, WorkerStats
 from streams.config import EventConfig, ReplayConfig, StoreConfig, WorkerConfig
 from streams.outputs import DeadLetterSink, SampleSink
 from streams.processor import PartitionProcessor
-from streams.replay import Progress, ReplayStats, read_json, write_json_atomic
+from streams.replay import Progress, ReplayStats, read_json
 from streams.sources import EventSource, Origin, ReplayError, SourceReader
 from streams.store import PartitionStore, StoreError
 

@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 import uuid
@@ -36,6 +35,7 @@ from typing import Any
 
 import orjson
 
+from lumstream.durable import write_json_atomic
 from monitoring.metrics import Metrics
 from streams.config import KafkaConfig, ReplayConfig
 from streams.sources import EventSource, ReplayError, SourceReader
@@ -81,22 +81,6 @@ class ReplayStats:
                 f"{self.samples:,} samples, {self.rejected:,} dead letters"
             )
         return "\n".join(lines)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON so that ``path`` holds either the old or the new content, on disk."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the rename itself
-    finally:
-        os.close(fd)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

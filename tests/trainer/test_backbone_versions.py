@@ -16,6 +16,7 @@ import pytest
 import torch
 from backbone_util import make_pairs
 
+from lumstream.durable import sha256_file
 from monitoring.metrics import Metrics
 from trainer.backbone import versions
 from trainer.backbone.config import BackboneConfig
@@ -186,7 +187,7 @@ def test_truncated_weights_are_refused(published: Path) -> None:
         versions.load_model(published)
     # even with a manifest that agrees with the truncated file, safetensors refuses it
     m = json.loads((published / "manifest.json").read_text())
-    m["files"]["model.safetensors"] = {"bytes": len(data) // 2, "sha256": versions._sha256(weights)}
+    m["files"]["model.safetensors"] = {"bytes": len(data) // 2, "sha256": sha256_file(weights)}
     (published / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(VersionError, match="unreadable safetensors"):
         versions.load_model(published)

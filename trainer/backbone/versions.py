@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -40,6 +39,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from lumstream.durable import fsync_path, sha256_file
 from lumstream.settings import ConfigError, build
 from monitoring.metrics import Metrics
 from trainer.backbone.config import BackboneConfig
@@ -85,30 +85,6 @@ class VersionInfo:
     manifest: dict[str, Any]
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _numbers(root: Path) -> list[int]:
     if not root.is_dir():
         return []
@@ -126,7 +102,7 @@ def _tensors(model: LumBackbone) -> dict[str, torch.Tensor]:
 def _write_manifest(tmp: Path, manifest: dict[str, Any]) -> None:
     path = tmp / MANIFEST
     path.write_bytes(json.dumps(manifest, indent=2, sort_keys=True).encode())
-    _fsync_file(path)
+    fsync_path(path)
 
 
 def clean_temp(root: Path) -> list[Path]:
@@ -203,7 +179,7 @@ def _publish_from(
 ) -> VersionInfo:
     weights = tmp / WEIGHTS
     save_file(_tensors(model), str(weights))
-    _fsync_file(weights)
+    fsync_path(weights)
     now_ms = time.time_ns() // 1_000_000
     manifest: dict[str, Any] = {
         "format": FORMAT,
@@ -222,13 +198,13 @@ def _publish_from(
             "cats": len(model.vocabs.cats),
             "conds": [len(v) for v in model.vocabs.conds],
         },
-        "files": {WEIGHTS: {"bytes": weights.stat().st_size, "sha256": _sha256(weights)}},
+        "files": {WEIGHTS: {"bytes": weights.stat().st_size, "sha256": sha256_file(weights)}},
     }
     for _attempt in range(100):
         number = max(_numbers(root), default=0) + 1
         manifest["number"] = number
         _write_manifest(tmp, manifest)
-        _fsync_dir(tmp)
+        fsync_path(tmp)
         try:
             os.rename(tmp, root / f"v{number}")
         except OSError:  # another publisher took vN: take the next number
@@ -236,7 +212,7 @@ def _publish_from(
         break
     else:
         raise VersionError(f"{root}: could not claim a version number after 100 attempts")
-    _fsync_dir(root)
+    fsync_path(root)
     return VersionInfo(f"v{number}", number, root / f"v{number}", manifest)
 
 
@@ -252,7 +228,7 @@ def retain(root: str | Path, keep: int) -> list[str]:
         shutil.rmtree(hidden, ignore_errors=True)
         removed.append(f"v{n}")
     if removed:
-        _fsync_dir(root)
+        fsync_path(root)
     return removed
 
 
@@ -300,7 +276,7 @@ def read_manifest(path: str | Path, verify: bool = True) -> VersionInfo:
             raise VersionError(
                 f"{f}: {size} bytes, the manifest says {meta.get('bytes')} (truncated or replaced)"
             )
-        if verify and _sha256(f) != meta.get("sha256"):
+        if verify and sha256_file(f) != meta.get("sha256"):
             raise VersionError(f"{f}: SHA-256 differs from the manifest (corrupt)")
     return VersionInfo(path.name, int(m.group(1)), path, manifest)
 

@@ -18,7 +18,6 @@ the same way and loaded weights-only by :func:`load_ranker` into the plain model
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ import torch
 from embeddings.config import EmbeddingsConfig
 from embeddings.ids import IdMapper
 from embeddings.tables import TABLES, PlainEmbeddingCollection
+from lumstream.durable import fsync_path, sha256_file
 from lumstream.settings import ConfigError, build
 from monitoring.metrics import Metrics
 from trainer.ranker.config import RankerConfig
@@ -57,28 +57,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint or version that cannot be used; the message says which and why."""
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _files(directory: Path, skip: str) -> dict[str, dict[str, Any]]:
     out = {}
     for f in sorted(directory.iterdir()):
         if f.is_file() and f.name != skip:
-            _fsync(f)
-            out[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+            fsync_path(f)
+            out[f.name] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
     return out
 
 
@@ -99,15 +83,15 @@ def _verify(directory: Path, meta_name: str) -> dict[str, Any]:
             raise CheckpointError(
                 f"{f}: {f.stat().st_size} bytes, expected {info['bytes']} (truncated)"
             )
-        if _sha256(f) != info["sha256"]:
+        if sha256_file(f) != info["sha256"]:
             raise CheckpointError(f"{f}: SHA-256 differs (corrupt)")
     return meta
 
 
 def _publish_dir(tmp: Path, final: Path) -> None:
-    _fsync(tmp)
+    fsync_path(tmp)
     os.rename(tmp, final)
-    _fsync(final.parent)
+    fsync_path(final.parent)
 
 
 def _clean_temp(root: Path) -> None:
@@ -165,7 +149,7 @@ class Checkpointer:
                 files=_files(tmp, STREAM),
             )
             (tmp / STREAM).write_text(json.dumps(meta, indent=1, sort_keys=True))
-            _fsync(tmp / STREAM)
+            fsync_path(tmp / STREAM)
             if final.exists():  # no step since the last checkpoint: same state
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
@@ -282,7 +266,7 @@ def publish_version(
     number = max(numbers, default=0) + 1
     manifest["number"] = number
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    _fsync(tmp / MANIFEST)
+    fsync_path(tmp / MANIFEST)
     final = root / f"r{number}"
     _publish_dir(tmp, final)
     for n in sorted([*numbers, number])[:-keep]:
