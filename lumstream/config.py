@@ -74,6 +74,10 @@ class Config:
     metrics: MetricsConfig
     source: str = "defaults"
 
+    def broker_run_file(self) -> Path:
+        """Where a running ``lumstream broker`` records its address for other commands."""
+        return self.paths.data_dir / "broker.json"
+
     def store_root(self) -> Path:
         """Where the partition stores live."""
         return Path(self.store.path) if self.store.path else self.paths.data_dir / "store"

@@ -137,7 +137,7 @@ def _refresh(cfg: Config, args: argparse.Namespace, paths: RefreshPaths) -> int:
 
     metrics = default_metrics()
     server = serve_metrics(cfg.metrics, metrics.registry) if not args.once else None
-    bootstrap = cfg.kafka.bootstrap_servers or running_broker(cfg.paths.data_dir / "broker.json")
+    bootstrap = cfg.kafka.bootstrap_servers or running_broker(cfg.broker_run_file())
     producer = None
     if cfg.refresh.publish_cq and bootstrap:
         producer = Producer(cfg.kafka, bootstrap, metrics=metrics)

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from lumstream.config import Config
 
 HELP = "run the embedded Kafka-protocol broker (tansu, in memory) in the foreground"
-RUN_FILE = "broker.json"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,7 +52,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     }
     metrics = default_metrics()
     server = serve_metrics(cfg.metrics, metrics.registry)
-    run_file = cfg.paths.data_dir / RUN_FILE
+    run_file = cfg.broker_run_file()
     try:
         with EmbeddedBroker(broker_cfg, metrics, log_dir=cfg.paths.data_dir / "logs") as broker:
             print(

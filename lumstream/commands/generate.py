@@ -194,7 +194,6 @@ def _to_file(pump: _Pump, out: str, metrics: Metrics) -> bool:
 def _to_kafka(pump: _Pump, cfg: Config, topic: str | None, metrics: Metrics) -> bool:
     """Produce the stream to Kafka (topics created first); returns once every queued record
     is acknowledged; True when interrupted."""
-    from lumstream.commands.broker import RUN_FILE
     from streams.broker import running_broker
     from streams.generator.pacing import batch_size_for
     from streams.kafka import KafkaEventSink, bootstrap_servers, make_producer
@@ -204,7 +203,7 @@ def _to_kafka(pump: _Pump, cfg: Config, topic: str | None, metrics: Metrics) -> 
     specs = topic_specs(cfg.kafka)
     if name not in {spec.name for spec in specs}:
         specs.append(TopicSpec(name, cfg.kafka.partitions, cfg.kafka.replication_factor))
-    run_file = cfg.paths.data_dir / RUN_FILE
+    run_file = cfg.broker_run_file()
     if not cfg.kafka.bootstrap_servers and running_broker(run_file) is None:
         print(
             "note: no Kafka cluster configured and no `lumstream broker` running: starting an "

@@ -226,7 +226,7 @@ def _execute(cfg: Config, args: argparse.Namespace, metrics: Metrics) -> ImportS
     from streams.kafka import KafkaEventSink, bootstrap_servers, make_producer
     from streams.topics import ensure_topics
 
-    run_file = cfg.paths.data_dir / "broker.json"
+    run_file = cfg.broker_run_file()
     if not cfg.kafka.bootstrap_servers and running_broker(run_file) is None:
         print(
             "note: no kafka.bootstrap_servers and no running `lumstream broker`, so the "

@@ -300,7 +300,7 @@ def _execute(
     source: EventSource | None = None
     if not args.source.startswith("kafka:"):  # check files before any broker starts
         source = open_source(args.source, from_ts=from_ts, to_ts=to_ts)
-    run_file = cfg.paths.data_dir / "broker.json"
+    run_file = cfg.broker_run_file()
     needs_kafka = _needs_kafka(args)
     if needs_kafka and not cfg.kafka.bootstrap_servers:
         from streams.broker import running_broker

@@ -33,13 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    from lumstream.commands.broker import RUN_FILE
     from streams.broker import running_broker
 
     bootstrap = (
-        args.bootstrap
-        or cfg.kafka.bootstrap_servers
-        or running_broker(cfg.paths.data_dir / RUN_FILE)
+        args.bootstrap or cfg.kafka.bootstrap_servers or running_broker(cfg.broker_run_file())
     )
     if not bootstrap:
         print(

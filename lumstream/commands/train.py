@@ -157,7 +157,7 @@ def _with_source(
         cfg.broker,
         metrics=metrics,
         log_dir=cfg.paths.data_dir / "logs",
-        run_file=cfg.paths.data_dir / "broker.json",
+        run_file=cfg.broker_run_file(),
     ) as bootstrap:
         ensure_topics(cfg.kafka, bootstrap)
         ranker_cfg = cfg.ranker

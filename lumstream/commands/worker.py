@@ -89,7 +89,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             cfg.broker,
             metrics=metrics,
             log_dir=cfg.paths.data_dir / "logs",
-            run_file=cfg.paths.data_dir / "broker.json",
+            run_file=cfg.broker_run_file(),
         ) as bootstrap:
             ensure_topics(cfg.kafka, bootstrap)
             print(
