@@ -180,13 +180,40 @@ class PartitionProcessor:
             self.metrics.duplicates_dropped.inc(int(dup.sum()))
         else:
             cond, cat = cols.cond, cols.cat
-        if len(off) == 0:
-            return
+        wm_end = int(wm_after[-1])  # every valid event moves it, duplicates included
+        new_blob = None
+        if len(off):
+            new_blob = self._append(off, users, items, ts, action, hashes, cond, cat, wm_before)
+        closed = self.join.expire(wm0, new_blob, off_all, wm_after)
+        if len(closed):
+            result.samples = self._samples(closed)
+        self.dedup.add(hashes, ts)
+        self.dedup.purge(wm_end)
+        state.watermark = wm_end
+        state.bump("applied", len(off))
+        result.applied = len(off)
+        if len(off):
+            result.sequence_lengths = self.store.last_lengths
+
+    def _append(
+        self,
+        off: np.ndarray,
+        users: np.ndarray,
+        items: np.ndarray,
+        ts: np.ndarray,
+        action: np.ndarray,
+        hashes: np.ndarray,
+        cond: np.ndarray,
+        cat: np.ndarray,
+        wm_before: np.ndarray,
+    ) -> int | None:
+        """Sequences, open impressions and positive labels of the accepted events; returns
+        this batch's impression blob (None without impressions)."""
+        state = self.store.state
         recs = np.empty(len(off), SEQ_DTYPE)
         recs["ts"], recs["item"], recs["action"] = ts, items, action
         recs["cond"], recs["cat"] = cond, cat
         positions = self.store.append(users, recs, self._in_seq[action])
-        wm_end = int(wm_after[-1])
         imp = action == self._impression
         new_blob = None
         if imp.any():
@@ -209,15 +236,7 @@ class PartitionProcessor:
             self.metrics.unmatched_positives.labels(reason="no_impression").inc(
                 outcome.no_impression
             )
-        closed = self.join.expire(wm0, new_blob, off_all, wm_after)
-        if len(closed):
-            result.samples = self._samples(closed)
-        self.dedup.add(hashes, ts)
-        self.dedup.purge(wm_end)
-        state.watermark = wm_end
-        state.bump("applied", len(off))
-        result.applied = len(off)
-        result.sequence_lengths = self.store.last_lengths
+        return new_blob
 
     def _samples(self, closed: np.ndarray) -> SampleBlock:
         state = self.store.state

@@ -378,3 +378,40 @@ def test_records_that_crash_the_batch_decoder_are_dead_lettered(
     assert [(d.offset, d.reason) for d in result.dead_letters] == [(0, reason)]
     assert result.applied == 1
     proc.close()
+
+
+def test_a_batch_of_only_duplicates_moves_the_watermark_like_any_other(tmp_path: Path) -> None:
+    """A re-used event id with a later ts is dropped, but its time still counts for the
+    watermark, whether it arrives alone in a batch or inside a bigger one."""
+    t = 1_767_225_600_000
+    values = [
+        event("a", 1, 7, "impression", t),
+        event("b", 2, 8, "impression", t + 1),
+        event("a", 1, 9, "impression", t + 500_000),  # duplicate id, much later time
+        event("c", 3, 9, "impression", t + 2),
+    ]
+
+    def run(cuts: list[int], root: Path) -> tuple[int, list[int]]:
+        proc = open_processor(
+            root,
+            0,
+            StoreConfig(sync_writes=False),
+            WorkerConfig(label_window_s=60),
+            EventConfig(),
+            Metrics(CollectorRegistry()),
+        )
+        seqs: list[int] = []
+        edges = [0, *cuts, len(values)]
+        for a, b in itertools.pairwise(edges):
+            r = proc.process(list(range(a, b)), [None] * (b - a), values[a:b], t + 10**9)
+            if r.samples is not None:
+                seqs += r.samples.rows["offset"].tolist()
+            proc.commit()
+        wm = proc.store.state.watermark
+        proc.close()
+        return wm, seqs
+
+    whole = run([], tmp_path / "whole")
+    alone = run([2, 3], tmp_path / "alone")
+    assert whole == alone
+    assert whole[0] == t + 500_000
