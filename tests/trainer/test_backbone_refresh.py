@@ -90,3 +90,27 @@ def test_refresh_publishes_skips_and_warm_starts(tmp_path: Path) -> None:
     loaded = LumVectors.load(paths.vector_sets / "v3")
     found = loaded.lookup_users(np.array([user], np.int64))[1]
     assert bool(found[0])
+
+
+def test_refresh_reads_a_store_that_a_worker_is_writing(tmp_path: Path) -> None:
+    """The worker holds the store open (RocksDB lock); the refresh reads it as a secondary
+    and sees exactly what was committed, not the batch still in flight."""
+    gen = GeneratorConfig(events=20_000, users=100, seed=9, base_ctr=0.2)
+    records = [v for batch in ClickStream(gen).pair_batches() for _, v in batch]
+    paths = RefreshPaths(tmp_path / "store", tmp_path / "versions", tmp_path / "vectors")
+    proc = open_processor(
+        paths.store, 0, StoreConfig(), WorkerConfig(), EventConfig(), Metrics(CollectorRegistry())
+    )
+    try:
+        proc.process(list(range(15_000)), [None] * 15_000, records[:15_000], NOW)
+        proc.commit()
+        committed = proc.store.state.watermark
+        proc.process(list(range(15_000, 20_000)), [None] * 5_000, records[15_000:], NOW)
+        # not committed: a batch in flight while the refresh runs
+        result = refresh_once(
+            CFG, RCFG, StoreConfig(), EventConfig(), paths, Metrics(CollectorRegistry())
+        )
+    finally:
+        proc.close()
+    assert result.version is not None
+    assert result.version.manifest["data_watermark"] == committed
