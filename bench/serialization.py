@@ -50,25 +50,9 @@ from streams.events import (
     to_dict,
     validate,
 )
+from streams.importers.movielens import ML100K_GENRES
 
-CATEGORIES = (
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-)
+CATEGORIES = ML100K_GENRES[1:]  # realistic category names: the MovieLens genres
 SEARCHES = ("red running shoes", "birthday gift for dad", "usb-c cable 2m", "lego technic")
 START_MS = 1_767_225_600_000
 
