@@ -194,29 +194,16 @@ def _to_file(pump: _Pump, out: str, metrics: Metrics) -> bool:
 def _to_kafka(pump: _Pump, cfg: Config, topic: str | None, metrics: Metrics) -> bool:
     """Produce the stream to Kafka (topics created first); returns once every queued record
     is acknowledged; True when interrupted."""
-    from streams.broker import running_broker
+    from lumstream.cluster import cluster
     from streams.generator.pacing import batch_size_for
-    from streams.kafka import KafkaEventSink, bootstrap_servers, make_producer
+    from streams.kafka import KafkaEventSink, make_producer
     from streams.topics import TopicSpec, ensure_topics, topic_specs
 
     name = topic or cfg.kafka.topic_events
     specs = topic_specs(cfg.kafka)
     if name not in {spec.name for spec in specs}:
         specs.append(TopicSpec(name, cfg.kafka.partitions, cfg.kafka.replication_factor))
-    run_file = cfg.broker_run_file()
-    if not cfg.kafka.bootstrap_servers and running_broker(run_file) is None:
-        print(
-            "note: no Kafka cluster configured and no `lumstream broker` running: starting an "
-            "embedded broker for this run only (in memory: its records are gone at exit)",
-            file=sys.stderr,
-        )
-    with bootstrap_servers(
-        cfg.kafka,
-        cfg.broker,
-        metrics=metrics,
-        log_dir=cfg.paths.data_dir / "logs",
-        run_file=run_file,
-    ) as bootstrap:
+    with cluster(cfg, metrics, note_if_embedded=True) as bootstrap:
         ensure_topics(cfg.kafka, bootstrap, specs)
         pump.target = f"{name} @ {bootstrap}"
         producer = make_producer(cfg.kafka, bootstrap, metrics=metrics)

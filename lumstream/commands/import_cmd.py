@@ -222,18 +222,11 @@ def _execute(cfg: Config, args: argparse.Namespace, metrics: Metrics) -> ImportS
         except ValueError as exc:  # an unknown output suffix
             raise ImportSetupError(str(exc)) from None
         return _run_into(sink, cfg, args, metrics)
-    from streams.broker import running_broker
-    from streams.kafka import KafkaEventSink, bootstrap_servers, make_producer
+    from lumstream.cluster import cluster
+    from streams.kafka import KafkaEventSink, make_producer
     from streams.topics import ensure_topics
 
-    run_file = cfg.broker_run_file()
-    if not cfg.kafka.bootstrap_servers and running_broker(run_file) is None:
-        print(
-            "note: no kafka.bootstrap_servers and no running `lumstream broker`, so the "
-            "events go to an embedded in-memory broker that stops with this command",
-            file=sys.stderr,
-        )
-    with bootstrap_servers(cfg.kafka, cfg.broker, metrics=metrics, run_file=run_file) as bootstrap:
+    with cluster(cfg, metrics, note_if_embedded=True) as bootstrap:
         ensure_topics(cfg.kafka, bootstrap)
         producer = make_producer(cfg.kafka, bootstrap, metrics=metrics)
         kafka_sink = KafkaEventSink(

@@ -289,9 +289,9 @@ def _needs_kafka(args: argparse.Namespace) -> bool:
 def _execute(
     cfg: Config, args: argparse.Namespace, metrics: Metrics, stop: threading.Event
 ) -> tuple[ReplayStats, str]:
-    from contextlib import nullcontext
+    from contextlib import AbstractContextManager, nullcontext
 
-    from streams.kafka import bootstrap_servers
+    from lumstream.cluster import cluster
     from streams.sources import ReplayError, open_source
     from streams.topics import TopicSpec, ensure_topics, topic_specs
 
@@ -300,34 +300,19 @@ def _execute(
     source: EventSource | None = None
     if not args.source.startswith("kafka:"):  # check files before any broker starts
         source = open_source(args.source, from_ts=from_ts, to_ts=to_ts)
-    run_file = cfg.broker_run_file()
     needs_kafka = _needs_kafka(args)
-    if needs_kafka and not cfg.kafka.bootstrap_servers:
+    if needs_kafka and not cfg.kafka.bootstrap_servers and args.mode == "backfill":
         from streams.broker import running_broker
 
-        if running_broker(run_file) is None:
-            if args.mode == "backfill":
-                raise ReplayError(
-                    "no Kafka cluster: set kafka.bootstrap_servers or start `lumstream broker`, "
-                    "or backfill to files with --samples-out FILE --deadletters-out FILE"
-                )
-            print(
-                "note: kafka.bootstrap_servers is empty and no `lumstream broker` runs, so the "
-                "events go to an embedded in-memory broker that stops with this command",
-                file=sys.stderr,
+        if running_broker(cfg.broker_run_file()) is None:
+            raise ReplayError(
+                "no Kafka cluster: set kafka.bootstrap_servers or start `lumstream broker`, "
+                "or backfill to files with --samples-out FILE --deadletters-out FILE"
             )
-    cluster = (
-        bootstrap_servers(
-            cfg.kafka,
-            cfg.broker,
-            metrics=metrics,
-            log_dir=cfg.paths.data_dir / "logs",
-            run_file=run_file,
-        )
-        if needs_kafka
-        else nullcontext(None)
+    kafka: AbstractContextManager[str | None] = (
+        cluster(cfg, metrics, note_if_embedded=True) if needs_kafka else nullcontext(None)
     )
-    with cluster as bootstrap:
+    with kafka as bootstrap:
         if bootstrap is not None:
             specs = topic_specs(cfg.kafka)
             if args.topic and args.topic not in {s.name for s in specs}:

@@ -148,17 +148,12 @@ def _with_source(
     if args.samples_file or rank != 0:
         source: Any = FileSource(args.samples_file) if rank == 0 else None
         return _train(cfg, args, engine, checkpointer, watcher, versions, metrics, source, None)
-    from streams.kafka import bootstrap_servers, end_offsets, make_consumer, make_producer
+    from lumstream.cluster import cluster
+    from streams.kafka import end_offsets, make_consumer, make_producer
     from streams.topics import ensure_topics
     from trainer.ranker.source import KafkaSource
 
-    with bootstrap_servers(
-        cfg.kafka,
-        cfg.broker,
-        metrics=metrics,
-        log_dir=cfg.paths.data_dir / "logs",
-        run_file=cfg.broker_run_file(),
-    ) as bootstrap:
+    with cluster(cfg, metrics) as bootstrap:
         ensure_topics(cfg.kafka, bootstrap)
         ranker_cfg = cfg.ranker
         consumer = make_consumer(cfg.kafka, bootstrap)

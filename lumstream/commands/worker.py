@@ -39,10 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(cfg: Config, args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from lumstream.cluster import cluster
     from lumstream.settings import build
     from monitoring.metrics import default_metrics
     from monitoring.server import serve_metrics
-    from streams.kafka import bootstrap_servers
     from streams.topics import ensure_topics
     from streams.worker import StreamWorker, WorkerStats
 
@@ -84,13 +84,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                 signal.signal(sig, handler)
 
     try:
-        with bootstrap_servers(
-            cfg.kafka,
-            cfg.broker,
-            metrics=metrics,
-            log_dir=cfg.paths.data_dir / "logs",
-            run_file=cfg.broker_run_file(),
-        ) as bootstrap:
+        with cluster(cfg, metrics) as bootstrap:
             ensure_topics(cfg.kafka, bootstrap)
             print(
                 f"worker: group {worker_cfg.group_id!r} on {bootstrap}, store {root}",
