@@ -37,10 +37,10 @@ from monitoring.metrics import Metrics
 from streams.applier import BatchApplier, WorkerStats
 from streams.config import EventConfig, ReplayConfig, StoreConfig, WorkerConfig
 from streams.outputs import DeadLetterSink, SampleSink
-from streams.processor import PartitionProcessor
+from streams.processor import PartitionProcessor, open_processor
 from streams.replay import Progress, ReplayStats, read_json
 from streams.sources import EventSource, Origin, ReplayError, SourceReader
-from streams.store import PartitionStore, StoreError
+from streams.store import StoreError
 
 MANIFEST = "replay.json"
 MANIFEST_FORMAT = 1
@@ -192,14 +192,11 @@ class Backfill:
         procs: list[PartitionProcessor] = []
         try:
             for p in range(self.partitions):
-                store = PartitionStore(self.root, p, self.store_cfg)
-                try:
-                    procs.append(
-                        PartitionProcessor(store, self.worker_cfg, self.events, self.metrics)
+                procs.append(
+                    open_processor(
+                        self.root, p, self.store_cfg, self.worker_cfg, self.events, self.metrics
                     )
-                except ValueError:
-                    store.close()
-                    raise
+                )
         except (StoreError, ValueError) as exc:
             for proc in procs:
                 proc.close()

@@ -25,9 +25,8 @@ import faust
 from monitoring.metrics import Metrics
 from streams.applier import BatchApplier, WorkerStats, kafka_applier
 from streams.config import EventConfig, KafkaConfig, StoreConfig, WorkerConfig
-from streams.processor import PartitionProcessor
+from streams.processor import OPEN_WAIT_S, PartitionProcessor, open_processor
 from streams.producer import Producer
-from streams.store import PartitionStore
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +82,8 @@ def build_app(
         for tp in assigned:
             if tp.topic != kafka.topic_events or tp.partition in processors:
                 continue
-            proc = PartitionProcessor(
-                PartitionStore(root, tp.partition, store), worker, events, metrics
+            proc = open_processor(
+                root, tp.partition, store, worker, events, metrics, wait_lock_s=OPEN_WAIT_S
             )
             processors[tp.partition] = proc
             await app.consumer.seek(tp, proc.next_offset)

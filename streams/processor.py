@@ -11,6 +11,8 @@ nothing (records below the stored offset are skipped; re-sent samples carry the 
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,10 @@ from streams.events import Reason
 from streams.join import PENDING_DTYPE, LabelJoin
 from streams.records import SEQ_DTYPE
 from streams.samples import HIST_DTYPE, SAMPLE_DTYPE, SampleBlock
-from streams.store import PartitionStore
+from streams.store import PartitionStore, StoreError
+
+log = logging.getLogger(__name__)
+OPEN_WAIT_S = 60.0  # how long a new owner waits for a revoked owner to release a store
 
 
 @dataclass(frozen=True)
@@ -271,5 +276,30 @@ def open_processor(
     cfg: WorkerConfig,
     events: EventConfig,
     metrics: Metrics,
+    *,
+    wait_lock_s: float = 0.0,
 ) -> PartitionProcessor:
-    return PartitionProcessor(PartitionStore(root, partition, store_cfg), cfg, events, metrics)
+    """Open a partition's store and its processor.
+
+    Args:
+        wait_lock_s: keep retrying this long while another process still holds the store
+            (a revoked owner closing it during a rebalance); 0 = fail at once.
+    Raises:
+        StoreError: the store cannot be opened (locked past the wait, corrupt).
+        ValueError: the store was built with settings this processor cannot continue.
+    """
+    deadline = time.monotonic() + wait_lock_s
+    while True:
+        try:
+            store = PartitionStore(root, partition, store_cfg)
+            break
+        except StoreError as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+                raise
+            log.info("partition %d store still locked by its previous owner; retrying", partition)
+            time.sleep(0.5)
+    try:
+        return PartitionProcessor(store, cfg, events, metrics)
+    except BaseException:
+        store.close()
+        raise

@@ -33,12 +33,10 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from monitoring.metrics import Metrics
 from streams.applier import BatchApplier, PartitionBatch, WorkerStats, kafka_applier
 from streams.config import EventConfig, KafkaConfig, StoreConfig, WorkerConfig
-from streams.processor import PartitionProcessor
+from streams.processor import OPEN_WAIT_S, PartitionProcessor, open_processor
 from streams.producer import ProduceError, Producer
-from streams.store import PartitionStore, StoreError
 
 log = logging.getLogger(__name__)
-_OPEN_RETRY_S = 60.0  # how long to wait for a revoked owner to release a partition store
 _RETRY_BACKOFF_S = 1.0  # pause before re-processing a batch whose delivery failed
 
 
@@ -99,18 +97,15 @@ class StreamWorker:
 
     # -- partition ownership ---------------------------------------------------------------
     def _open(self, partition: int) -> PartitionProcessor:
-        deadline = time.monotonic() + _OPEN_RETRY_S
-        while True:
-            try:
-                store = PartitionStore(self.root, partition, self.store_cfg)
-                return PartitionProcessor(store, self.cfg, self.events, self.metrics)
-            except StoreError as exc:
-                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                    raise
-                log.info(
-                    "partition %d store still locked by its previous owner; retrying", partition
-                )
-                time.sleep(0.5)
+        return open_processor(
+            self.root,
+            partition,
+            self.store_cfg,
+            self.cfg,
+            self.events,
+            self.metrics,
+            wait_lock_s=OPEN_WAIT_S,
+        )
 
     def _close(self, partition: int) -> None:
         proc = self.processors.pop(partition, None)
