@@ -18,6 +18,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -105,6 +106,9 @@ class Producer:
         self._round_robin = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._order = asyncio.Lock()  # binds to the producer's loop on first use
+        # hand-offs in the order their records were taken from the buffer: a delivery task
+        # takes the oldest one under ``_order``, whichever task happens to run first
+        self._handoffs: deque[tuple[str, str | None, list[_Record]]] = deque()
         options = {
             "bootstrap_servers": bootstrap,
             "client_id": f"{cfg.client_id}-producer",
@@ -222,13 +226,14 @@ class Producer:
             taken, self._buffers = self._buffers, {}
             self._buffered = self._buffered_bytes = 0
             self._inflight += len(taken)
-        for (topic, source), records in taken.items():
+            self._handoffs.extend((topic, source, recs) for (topic, source), recs in taken.items())
+        for _ in taken:
             if from_loop:
-                task = self._loop.create_task(self._deliver(topic, source, records))
+                task = self._loop.create_task(self._deliver())
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             else:
-                asyncio.run_coroutine_threadsafe(self._deliver(topic, source, records), self._loop)
+                asyncio.run_coroutine_threadsafe(self._deliver(), self._loop)
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Hand off and wait for everything queued so far.
@@ -289,15 +294,19 @@ class Producer:
             h = self._hashes[key] = _murmur2_positive(key)
         return h % n
 
-    async def _deliver(self, topic: str, source: str | None, records: list[_Record]) -> None:
+    async def _deliver(self) -> None:
+        """Queue the oldest hand-off's batches, then wait for their acks."""
         started = time.perf_counter()
         sends: list[tuple[asyncio.Future[Any], int]] = []
         failed = 0
         first: BaseException | None = None
-        try:
-            # Hand-offs queue their batches one after another (the lock is FIFO), so the
-            # records of a key reach its partition in send order; only the acks overlap.
-            async with self._order:
+        # Hand-offs queue their batches one after another, oldest first (a caller's hand-off
+        # and the loop's linger hand-off may start their tasks in either order), so the
+        # records of a key reach its partition in send order; only the acks overlap.
+        async with self._order:
+            with self._cond:
+                topic, source, records = self._handoffs.popleft()
+            try:
                 n = self._partitions.get(topic)
                 if n is None:
                     n = self._partitions[topic] = len(await self._aio.partitions_for(topic))
@@ -318,8 +327,8 @@ class Producer:
                             batch.append(key=key, value=value, headers=headers, timestamp=ts)
                     sent = await self._aio.send_batch(batch, topic, partition=partition)
                     sends.append((sent, batch.record_count()))
-        except Exception as exc:  # metadata or queueing failed: the records not queued are lost
-            failed, first = len(records) - sum(k for _, k in sends), exc
+            except Exception as exc:  # metadata or queueing failed: records not queued are lost
+                failed, first = len(records) - sum(k for _, k in sends), exc
         results = await asyncio.gather(*(f for f, _ in sends), return_exceptions=True)
         delivered = 0
         for (_, k), result in zip(sends, results, strict=True):

@@ -80,6 +80,28 @@ def test_round_trip_keys_partitions_and_order(kafka_cfg: KafkaConfig, metrics: M
 
 
 @pytest.mark.integration
+def test_hand_offs_keep_send_order_when_linger_and_caller_race(
+    kafka_cfg: KafkaConfig, metrics: Metrics
+) -> None:
+    """A caller's full-buffer hand-off and the loop's linger hand-off can run at the same
+    moment; a key's records must still reach the broker in send order (the sample stream's
+    per-partition seq order depends on it)."""
+    bootstrap = kafka_cfg.bootstrap_servers
+    n = 20_000
+    with make_producer(
+        kafka_cfg, bootstrap, metrics=metrics, chunk_records=7, linger_ms=0.01, max_inflight=64
+    ) as producer:
+        for i in range(n):
+            producer.send(kafka_cfg.topic_samples, b"p0", b"%d" % i)
+            if i % 97 == 0:
+                time.sleep(0)  # let the loop's linger timer interleave with the caller
+    values = [int(r.value) for r in read_topic(kafka_cfg, bootstrap, kafka_cfg.topic_samples)]
+    assert len(values) == n
+    inversions = sum(b < a for a, b in zip(values, values[1:], strict=False))
+    assert inversions == 0, f"{inversions} records arrived before an earlier one"
+
+
+@pytest.mark.integration
 def test_partitions_agree_with_the_java_partitioner(
     kafka_cfg: KafkaConfig, metrics: Metrics
 ) -> None:
