@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -97,7 +98,7 @@ def test_hand_offs_keep_send_order_when_linger_and_caller_race(
                 time.sleep(0)  # let the loop's linger timer interleave with the caller
     values = [int(r.value) for r in read_topic(kafka_cfg, bootstrap, kafka_cfg.topic_samples)]
     assert len(values) == n
-    inversions = sum(b < a for a, b in zip(values, values[1:], strict=False))
+    inversions = sum(b < a for a, b in itertools.pairwise(values))
     assert inversions == 0, f"{inversions} records arrived before an earlier one"
 
 
