@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 HELP = "train the ranker on lum.samples (progressive validation, checkpoints, versions)"
 log = logging.getLogger(__name__)
+_OUR_LOGGERS = ("lumstream", "trainer", "embeddings", "streams", "monitoring")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,6 +79,20 @@ def _ms(text: str) -> int:
     return int(dt.timestamp() * 1000)
 
 
+def _configure_logging() -> None:
+    """This project's INFO lines (others' warnings) on stderr, tagged with the rank under
+    torchrun.
+
+    Called before the ranker's imports: importing fbgemm_gpu logs through the root logger,
+    which configures it (without the format) when nothing did before.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    tag = f"rank {os.environ.get('RANK', '?')} " if world > 1 else ""
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s {tag}%(name)s %(message)s")
+    for name in _OUR_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def _init_distributed() -> None:
     import torch.distributed as dist
 
@@ -86,6 +101,7 @@ def _init_distributed() -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
+    _configure_logging()
     import torch
 
     from embeddings.config import EmbeddingsConfig
@@ -99,7 +115,6 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     _init_distributed()
     rank, _ = world()
     rcfg: RankerConfig = cfg.ranker
@@ -242,8 +257,9 @@ def _replay(
     if args.inherit and loop.resume() and loop.source is not None:
         loop.source.seek({})  # the replay reads its range from the start
     samples = collect(loop.source, ts_range, metrics)
-    if not len(samples):
-        print("train --replay: no samples in the range", file=sys.stderr)
+    if not len(samples):  # the same on every rank
+        if loop.rank == 0:
+            print("train --replay: no samples in the range", file=sys.stderr)
         return 1
     loop.assembler.learned(samples)
     results = train_epochs(
@@ -253,11 +269,12 @@ def _replay(
     loop.watermark = int(samples.rows["ts"].max())
     loop.assembler = type(loop.assembler)(loop.assembler.learned_hwm, {}, metrics)
     loop.checkpoint()
-    for r in results:
-        print(
-            f"epoch {r.epoch}: progressive auc {r.train['auc']:.4f} gauc {r.train['gauc']:.4f}",
-            file=sys.stderr,
-        )
+    if loop.rank == 0:
+        for r in results:
+            print(
+                f"epoch {r.epoch}: progressive auc {r.train['auc']:.4f} gauc {r.train['gauc']:.4f}",
+                file=sys.stderr,
+            )
     return 0
 
 

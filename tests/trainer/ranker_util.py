@@ -3,9 +3,11 @@ configs, and LUM vectors from the generator's ground truth (no backbone training
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -20,6 +22,9 @@ from streams.samples import SampleBlock, split_blocks
 from trainer.ranker.batch import Samples
 from trainer.ranker.config import RankerConfig
 from trainer.ranker.vectors import LumVectors
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 GEN = GeneratorConfig(
     users=120, items=300, categories=4, events=12_000, seed=3, base_ctr=0.15, slate_size=5
@@ -95,3 +100,21 @@ def truth_vectors(gen: GeneratorConfig = GEN, version: str = "v1", dim: int = 8)
     e /= np.linalg.norm(e, axis=-1, keepdims=True) + 1e-9
     q = np.array([stable_id(World.condition_name(c)) for c in conds], np.int64)
     return LumVectors(version, q, users, o, np.arange(gen.items), e, ("cond",))
+
+
+def set_args(section: str, settings: DataclassInstance) -> list[str]:
+    """``--set SECTION.NAME=VALUE`` for every field of the settings dataclass ``settings``
+    that differs from its default: the command-line form of e.g. :data:`CFG` or :data:`EMB`.
+
+    Example:
+        >>> set_args("embeddings", dataclasses.replace(EmbeddingsConfig(), dim=8))
+        ['--set', 'embeddings.dim=8']
+    """
+    default = type(settings)()
+    out: list[str] = []
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if value != getattr(default, f.name):
+            text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            out += ["--set", f"{section}.{f.name}={text}"]
+    return out

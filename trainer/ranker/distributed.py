@@ -2,6 +2,14 @@
 
 Without an initialised process group, the fused path starts a one-process group on an
 in-memory store, so the same code runs with 1 process or N.
+
+TorchRec divides the sparse gradients by the world size in the backward of its all-to-all
+(``comm_ops.GRADIENT_DIVISION``, DDP's averaging). The ranker's loss is already divided by
+the global batch, so the fused path turns that off: every rank's table rows get the true
+sum of the gradients. With the division, row-wise Adagrad's state held N² times less with N
+processes than with 1 (hidden by Adagrad's scale invariance except for eps), and a
+checkpoint resumed under another process count took steps up to N times too large or
+too small.
 """
 
 from __future__ import annotations
@@ -18,8 +26,18 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def sum_sparse_gradients() -> None:
+    """Make TorchRec sum the sparse gradients over the ranks instead of averaging them."""
+    from torchrec.distributed import comm_ops
+
+    comm_ops.set_gradient_division(False)
+
+
 def ensure_process_group() -> bool:
-    """Start a one-process gloo group when none exists; True when one was started here."""
+    """Prepare the fused path: sparse gradients summed over the ranks
+    (:func:`sum_sparse_gradients`), and a one-process gloo group when none exists; True
+    when one was started here."""
+    sum_sparse_gradients()
     if dist.is_initialized():
         return False
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
