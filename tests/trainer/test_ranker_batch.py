@@ -15,6 +15,7 @@ from monitoring.metrics import Metrics
 from streams.samples import HIST_DTYPE, SAMPLE_DTYPE
 from trainer.ranker.batch import BatchBuilder, Samples
 from trainer.ranker.engine import make_mappers
+from trainer.ranker.vectors import LumVectors
 
 
 def make(rows: list[dict[str, int]], hists: list[list[tuple[int, int]]]) -> Samples:
@@ -104,3 +105,23 @@ def test_lum_lookups_and_misses(metrics: Metrics) -> None:
     assert metrics.ranker_vector_misses.labels(kind="condition")._value.get() == 1
     off = BatchBuilder(dataclasses.replace(CFG, lum_features="off"), make_mappers(EMB), v.dim, 4)
     assert not off.local(off.map(s, learn=False), 0, 1, v).lum_user_found.any()
+
+
+def test_a_vector_set_of_another_layout_is_refused_once_and_counted(metrics: Metrics) -> None:
+    v = truth_vectors()
+    s = make([{"user": 3, "item": 7, "cond": int(v.query_conditions[2, 0])}], [[]])
+    b = BatchBuilder(CFG, make_mappers(EMB), v.dim, v.n_conditions, metrics)
+
+    def found(vectors: LumVectors) -> bool:
+        return bool(b.local(b.map(b.clean(s), learn=False), 0, 1, vectors).lum_user_found[0])
+
+    assert found(v)  # the first set fixes the layout
+    shuffled = v.query_conditions[::-1].copy()  # the same conditions, other columns
+    other = LumVectors(
+        "v2", shuffled, v.users, v.user_vectors[:, ::-1], v.items, v.item_vectors
+    )
+    narrow = truth_vectors(version="v3", dim=v.dim // 2)
+    for refused in (other, other, narrow):
+        assert not found(refused)  # missing-vector defaults, never mislabelled columns
+    assert metrics.ranker_vector_load_errors._value.get() == 2  # once per refused version
+    assert found(truth_vectors(version="v4"))  # the learned layout again: used

@@ -17,6 +17,7 @@ Bad input is handled here, at the edge, never inside the model:
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from monitoring.metrics import Metrics
 from streams.samples import HIST_DTYPE, SAMPLE_DTYPE, SampleBlock
 from trainer.ranker.config import RankerConfig
 from trainer.ranker.vectors import LumVectors
+
+log = logging.getLogger(__name__)
 
 N_DENSE = 2  # log1p(history length), log1p(seconds since the last history event)
 _HEADER = struct.Struct("<qq")
@@ -187,9 +190,15 @@ class BatchBuilder:
         cfg: ranker settings (history length, LUM features).
         mappers: table -> :class:`~embeddings.ids.IdMapper` (``user``, ``item``, ``cond``,
             ``cat``).
-        lum_dim / lum_conditions: shape of the LUM inputs (vectors of another shape count as
-            missing).
+        lum_dim / lum_conditions: shape of the LUM inputs.
         metrics: skip, id and vector-miss counters.
+
+    The first usable vector set fixes which query condition each o_q column holds. A set of
+    another shape, or whose query conditions differ from that layout (a backbone retrained
+    from scratch on other top conditions), would feed the model columns that mean something
+    else: it is refused (logged once, counted in ``ranker_vector_load_errors``) and its
+    samples get the missing-vector defaults. Pin ``backbone.query_conditions`` to keep the
+    layout across backbone versions.
     """
 
     def __init__(
@@ -202,6 +211,8 @@ class BatchBuilder:
     ) -> None:
         self.cfg, self.mappers, self.metrics = cfg, mappers, metrics
         self.lum_dim, self.lum_conditions = lum_dim, lum_conditions
+        self.layout: np.ndarray | None = None  # (N, F) query conditions of the o_q columns
+        self._refused: set[str] = set()
 
     def _skip(self, reason: str, n: int) -> None:
         if n and self.metrics is not None:
@@ -318,8 +329,7 @@ class BatchBuilder:
         self, s: Samples, v: LumVectors | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         bsz, n, d = len(s), self.lum_conditions, self.lum_dim
-        usable = v is not None and self.cfg.lum_direct and v.dim == d and v.n_conditions == n
-        if not usable or v is None:
+        if v is None or not self.cfg.lum_direct or not self._usable(v):
             return (
                 np.zeros((bsz, n, d), np.float32),
                 np.zeros(bsz, bool),
@@ -335,3 +345,23 @@ class BatchBuilder:
             self.metrics.ranker_vector_misses.labels(kind="item").inc(int((~e_found).sum()))
             self.metrics.ranker_vector_misses.labels(kind="condition").inc(int((ci < 0).sum()))
         return o, o_found, e, e_found, ci
+
+    def _usable(self, v: LumVectors) -> bool:
+        why = ""
+        if (v.n_conditions, v.dim) != (self.lum_conditions, self.lum_dim):
+            why = (
+                f"shape {v.n_conditions} conditions x {v.dim}, the ranker was built for "
+                f"{self.lum_conditions} x {self.lum_dim}"
+            )
+        elif self.layout is None:
+            self.layout = v.query_conditions.copy()
+        elif not np.array_equal(v.query_conditions, self.layout):
+            why = "its query conditions differ from the ones the ranker learned"
+        if not why:
+            return True
+        if v.version not in self._refused:
+            self._refused.add(v.version)
+            log.warning("ranker: not using LUM vector set %s: %s", v.version, why)
+            if self.metrics is not None:
+                self.metrics.ranker_vector_load_errors.inc()
+        return False
