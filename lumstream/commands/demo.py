@@ -1,10 +1,18 @@
 """``lumstream demo``: the whole pipeline on embedded defaults, live, for a bounded time.
 
 Starts the embedded broker, creates the topics, streams synthetic click events (with a
-small share of malformed ones) into lum.events at a steady rate, and runs the stream
-worker beside it: sequences go to a fresh RocksDB store under ``<data_dir>/demo``,
-labelled samples to lum.samples, rejected events to lum.deadletter. A live line shows
-the counts; a summary follows. Nothing outside ``<data_dir>/demo`` is touched.
+small share of malformed ones) into lum.events at a steady rate, and runs beside them:
+
+- the stream worker: sequences to a fresh RocksDB store under ``<data_dir>/demo``,
+  labelled samples to lum.samples, rejected events to lum.deadletter;
+- two live rankers on lum.samples, the same streaming trainer without and with LUM
+  features (:mod:`lumstream.commands.demo_rankers`);
+- half-way through the traffic, one backbone refresh on the store as it is: train, publish
+  v1, write the condition-query vectors, which the LUM ranker picks up for the samples
+  that follow.
+
+A live line shows the counts; a summary of each stage follows. Nothing outside
+``<data_dir>/demo`` is touched.
 """
 
 from __future__ import annotations
@@ -21,12 +29,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from lumstream.commands.demo_rankers import LiveRankers
     from lumstream.config import Config
     from monitoring.metrics import Metrics
     from streams.applier import WorkerStats
     from streams.generator import ClickStream
 
-HELP = "run the pipeline on embedded defaults: broker, generator, stream worker, samples"
+HELP = "run the pipeline live on embedded defaults: stream worker, backbone refresh, rankers"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,7 +56,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--skip-backbone",
         action="store_true",
-        help="stop after the stream stage (no backbone refresh)",
+        help="run the stream stage only (no backbone refresh, no rankers)",
+    )
+    p.add_argument(
+        "--backbone-at",
+        type=float,
+        default=0.5,
+        metavar="F",
+        help="start the backbone refresh after this share of --duration (default 0.5)",
     )
     p.add_argument(
         "--malformed-fraction",
@@ -56,24 +72,63 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="F",
         help="share of deliberately broken events (default 0.002)",
     )
+    world = p.add_argument_group(
+        "demo world",
+        "a small, dense world: enough clicks per user within seconds for the backbone to "
+        "learn from (generator.* settings apply to everything else)",
+    )
+    world.add_argument("--users", type=int, default=500, help="users (default 500)")
+    world.add_argument("--items", type=int, default=1_000, help="items (default 1000)")
+    world.add_argument(
+        "--categories", type=int, default=8, help="categories = LUM conditions (default 8)"
+    )
+    world.add_argument(
+        "--ctr", type=float, default=0.15, help="target click-through rate (default 0.15)"
+    )
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
+    import torch
+
     from monitoring.metrics import default_metrics
     from monitoring.server import serve_metrics
     from streams.broker import EmbeddedBroker
-    from streams.generator import ClickStream
+    from streams.generator import ClickStream, World
     from streams.generator.pacing import TokenBucket
+    from streams.kafka import end_offsets
     from streams.producer import Producer
     from streams.topics import ensure_topics
     from streams.worker import StreamWorker
 
     root = cfg.paths.data_dir / "demo"
     shutil.rmtree(root, ignore_errors=True)  # the embedded broker starts empty: so does the store
+    torch.set_num_threads(1)  # two rankers and a backbone share the machine's cores
+    # planner chatter, fx notes, kafka-python's "task blocked the event loop" on a busy CPU
+    for noisy in ("torchrec", "torch.fx._symbolic_trace", "kafka.net.selector"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # torchrec's deprecations
     metrics = default_metrics()
     server = serve_metrics(cfg.metrics, metrics.registry)
     gen_cfg = replace(
-        cfg.generator, events=0, rate=args.rate, malformed_fraction=args.malformed_fraction
+        cfg.generator,
+        events=0,
+        rate=args.rate,
+        malformed_fraction=args.malformed_fraction,
+        users=args.users,
+        items=args.items,
+        categories=args.categories,
+        base_ctr=args.ctr,
+    )
+    # the LUM ranker is sized before any vector exists: pin the queried conditions
+    conditions = tuple(World.condition_name(c) for c in range(gen_cfg.categories))
+    cfg = replace(
+        cfg,
+        backbone=replace(
+            cfg.backbone,
+            condition_fields=("cond",),
+            query_conditions=conditions,
+            epochs=min(cfg.backbone.epochs, 3),
+        ),
     )
     stream = ClickStream(gen_cfg)
     print(
@@ -82,6 +137,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         f"{gen_cfg.categories} categories",
         flush=True,
     )
+    ok = False
     with EmbeddedBroker(cfg.broker, metrics, log_dir=root / "logs") as broker:
         print(f"  broker   {broker.bootstrap} (embedded tansu, in memory)")
         ensure_topics(cfg.kafka, broker.bootstrap)
@@ -92,12 +148,14 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         )
         if server is not None:
             print(f"  metrics  {server.url}")
+        rankers = None if args.skip_backbone else _rankers(cfg, root, broker.bootstrap, metrics)
         produced = [0]
         done = threading.Event()
+        started = time.monotonic()
 
         def generate() -> None:
             bucket = TokenBucket(args.rate)
-            deadline = time.monotonic() + args.duration
+            deadline = started + args.duration
             with Producer(cfg.kafka, broker.bootstrap, metrics=metrics) as producer:
                 for pairs in stream.pair_batches(batch_size=500):
                     bucket.acquire(len(pairs))
@@ -108,23 +166,25 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                 producer.flush()
             done.set()
 
-        started = time.monotonic()
         tty = sys.stdout.isatty()
-        shown = [0.0]
+        live = _LiveLine(tty, started)
 
         def show(stats: WorkerStats, final: bool = False) -> None:
-            elapsed = time.monotonic() - started
-            if not (tty or final or elapsed - shown[0] >= 2.0):
-                return  # not a terminal: one line every 2 s
-            shown[0] = elapsed
             lag = produced[0] - stats.applied - stats.dead_letters
-            print(
-                f"{chr(13) if tty else ''}  [{elapsed:5.1f}s] produced {produced[0]:>9,}  "
-                f"applied {stats.applied:>9,}  samples {stats.samples:>9,}  "
-                f"dead letters {stats.dead_letters:>5,}  lag {lag:>7,}",
-                end="" if tty else "\n",
-                flush=True,
+            ranker = f"  {rankers.progress()}" if rankers is not None else ""
+            live.show(
+                f"produced {produced[0]:>8,}  applied {stats.applied:>8,}  samples "
+                f"{stats.samples:>7,}  dead letters {stats.dead_letters:>4,}  lag {lag:>6,}"
+                + ranker,
+                final,
             )
+
+        backbone: list[str | None] = []
+
+        def refresh() -> None:
+            done.wait(args.duration * args.backbone_at)
+            live.newline()
+            backbone.append(_backbone(cfg, root, metrics, broker.bootstrap))
 
         def consume() -> WorkerStats:
             stop = threading.Event()
@@ -151,25 +211,65 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             watcher.join()
             return stats
 
-        thread = threading.Thread(target=generate, name="demo-generator", daemon=True)
-        thread.start()
-        stats = consume()
-        thread.join()
+        threads = [threading.Thread(target=generate, name="demo-generator", daemon=True)]
+        if rankers is not None:
+            rankers.start()
+            threads.append(threading.Thread(target=refresh, name="demo-backbone", daemon=True))
+        for t in threads:
+            t.start()
+        try:
+            stats = consume()
+            for t in threads:
+                t.join()
+            if rankers is not None:
+                ends = end_offsets(cfg.kafka, broker.bootstrap, cfg.kafka.topic_samples)
+                rankers.finish(ends, waiting=lambda: show(stats))
+        except BaseException:
+            if rankers is not None:
+                rankers.abort()
+            raise
         show(stats, final=True)
-        if tty:
-            print()
+        live.newline()
         _stream_summary(cfg, stream, stats, root, time.monotonic() - started)
         ok = stats.applied > 0 and stats.samples > 0
-        if ok and not args.skip_backbone:
-            version = _backbone(cfg, root, metrics, broker.bootstrap)
-            ok = version is not None
-            if ok and version is not None:
-                ok = _ranker(cfg, root, metrics, broker.bootstrap, version)
+        if rankers is not None:
+            ok = rankers.report() and ok and bool(backbone) and backbone[0] is not None
     if server is not None:
         server.close()
     if not ok:
         print("lumstream demo: a stage of the pipeline produced nothing", file=sys.stderr)
     return 0 if ok else 1
+
+
+def _rankers(cfg: Config, root: Path, bootstrap: str, metrics: Metrics) -> LiveRankers:
+    from lumstream.commands.demo_rankers import LiveRankers
+
+    return LiveRankers(cfg, root, bootstrap, metrics)
+
+
+class _LiveLine:
+    """One status line: rewritten in place on a terminal, every 2 s otherwise."""
+
+    def __init__(self, tty: bool, started: float) -> None:
+        self.tty, self.started, self.shown, self.open = tty, started, 0.0, False
+        self.lock = threading.Lock()
+
+    def show(self, text: str, final: bool = False) -> None:
+        elapsed = time.monotonic() - self.started
+        with self.lock:
+            if not (self.tty or final or elapsed - self.shown >= 2.0):
+                return
+            self.shown = elapsed
+            end = "" if self.tty else "\n"
+            print(f"{chr(13) if self.tty else ''}  [{elapsed:5.1f}s] {text}", end=end, flush=True)
+            self.open = self.tty
+
+    def newline(self) -> None:
+        """End an in-place line before other output."""
+        with self.lock:
+            if self.open:
+                print(flush=True)
+                self.open = False
 
 
 def _stream_summary(
@@ -211,10 +311,9 @@ def _backbone(cfg: Config, root: Path, metrics: Metrics, bootstrap: str) -> str 
         flush=True,
     )
     paths = RefreshPaths(root / "store", root / "backbone", root / "vectors")
-    backbone = replace(cfg.backbone, epochs=min(cfg.backbone.epochs, 3))
     with Producer(cfg.kafka, bootstrap, metrics=metrics) as producer:
         result = refresh_once(
-            backbone,
+            cfg.backbone,
             cfg.refresh,
             cfg.store,
             cfg.events,
@@ -240,60 +339,3 @@ def _backbone(cfg: Config, root: Path, metrics: Metrics, bootstrap: str) -> str 
         f"{paths.versions}"
     )
     return result.version.name if result.vectors_written > 0 else None
-
-
-def _ranker(cfg: Config, root: Path, metrics: Metrics, bootstrap: str, version: str) -> bool:
-    """The ranker learns lum.samples once without and once with the LUM features, scoring
-    every batch before learning it (progressive validation)."""
-    from prometheus_client import CollectorRegistry
-
-    from monitoring.metrics import Metrics
-    from streams.kafka import end_offsets, make_consumer
-    from trainer.ranker.engine import RankerEngine
-    from trainer.ranker.multi_epoch import collect, train_epochs
-    from trainer.ranker.source import KafkaSource
-    from trainer.ranker.vectors import LumVectors
-
-    logging.getLogger("torchrec").setLevel(logging.ERROR)  # planner chatter on a 1-CPU plan
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torchrec")
-    vectors = LumVectors.load(root / "backbone" / "vectors" / version)
-    consumer = make_consumer(cfg.kafka, bootstrap)
-    source = KafkaSource(
-        consumer,
-        cfg.kafka.topic_samples,
-        stop_at=end_offsets(cfg.kafka, bootstrap, cfg.kafka.topic_samples),
-    )
-    try:
-        samples = collect(source, None, metrics)
-    finally:
-        source.close()
-    print(
-        f"ranker (TorchRec, progressive validation): {len(samples):,} samples from "
-        f"{cfg.kafka.topic_samples}, LUM vectors of {version} ({vectors.n_conditions} "
-        f"conditions x {vectors.dim})",
-        flush=True,
-    )
-    lum = cfg.ranker.lum_features if cfg.ranker.lum_features != "off" else "full"
-    for name, mode in (("without LUM", "off"), (f"with LUM ({lum})", lum)):
-        rcfg = replace(cfg.ranker, lum_features=mode)
-        with_lum = mode != "off"
-        engine = RankerEngine(
-            rcfg,
-            cfg.embeddings,
-            vectors.dim if with_lum else 1,
-            vectors.n_conditions if with_lum else 1,
-            metrics=Metrics(CollectorRegistry()),
-        )
-        result = train_epochs(
-            engine, samples, None, mode="single", epochs=1, vectors=vectors if with_lum else None
-        )[0].train
-        print(
-            f"  {name:<18} auc {result['auc']:.4f}  gauc {result['gauc']:.4f}  "
-            f"logloss {result['logloss']:.4f}  calibration {result['calibration']:.3f}",
-            flush=True,
-        )
-    print(
-        "  (the demo's vectors were computed after the stream, so they know the future of "
-        "the early samples; `bench/ranker.py lum-gain` measures the gain on a time split)"
-    )
-    return len(samples) > 0

@@ -191,6 +191,11 @@ class KafkaSource:
             if tp.partition in positions:
                 self.consumer.seek(tp, positions[tp.partition])
 
+    def finish_at(self, ends: dict[int, int]) -> None:
+        """From now on finite: exhausted once every partition reached ``ends`` (a live
+        source drained at shutdown; safe to call from another thread)."""
+        self._end = dict(ends)
+
     def exhausted(self) -> bool:
         if self._end is None or self._buffer:
             return False

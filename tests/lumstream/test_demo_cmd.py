@@ -1,0 +1,52 @@
+"""``lumstream demo`` end to end (what ``make demo`` runs), shortened: the embedded broker,
+the generator, the stream worker, a backbone refresh half-way and the two live rankers.
+
+The run must exit 0, publish backbone v1 and its vectors, and both rankers must have
+learned every sample the worker delivered to lum.samples (no sample lost or learned twice
+on the way), with the LUM ranker using v1's vectors for the later batches and publishing
+a ranker version.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+DELIVERED = re.compile(r"^  samples\s+([\d,]+) delivered to lum\.samples", re.M)
+RANKER_ROW = re.compile(r"^    (without LUM|with LUM)\s+([\d,]+)\s+([\d.]+)\s+([\d.]+)", re.M)
+
+
+def _int(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def test_demo_streams_refreshes_the_backbone_and_trains_both_rankers_live(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LUMSTREAM_")}
+    cmd = [sys.executable, "-m", "lumstream.cli", "--set", f"paths.data_dir={tmp_path}"]
+    cmd += ["--set", "metrics.enabled=false", "demo", "--duration", "8", "--rate", "4000"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    out = proc.stdout
+    assert proc.returncode == 0, f"{out[-4000:]}\n{proc.stderr[-4000:]}"
+    assert "published   v1" in out
+    assert re.search(r"^  vectors\s+[1-9][\d,]* users x 8 conditions", out, re.M), out
+    (delivered,) = DELIVERED.findall(out)
+    rows = RANKER_ROW.findall(out)
+    all_samples = {name: _int(n) for name, n, _, _ in rows[:2]}
+    assert all_samples == {"without LUM": _int(delivered), "with LUM": _int(delivered)}
+    assert _int(delivered) > 0
+    for _, _, auc, gauc in rows:
+        assert 0.0 <= float(auc) <= 1.0 and 0.0 <= float(gauc) <= 1.0
+    assert "after the vectors of v1 arrived" in out, out  # the LUM ranker used v1
+    assert len(rows) == 4  # both rankers, over all samples and after v1
+    assert "published ranker version r" in out
+    assert (tmp_path / "demo" / "ranker" / "versions").is_dir()
