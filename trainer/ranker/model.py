@@ -3,13 +3,18 @@ DCN-v2 cross network + MLP -> click logit.
 
 Fields (each (B, D)): user, item, condition, category, the DIN summary of the history (the
 candidate item+category attends over the history items+categories) and a projection of the
-dense inputs; with LUM direct features also projections of o_q (the vector of the sample's
-condition) and e_i. Dense inputs: log history length, log seconds since the last history
-event, the LUM missing flags, and with interest matching sim(o_q, e_i) for all N query
-conditions plus the sample condition's own similarity. A missing vector (unknown user or
-item, a condition that is not a query condition) is replaced by a learned default and its
-flag is set; a missing similarity is 0 with its flag set. The fields are concatenated,
-crossed (x_{l+1} = x_0 * (W x_l + b) + x_l) and fed to the MLP.
+dense inputs (log history length, log seconds since the last history event, the LUM
+missing flags); with LUM direct features also projections of o_q (the vector of the
+sample's condition) and e_i; with interest matching one more field, a projection of
+sim(o_q, e_i) for all N query conditions, the sample condition's own similarity and their
+two missing flags. A missing vector (unknown user or item, a condition that is not a query
+condition) is replaced by a learned default and its flag is set; a missing similarity is 0
+with its flag set. The fields are concatenated, crossed (x_{l+1} = x_0 * (W x_l + b) + x_l)
+and fed to the MLP.
+
+Interest matching has its own field rather than sharing the dense projection: sharing it
+(with one flag per similarity) cost 0.015-0.02 progressive AUC on MovieLens, on samples
+without any vector too (``bench/ranker.py lum-gain``; docs/ranker.md).
 
 The sparse part is injected (TorchRec's sharded fused collection or the plain reference,
 :mod:`embeddings.tables`), so the dense part is the same code in both.
@@ -114,7 +119,8 @@ class RankerModel(nn.Module):
                 fields += 2
                 n_dense += 2  # missing flags of o_q and e_i
             if cfg.lum_matching:
-                n_dense += 2 * lum_conditions + 2  # sims + flags, own sim + flag
+                self.match_proj = nn.Linear(lum_conditions + 3, d)  # sims, own sim, 2 flags
+                fields += 1
             self.dense_proj = nn.Linear(n_dense, d)
             width = fields * d
             self.cross = CrossNetwork(width, cfg.cross_layers)
@@ -161,8 +167,8 @@ class RankerModel(nn.Module):
                 sims = torch.einsum("bnd,bd->bn", lum_user, lum_item) * ok  # (B, N)
                 own_ok = ok[:, 0] & (cond_index >= 0)  # (B,)
                 own = sims[rows, cond_index.clamp(min=0)] * own_ok  # (B,)
-                flags = (~ok).float().expand_as(sims)  # (B, N)
-                extra += [sims, flags, own[:, None], (~own_ok).float()[:, None]]
+                match = [sims, own[:, None], (~ok).float(), (~own_ok).float()[:, None]]
+                fields.append(self.match_proj(torch.cat(match, dim=1)))  # (B, D)
         fields.append(self.dense_proj(torch.cat(extra, dim=1)))  # (B, D)
         x0 = torch.cat(fields, dim=1)  # (B, F * D)
         return self.mlp(self.cross(x0)).squeeze(-1)  # (B,)
