@@ -227,6 +227,19 @@ class VectorTimeline:
         self.seconds = 0.0
         self.queries = 0
 
+    def none(self) -> LumVectors:
+        """No vectors yet (before the backbone existed): every lookup misses."""
+        d = self.e.shape[1]
+        return LumVectors(
+            "none",
+            self.q,
+            np.zeros(0, np.int64),
+            np.zeros((0, len(self.q), d), np.float32),
+            np.zeros(0, np.int64),
+            np.zeros((0, d), np.float32),
+            self.model.cfg.condition_fields,
+        )
+
     def at(self, t: int, name: str) -> LumVectors:
         from trainer.backbone.group_query import compute_vectors
 
@@ -256,7 +269,13 @@ class VectorTimeline:
 
 
 def vector_schedule(
-    timeline: VectorTimeline, s: Samples, n_train: int, batch: int, refresh: int, t_split: int
+    timeline: VectorTimeline,
+    s: Samples,
+    n_train: int,
+    batch: int,
+    refresh: int,
+    t_split: int,
+    t_backbone: int = 0,
 ) -> list[LumVectors]:
     """The vector set of every batch (train batches then eval batches): re-queried every
     ``refresh`` samples (rounded to whole batches) at the earliest sample time of the
@@ -270,7 +289,8 @@ def vector_schedule(
     for k in range(0, len(bounds), per):
         group = bounds[k : k + per]
         t = int(s.rows["ts"][group[0][0] : group[-1][1]].min())
-        out.extend([timeline.at(t, f"v1@{t}")] * len(group))
+        vec = timeline.at(t, f"v1@{t}") if t >= t_backbone else timeline.none()
+        out.extend([vec] * len(group))
     return out
 
 
@@ -356,7 +376,15 @@ def lum_gain(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[
     ecfg = build(EmbeddingsConfig, over.get("embeddings", {}), source="bench")
     base = build(RankerConfig, over.get("ranker", {}), source="bench")
     timeline = VectorTimeline(model, seqs)
-    vectors = vector_schedule(timeline, stream, len(tr), base.batch_size, args.refresh, t)
+    vectors = vector_schedule(
+        timeline,
+        stream,
+        len(tr),
+        base.batch_size,
+        args.refresh,
+        t,
+        t_backbone if args.lum_after_backbone else 0,
+    )
     bb.update(
         query_seconds=round(timeline.seconds, 1),
         queried_users=timeline.queries,
@@ -555,6 +583,12 @@ def main() -> None:
         type=int,
         default=5000,
         help="lum-gain: samples between vector refreshes (0: vectors fixed at the split)",
+    )
+    p.add_argument(
+        "--lum-after-backbone",
+        action="store_true",
+        help="lum-gain: samples before the backbone's cut get no vectors (the backbone did "
+        "not exist yet), so the ranker never learns from vectors of its own training data",
     )
     p.add_argument("--events", type=int, default=60_000, help="throughput: generator events")
     p.add_argument("--batches", type=int, default=30, help="throughput: timed batches")
