@@ -13,8 +13,8 @@ with its flag set. The fields are concatenated, crossed (x_{l+1} = x_0 * (W x_l 
 and fed to the MLP.
 
 Interest matching has its own field rather than sharing the dense projection: sharing it
-(with one flag per similarity) cost 0.015-0.02 progressive AUC on MovieLens, on samples
-without any vector too (``bench/ranker.py lum-gain``; docs/ranker.md).
+(with one flag per similarity) cost 0.015-0.02 progressive AUC on MovieLens
+(``bench/ranker.py lum-gain``; docs/ranker.md).
 
 The sparse part is injected (TorchRec's sharded fused collection or the plain reference,
 :mod:`embeddings.tables`), so the dense part is the same code in both.
