@@ -44,9 +44,9 @@ def test_demo_streams_refreshes_the_backbone_and_trains_both_rankers_live(
     all_samples = {name: _int(n) for name, n, _, _ in rows[:2]}
     assert all_samples == {"without LUM": _int(delivered), "with LUM": _int(delivered)}
     assert _int(delivered) > 0
-    for _, _, auc, gauc in rows:
-        assert 0.0 <= float(auc) <= 1.0 and 0.0 <= float(gauc) <= 1.0
     assert "after the vectors of v1 arrived" in out, out  # the LUM ranker used v1
     assert len(rows) == 4  # both rankers, over all samples and after v1
+    for name, _, auc, _ in rows[2:]:  # by then both have learned something (measured ~0.57)
+        assert float(auc) > 0.52, (name, out)
     assert "published ranker version r" in out
     assert (tmp_path / "demo" / "ranker" / "versions").is_dir()

@@ -117,9 +117,7 @@ def test_a_vector_set_of_another_layout_is_refused_once_and_counted(metrics: Met
 
     assert found(v)  # the first set fixes the layout
     shuffled = v.query_conditions[::-1].copy()  # the same conditions, other columns
-    other = LumVectors(
-        "v2", shuffled, v.users, v.user_vectors[:, ::-1], v.items, v.item_vectors
-    )
+    other = LumVectors("v2", shuffled, v.users, v.user_vectors[:, ::-1], v.items, v.item_vectors)
     narrow = truth_vectors(version="v3", dim=v.dim // 2)
     for refused in (other, other, narrow):
         assert not found(refused)  # missing-vector defaults, never mislabelled columns
