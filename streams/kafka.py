@@ -2,8 +2,9 @@
 
 Producing goes through :class:`streams.producer.Producer` (aiokafka's batch API behind a
 synchronous facade; see that module for why). Consumers for tools and tests use
-kafka-python (:func:`make_consumer`, :func:`read_topic`); the stream worker uses aiokafka
-with the same group settings (:func:`consumer_options`).
+kafka-python (:func:`make_consumer`, :func:`read_topic`) with :func:`consumer_options`; the
+hot consumers (the stream worker, the ranker's sample source) use confluent-kafka, whose
+librdkafka fetches and decodes in C threads, with :func:`librdkafka_consumer_config`.
 
 Example:
     >>> with bootstrap_servers(cfg.kafka, cfg.broker) as bootstrap:  # doctest: +SKIP
@@ -34,6 +35,7 @@ __all__ = [
     "bootstrap_servers",
     "consumer_options",
     "end_offsets",
+    "librdkafka_consumer_config",
     "make_consumer",
     "make_producer",
     "produce_raw",
@@ -167,6 +169,35 @@ def consumer_options(cfg: KafkaConfig, group_id: str | None = None) -> dict[str,
         "request_timeout_ms": max(cfg.request_timeout_ms, 6_500),
         "max_partition_fetch_bytes": cfg.max_message_bytes,
         "fetch_max_wait_ms": 100,
+    }
+
+
+def librdkafka_consumer_config(
+    kafka: KafkaConfig, bootstrap: str, group_id: str, role: str
+) -> dict[str, Any]:
+    """confluent-kafka (librdkafka) consumer settings: manual commits, fast group joins on
+    tansu (as :func:`consumer_options`), fetches large enough for the biggest message.
+
+    Args:
+        kafka: client settings.
+        bootstrap: the cluster.
+        group_id: the consumer group (librdkafka wants one even when partitions are
+            assigned explicitly and nothing is committed).
+        role: ``client.id`` suffix (``worker``, ``ranker``), so brokers can tell them apart.
+    """
+    return {
+        "bootstrap.servers": bootstrap,
+        "client.id": f"{kafka.client_id}-{role}",
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": 6_000,
+        "heartbeat.interval.ms": 500,
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "max.partition.fetch.bytes": 16 * 1024 * 1024,
+        "message.max.bytes": kafka.max_message_bytes + 65_536,
+        "socket.timeout.ms": kafka.request_timeout_ms,
     }
 
 

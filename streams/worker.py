@@ -33,29 +33,12 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from monitoring.metrics import Metrics
 from streams.applier import BatchApplier, PartitionBatch, WorkerStats, kafka_applier
 from streams.config import EventConfig, KafkaConfig, StoreConfig, WorkerConfig
+from streams.kafka import librdkafka_consumer_config
 from streams.processor import OPEN_WAIT_S, PartitionProcessor, open_processor
 from streams.producer import ProduceError, Producer
 
 log = logging.getLogger(__name__)
 _RETRY_BACKOFF_S = 1.0  # pause before re-processing a batch whose delivery failed
-
-
-def consumer_config(kafka: KafkaConfig, bootstrap: str, group_id: str) -> dict[str, Any]:
-    """librdkafka settings of the worker's consumer (manual commits, fast group joins)."""
-    return {
-        "bootstrap.servers": bootstrap,
-        "client.id": f"{kafka.client_id}-worker",
-        "group.id": group_id,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "session.timeout.ms": 6_000,
-        "heartbeat.interval.ms": 500,
-        "fetch.max.bytes": 64 * 1024 * 1024,
-        "max.partition.fetch.bytes": 16 * 1024 * 1024,
-        "message.max.bytes": kafka.max_message_bytes + 65_536,
-        "socket.timeout.ms": kafka.request_timeout_ms,
-    }
 
 
 class StreamWorker:
@@ -139,7 +122,9 @@ class StreamWorker:
     ) -> WorkerStats:
         """Consume until ``stop`` is set (or nothing arrived for ``idle_exit_s``)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        consumer = Consumer(consumer_config(self.kafka, self.bootstrap, self.cfg.group_id))
+        consumer = Consumer(
+            librdkafka_consumer_config(self.kafka, self.bootstrap, self.cfg.group_id, "worker")
+        )
         producer = Producer(self.kafka, self.bootstrap, metrics=self.metrics)
         self._applier = kafka_applier(
             self.kafka,
