@@ -103,8 +103,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     root = cfg.paths.data_dir / "demo"
     shutil.rmtree(root, ignore_errors=True)  # the embedded broker starts empty: so does the store
     torch.set_num_threads(1)  # two rankers and a backbone share the machine's cores
-    # planner chatter, fx notes, kafka-python's "task blocked the event loop" on a busy CPU
-    for noisy in ("torchrec", "torch.fx._symbolic_trace", "kafka.net.selector"):
+    for noisy in ("torchrec", "torch.fx._symbolic_trace"):  # planner chatter, fx notes
         logging.getLogger(noisy).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)  # torchrec's deprecations
     metrics = default_metrics()

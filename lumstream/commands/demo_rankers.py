@@ -64,7 +64,7 @@ class LiveRankers:
         from prometheus_client import CollectorRegistry
 
         from monitoring.metrics import Metrics
-        from streams.kafka import make_consumer, make_producer
+        from streams.kafka import make_producer
         from trainer.ranker.checkpoint import Checkpointer, announce
         from trainer.ranker.engine import RankerEngine
         from trainer.ranker.loop import StreamingTrainer
@@ -98,7 +98,7 @@ class LiveRankers:
                 n_conditions if with_lum else 1,
                 metrics=own,
             )
-            source = KafkaSource(make_consumer(cfg.kafka, bootstrap), cfg.kafka.topic_samples)
+            source = KafkaSource(cfg.kafka, bootstrap, cfg.kafka.topic_samples)
             loop = StreamingTrainer(
                 rcfg,
                 engine,

@@ -164,17 +164,16 @@ def _with_source(
         source: Any = FileSource(args.samples_file) if rank == 0 else None
         return _train(cfg, args, engine, checkpointer, watcher, versions, metrics, source, None)
     from lumstream.cluster import cluster
-    from streams.kafka import end_offsets, make_consumer, make_producer
+    from streams.kafka import end_offsets, make_producer
     from streams.topics import ensure_topics
     from trainer.ranker.source import KafkaSource
 
     with cluster(cfg, metrics) as bootstrap:
         ensure_topics(cfg.kafka, bootstrap)
         ranker_cfg = cfg.ranker
-        consumer = make_consumer(cfg.kafka, bootstrap)
         ends = end_offsets(cfg.kafka, bootstrap, cfg.kafka.topic_samples) if replay else None
         source = KafkaSource(
-            consumer, cfg.kafka.topic_samples, start=ranker_cfg.start, stop_at=ends
+            cfg.kafka, bootstrap, cfg.kafka.topic_samples, start=ranker_cfg.start, stop_at=ends
         )
         producer = make_producer(cfg.kafka, bootstrap, metrics=metrics)
         try:

@@ -12,12 +12,12 @@ from ranker_util import CFG, EMB, blocks, truth_vectors
 
 from monitoring.metrics import Metrics
 from streams.config import KafkaConfig
-from streams.kafka import end_offsets, make_consumer, make_producer, read_topic
+from streams.kafka import end_offsets, make_producer, read_topic
 from streams.samples import encode_block
 from trainer.ranker.checkpoint import Checkpointer, announce
 from trainer.ranker.engine import RankerEngine
 from trainer.ranker.loop import StreamingTrainer
-from trainer.ranker.source import KafkaSource
+from trainer.ranker.source import Assembler, KafkaSource, Message, SourceError
 
 torch.set_num_threads(1)
 
@@ -34,7 +34,7 @@ def test_train_from_lum_samples_and_announce(
         producer.flush()
     v = truth_vectors()
     ends = end_offsets(kafka_cfg, bootstrap, kafka_cfg.topic_samples)
-    source = KafkaSource(make_consumer(kafka_cfg, bootstrap), kafka_cfg.topic_samples, stop_at=ends)
+    source = KafkaSource(kafka_cfg, bootstrap, kafka_cfg.topic_samples, stop_at=ends)
     with make_producer(kafka_cfg, bootstrap) as producer:
 
         def send(key: bytes, value: bytes) -> None:
@@ -61,3 +61,74 @@ def test_train_from_lum_samples_and_announce(
     assert info["name"] == "r1"
     assert info["backbone"] == "v1"
     assert Path(info["path"]).is_dir()
+
+
+def _produce(kafka_cfg: KafkaConfig, values: list[tuple[bytes, bytes]]) -> None:
+    with make_producer(kafka_cfg, kafka_cfg.bootstrap_servers) as producer:
+        for key, value in values:
+            producer.send(kafka_cfg.topic_samples, key, value)
+        producer.flush()
+
+
+def _drain(source: KafkaSource) -> list[Message]:
+    out: list[Message] = []
+    while not source.exhausted():
+        out += source.poll(7, 0.2)
+    return out
+
+
+@pytest.mark.integration
+def test_source_reads_every_partition_in_offset_order_seeks_and_stops_at_the_end(
+    kafka_cfg: KafkaConfig,
+) -> None:
+    bootstrap = kafka_cfg.bootstrap_servers
+    values = [(f"u{i % 5}".encode(), f"m{i}".encode()) for i in range(60)]
+    _produce(kafka_cfg, values)
+    ends = end_offsets(kafka_cfg, bootstrap, kafka_cfg.topic_samples)
+    source = KafkaSource(kafka_cfg, bootstrap, kafka_cfg.topic_samples, stop_at=ends)
+    try:
+        got = _drain(source)
+        assert sorted(m.value for m in got) == sorted(v for _, v in values)
+        by_part: dict[int, list[int]] = {}
+        for m in got:
+            assert m.next_offset == m.offset + 1
+            by_part.setdefault(m.partition, []).append(m.offset)
+        assert {p: len(o) for p, o in by_part.items()} == {p: e for p, e in ends.items() if e}
+        assert all(o == list(range(len(o))) for o in by_part.values())
+        assert source.lag() == dict.fromkeys(source.partitions, 0)  # caught up, empty ones too
+        part = max(by_part, key=lambda p: len(by_part[p]))
+        source.seek({part: 2})  # a checkpoint's resume position: re-read from offset 2 there
+        again = _drain(source)
+        assert [m.offset for m in again] == by_part[part][2:]
+        assert {m.partition for m in again} == {part}
+    finally:
+        source.close()
+
+
+@pytest.mark.integration
+def test_source_latest_start_null_values_and_a_missing_topic(
+    kafka_cfg: KafkaConfig, metrics: Metrics
+) -> None:
+    from kafka import KafkaProducer
+
+    bootstrap = kafka_cfg.bootstrap_servers
+    _produce(kafka_cfg, [(b"u1", b"old")])
+    source = KafkaSource(kafka_cfg, bootstrap, kafka_cfg.topic_samples, start="latest")
+    try:
+        block = encode_block(blocks()[0])
+        raw = KafkaProducer(bootstrap_servers=bootstrap)
+        raw.send(kafka_cfg.topic_samples, key=b"u1", value=None)  # a tombstone
+        raw.send(kafka_cfg.topic_samples, key=b"u1", value=block)
+        raw.flush()
+        raw.close()
+        source.finish_at(end_offsets(kafka_cfg, bootstrap, kafka_cfg.topic_samples))
+        got = _drain(source)
+        assert [m.value for m in got] == [b"", block]  # "old" came before the start
+        assembler = Assembler(metrics=metrics)
+        assembler.add(got)
+        assert assembler.available() == len(blocks()[0])
+        assert metrics.ranker_samples_skipped.labels(reason="corrupt_block")._value.get() == 1
+    finally:
+        source.close()
+    with pytest.raises(SourceError, match="no such topic"):
+        KafkaSource(kafka_cfg, bootstrap, "lum.samples.absent", timeout_s=5.0)
