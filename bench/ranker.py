@@ -6,6 +6,7 @@ Usage::
     python bench/ranker.py lum-gain --data synthetic --json
     python bench/ranker.py multi-epoch --data /tmp/ml.jsonl --epochs 4
     python bench/ranker.py throughput --json
+    python bench/ranker.py source --json
 
 ``--data`` is ``synthetic`` (the built-in generator) or an event log written by
 ``lumstream import`` (``lumstream import movielens ml-latest-small --out ml.jsonl``: every
@@ -27,6 +28,10 @@ the machine, or with ``--json`` one JSON object.
 - throughput: training samples/s of the default model, fused TorchRec tables vs plain
   ``nn.Embedding`` (+ the same row-wise Adagrad in torch), with and without LUM features,
   interleaved repeats, median reported.
+- source: how fast the live trainer's Kafka source drains lum.samples (the worker's sample
+  blocks of the synthetic stream on the embedded broker): the ranker's ``KafkaSource``
+  (confluent-kafka) against the kafka-python consumer loop it replaced, interleaved
+  repeats, median reported.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from streams.config import EventConfig, GeneratorConfig, StoreConfig, WorkerConf
 from streams.events import EventError, decode
 from streams.ids import stable_id
 from streams.processor import open_processor
+from streams.samples import SampleBlock, encode_block, split_blocks
 from trainer.backbone.config import BackboneConfig
 from trainer.backbone.data import MemorySource, sequences_from_events
 from trainer.ranker.batch import Samples
@@ -124,6 +130,14 @@ class Data:
     world: Any = None
 
 
+def load_values(gen_over: dict[str, str]) -> list[bytes]:
+    """The synthetic generator's encoded events."""
+    from streams.generator import ClickStream
+
+    gen = build(GeneratorConfig, {**SYNTHETIC, **gen_over}, source="bench")
+    return [v for batch in ClickStream(gen).pair_batches() for _, v in batch]
+
+
 def load(data: str, gen_over: dict[str, str]) -> Data:
     if data == "synthetic":
         from streams.generator import ClickStream
@@ -142,6 +156,11 @@ def load(data: str, gen_over: dict[str, str]) -> Data:
 
 def to_samples(values: list[bytes]) -> Samples:
     """The stream worker's label join over the events (one partition)."""
+    return Samples.concat([Samples.from_block(b) for b in to_blocks(values)])
+
+
+def to_blocks(values: list[bytes]) -> list[SampleBlock]:
+    """The sample blocks the stream worker emits for the events (one partition)."""
     parts = []
     with tempfile.TemporaryDirectory() as d:
         proc = open_processor(
@@ -157,10 +176,10 @@ def to_samples(values: list[bytes]) -> Samples:
             chunk = values[i : i + step]
             res = proc.process(list(range(i, i + len(chunk))), [None] * len(chunk), chunk)
             if res.samples is not None:
-                parts.append(Samples.from_block(res.samples))
+                parts.append(res.samples)
             proc.commit()
         proc.close()
-    return Samples.concat(parts)
+    return parts
 
 
 def split(s: Samples, q: float) -> tuple[int, Samples, Samples]:
@@ -528,6 +547,76 @@ def throughput(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dic
     }
 
 
+def source(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """Drain lum.samples on the embedded broker: the ranker's KafkaSource (confluent-kafka)
+    against the kafka-python consumer it replaced (assign + poll, the old loop), the same
+    topic, alternating, ``--repeats`` times; messages/s and samples/s, median."""
+    from kafka import TopicPartition as KafkaPythonTP
+
+    from streams.broker import EmbeddedBroker
+    from streams.config import BrokerConfig, KafkaConfig, WorkerConfig
+    from streams.kafka import end_offsets, make_consumer, make_producer
+    from streams.topics import ensure_topics
+    from trainer.ranker.source import KafkaSource
+
+    gen = {**SYNTHETIC, "events": str(args.events), **over.get("generator", {})}
+    per_message = WorkerConfig().max_samples_per_message
+    blocks = [b for big in to_blocks(load_values(gen)) for b in split_blocks(big, per_message)]
+    raw = [encode_block(b) for b in blocks]
+    n_samples = sum(len(b) for b in blocks)
+    runs: dict[str, list[float]] = {"confluent": [], "kafka_python": []}
+    with EmbeddedBroker(BrokerConfig(), metrics=Metrics(CollectorRegistry())) as broker:
+        kcfg = build(KafkaConfig, {"partitions": "4", **over.get("kafka", {})}, source="bench")
+        ensure_topics(kcfg, broker.bootstrap)
+        topic = kcfg.topic_samples
+        with make_producer(kcfg, broker.bootstrap) as producer:
+            for i, value in enumerate(raw):
+                producer.send(topic, str(i % 64).encode(), value)
+            producer.flush()
+        ends = end_offsets(kcfg, broker.bootstrap, topic)
+        total = sum(ends.values())
+
+        def confluent() -> int:
+            src = KafkaSource(kcfg, broker.bootstrap, topic, stop_at=ends)
+            got = 0
+            while not src.exhausted():
+                got += len(src.poll(64, 0.2))
+            src.close()
+            return got
+
+        def kafka_python() -> int:
+            consumer = make_consumer(kcfg, broker.bootstrap)
+            tps = [KafkaPythonTP(topic, p) for p in sorted(ends)]
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            got = 0
+            while any(consumer.position(tp) < ends[tp.partition] for tp in tps):
+                got += sum(len(r) for r in consumer.poll(timeout_ms=200, max_records=64).values())
+            consumer.close()
+            return got
+
+        for _ in range(args.repeats):
+            for name, drain in (("confluent", confluent), ("kafka_python", kafka_python)):
+                start = time.perf_counter()
+                got = drain()
+                runs[name].append(got / (time.perf_counter() - start))
+                if got != total:
+                    raise SystemExit(f"source: {name} read {got} messages, expected {total}")
+    med = {k: float(np.median(v)) for k, v in runs.items()}
+    return {
+        "bench": "source",
+        "data": "synthetic",
+        "messages": total,
+        "samples": n_samples,
+        "mb": round(sum(map(len, raw)) / 1e6, 1),
+        "messages_per_s": {k: round(v, 1) for k, v in med.items()},
+        "samples_per_s": {k: round(v * n_samples / total) for k, v in med.items()},
+        "runs": {k: [round(x, 1) for x in v] for k, v in runs.items()},
+        "ratio": round(med["confluent"] / med["kafka_python"], 1),
+        "config": {"kafka": over.get("kafka", {}), "generator": gen},
+    }
+
+
 # -- output --------------------------------------------------------------------------------------
 def print_table(res: dict[str, Any]) -> None:
     print(f"# ranker {res['bench']} on {res['data']}")
@@ -552,6 +641,12 @@ def print_table(res: dict[str, Any]) -> None:
             print(f"{mode + ' AUC':<14}" + "".join(f"{a:>10.4f}" for a in res["auc"][mode]))
             print(f"{mode + ' GAUC':<14}" + "".join(f"{a:>10.4f}" for a in res["gauc"][mode]))
         print(f"{'single AUC':<14}{res['auc']['single']:>10.4f}   GAUC {res['gauc']['single']:.4f}")
+    elif res["bench"] == "source":
+        print(f"{res['messages']:,} sample blocks ({res['samples']:,} samples, {res['mb']} MB)")
+        print(f"{'consumer':<14} {'messages/s':>11} {'samples/s':>11}")
+        for k in ("confluent", "kafka_python"):
+            print(f"{k:<14} {res['messages_per_s'][k]:>11,.1f} {res['samples_per_s'][k]:>11,}")
+        print(f"ratio confluent / kafka-python: {res['ratio']}x")
     else:
         print(f"batch {res['batch_size']}, {res['batches_timed']} timed batches, LUM {res['lum']}")
         print(f"{'':<10} {'fused':>10} {'plain':>10}")
@@ -561,7 +656,7 @@ def print_table(res: dict[str, Any]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("bench", choices=("lum-gain", "multi-epoch", "throughput"))
+    p.add_argument("bench", choices=("lum-gain", "multi-epoch", "throughput", "source"))
     p.add_argument("--data", default="synthetic", help="synthetic or an event log file")
     p.add_argument("--split", type=float, default=0.8, help="train share of sample time")
     p.add_argument("--epochs", type=int, default=4)
@@ -590,9 +685,11 @@ def main() -> None:
         help="lum-gain: samples before the backbone's cut get no vectors (the backbone did "
         "not exist yet), so the ranker never learns from vectors of its own training data",
     )
-    p.add_argument("--events", type=int, default=60_000, help="throughput: generator events")
+    p.add_argument(
+        "--events", type=int, default=60_000, help="throughput, source: generator events"
+    )
     p.add_argument("--batches", type=int, default=30, help="throughput: timed batches")
-    p.add_argument("--repeats", type=int, default=3, help="throughput: interleaved repeats")
+    p.add_argument("--repeats", type=int, default=3, help="throughput, source: interleaved repeats")
     p.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: the machine is shared)"
     )
@@ -601,7 +698,12 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     over = overrides(args.set)
-    run = {"lum-gain": lum_gain, "multi-epoch": multi_epoch, "throughput": throughput}[args.bench]
+    run = {
+        "lum-gain": lum_gain,
+        "multi-epoch": multi_epoch,
+        "throughput": throughput,
+        "source": source,
+    }[args.bench]
     start = time.perf_counter()
     res = run(args, over)
     res["machine"] = machine(args.threads)
