@@ -3,18 +3,19 @@ learned once, and a published version is announced on lum.model-updates."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from ranker_util import CFG, EMB, blocks, truth_vectors
+from ranker_util import CFG, EMB, blocks, set_args, truth_vectors
 
 from monitoring.metrics import Metrics
 from streams.config import KafkaConfig
 from streams.kafka import end_offsets, make_producer, read_topic
 from streams.samples import encode_block
-from trainer.ranker.checkpoint import Checkpointer, announce
+from trainer.ranker.checkpoint import Checkpointer, announce, load_ranker
 from trainer.ranker.engine import RankerEngine
 from trainer.ranker.loop import StreamingTrainer
 from trainer.ranker.source import Assembler, KafkaSource, Message, SourceError
@@ -132,3 +133,36 @@ def test_source_latest_start_null_values_and_a_missing_topic(
         source.close()
     with pytest.raises(SourceError, match="no such topic"):
         KafkaSource(kafka_cfg, bootstrap, "lum.samples.absent", timeout_s=5.0)
+
+
+@pytest.mark.integration
+def test_train_command_replays_lum_samples_from_the_cluster(
+    kafka_cfg: KafkaConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``lumstream train --replay ..`` on a real cluster: every partition read to its end,
+    the re-sent block skipped, every sample learned once, one version published.
+
+    Blocks of three source partitions, keyed ``p<partition>`` as the worker keys them (so
+    each source partition's blocks stay in order in one topic partition)."""
+    from lumstream.cli import main
+
+    bl = [dataclasses.replace(b, partition=i % 3) for i, b in enumerate(blocks()[:10])]
+    _produce(kafka_cfg, [(f"p{b.partition}".encode(), encode_block(b)) for b in bl])
+    _produce(kafka_cfg, [(b"p1", encode_block(bl[4]))])  # re-sent after a worker crash
+    ends = end_offsets(kafka_cfg, kafka_cfg.bootstrap_servers, kafka_cfg.topic_samples)
+    assert sum(1 for e in ends.values() if e) >= 2  # several topic partitions to read
+    truth_vectors().save(tmp_path / "backbone" / "vectors" / "v1")
+    ranker = dataclasses.replace(CFG, checkpoint_every_s=0, checkpoint_every_batches=0)
+    argv = [
+        *set_args("kafka", kafka_cfg),
+        *set_args("ranker", ranker),
+        *set_args("embeddings", EMB),
+    ]
+    argv += ["--set", f"paths.data_dir={tmp_path}", "--set", "metrics.enabled=false"]
+    assert main([*argv, "train", "--replay", ".."]) == 0
+    err = capsys.readouterr().err
+    assert "epoch 1: progressive auc" in err, err
+    (version,) = sorted((tmp_path / "ranker" / "versions").glob("r*"))
+    assert load_ranker(version).manifest["samples_learned"] == sum(len(b) for b in bl)
+    (msg,) = read_topic(kafka_cfg, kafka_cfg.bootstrap_servers, kafka_cfg.topic_model_updates)
+    assert json.loads(msg.value)["name"] == version.name
