@@ -22,7 +22,8 @@ the machine, or with ``--json`` one JSON object.
   before it is learned) on the samples after it. Variants, same code and budget: ``no_lum``,
   ``lum_direct`` (o_q of the sample's condition and e_i), ``lum_full`` (+ interest matching)
   and ``e2e_gr``: the backbone alone, sim(o_q, e_i) through a sigmoid fitted on the train
-  part.
+  part. Reference row ``item_mean``: the candidate item's smoothed mean label so far (item
+  quality, no personalisation).
 - multi-epoch: the same split; epochs 1..K on the train part, the eval part scored (not
   learned) after each epoch: naive, sparse-reset, single epoch.
 - throughput: training samples/s of the default model, fused TorchRec tables vs plain
@@ -351,6 +352,25 @@ def e2e_scores(vec: LumVectors, s: Samples) -> np.ndarray:
     return np.where(uf & itf, own, 0.0)
 
 
+def item_mean_scores(tr: Samples, ev: Samples, prior: float = 10.0) -> np.ndarray:
+    """The eval part scored by item quality alone: the candidate's mean label over every
+    sample before it (the train part, then the eval part progressively), shrunk towards
+    the train CTR with ``prior`` pseudo-samples. No personalisation: what a ranker gains
+    over it is what it knows about the user."""
+    items = np.concatenate([tr.rows["item"], ev.rows["item"]])
+    y_all = np.concatenate([tr.rows["label"], ev.rows["label"]]).astype(np.float64)
+    _, group = np.unique(items, return_inverse=True)
+    order = np.argsort(group, kind="stable")  # by item, in time order within an item
+    g, y = group[order], y_all[order]
+    before = np.cumsum(y) - y  # labels before each sample, all items
+    pos = np.arange(len(y))
+    first = np.maximum.accumulate(np.where(np.r_[True, g[1:] != g[:-1]], pos, 0))
+    mu = float(tr.rows["label"].mean())
+    scores = np.empty(len(y))
+    scores[order] = (before - before[first] + prior * mu) / (pos - first + prior)
+    return scores[len(tr) :]
+
+
 def fit_sigmoid(x: np.ndarray, y: np.ndarray, iters: int = 50) -> tuple[float, float]:
     """Logistic regression y ~ sigmoid(a x + b) by Newton's method (the calibration)."""
     a, b = 0.0, float(np.log((y.mean() + 1e-6) / (1 - y.mean() + 1e-6)))
@@ -432,6 +452,9 @@ def lum_gain(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[
     e2e = summary(1 / (1 + np.exp(-(a * sims[len(tr) :] + b))), labels, users)
     for k in ("auc", "gauc", "logloss"):
         res[k]["e2e_gr"] = round(e2e[k], 4)
+    item_only = summary(item_mean_scores(tr, ev), labels, users)
+    for k in ("auc", "gauc", "logloss"):
+        res[k]["item_mean"] = round(item_only[k], 4)
     ev_vec = [v for v, (lo, _) in zip(vectors, bounds, strict=True) if lo >= len(tr)]
     ev_bounds = [x for x in bounds if x[0] >= len(tr)]
     found_u = np.concatenate(
@@ -627,7 +650,7 @@ def print_table(res: dict[str, Any]) -> None:
         print(f"backbone: {res['backbone']}")
         print(f"vector coverage on eval: {res['vector_coverage']}")
         print(f"{'variant':<12} {'AUC':>8} {'GAUC':>8} {'logloss':>8}")
-        for v in (*VARIANTS, "e2e_gr"):
+        for v in (*VARIANTS, "e2e_gr", "item_mean"):
             print(f"{v:<12} {res['auc'][v]:>8.4f} {res['gauc'][v]:>8.4f} {res['logloss'][v]:>8.4f}")
         if "oracle" in res:
             print(f"{'oracle':<12} {res['oracle']['auc']:>8.4f} {res['oracle']['gauc']:>8.4f}")
