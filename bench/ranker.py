@@ -131,22 +131,18 @@ class Data:
     world: Any = None
 
 
-def load_values(gen_over: dict[str, str]) -> list[bytes]:
-    """The synthetic generator's encoded events."""
+def synthetic(gen_over: dict[str, str]) -> tuple[list[bytes], Any]:
+    """The synthetic generator's encoded events and its world (the ground truth)."""
     from streams.generator import ClickStream
 
     gen = build(GeneratorConfig, {**SYNTHETIC, **gen_over}, source="bench")
-    return [v for batch in ClickStream(gen).pair_batches() for _, v in batch]
+    stream = ClickStream(gen)
+    return [v for batch in stream.pair_batches() for _, v in batch], stream.world
 
 
 def load(data: str, gen_over: dict[str, str]) -> Data:
     if data == "synthetic":
-        from streams.generator import ClickStream
-
-        gen = build(GeneratorConfig, {**SYNTHETIC, **gen_over}, source="bench")
-        stream = ClickStream(gen)
-        values = [v for batch in stream.pair_batches() for _, v in batch]
-        world = stream.world
+        values, world = synthetic(gen_over)
     else:
         from streams.sinks import iter_event_log
 
@@ -584,7 +580,7 @@ def source(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[st
 
     gen = {**SYNTHETIC, "events": str(args.events), **over.get("generator", {})}
     per_message = WorkerConfig().max_samples_per_message
-    blocks = [b for big in to_blocks(load_values(gen)) for b in split_blocks(big, per_message)]
+    blocks = [b for big in to_blocks(synthetic(gen)[0]) for b in split_blocks(big, per_message)]
     raw = [encode_block(b) for b in blocks]
     n_samples = sum(len(b) for b in blocks)
     runs: dict[str, list[float]] = {"confluent": [], "kafka_python": []}
