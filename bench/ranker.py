@@ -23,7 +23,9 @@ the machine, or with ``--json`` one JSON object.
   ``lum_direct`` (o_q of the sample's condition and e_i), ``lum_full`` (+ interest matching)
   and ``e2e_gr``: the backbone alone, sim(o_q, e_i) through a sigmoid fitted on the train
   part. Reference row ``item_mean``: the candidate item's smoothed mean label so far (item
-  quality, no personalisation).
+  quality, no personalisation). Each LUM variant's gain over ``no_lum`` comes with a 95%
+  interval from a paired bootstrap over users (``--bootstrap`` draws): how much of it the
+  eval's users could move by chance.
 - multi-epoch: the same split; epochs 1..K on the train part, the eval part scored (not
   learned) after each epoch: naive, sparse-reset, single epoch.
 - throughput: training samples/s of the default model, fused TorchRec tables vs plain
@@ -68,7 +70,7 @@ from trainer.backbone.data import MemorySource, sequences_from_events
 from trainer.ranker.batch import Samples
 from trainer.ranker.config import RankerConfig
 from trainer.ranker.engine import RankerEngine, Scored
-from trainer.ranker.metrics import summary
+from trainer.ranker.metrics import bootstrap_gain, summary
 from trainer.ranker.multi_epoch import train_epochs
 from trainer.ranker.vectors import LumVectors
 
@@ -428,15 +430,14 @@ def lum_gain(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[
     )
     res: dict[str, Any] = {"auc": {}, "gauc": {}, "logloss": {}, "seconds": {}}
     labels, users = ev.rows["label"].astype(np.float64), ev.rows["user"]
+    probs: dict[str, np.ndarray] = {}
     for variant, lum in zip(VARIANTS, ("off", "direct", "full"), strict=True):
         rcfg = dataclasses.replace(base, lum_features=lum)
         scored, secs = progressive(rcfg, ecfg, stream, len(tr), vectors)
-        probs = np.concatenate([x.probs for x in scored])
-        out = summary(
-            probs,
-            np.concatenate([x.labels for x in scored]),
-            np.concatenate([x.users for x in scored]),
-        )
+        probs[variant] = np.concatenate([x.probs for x in scored])
+        scored_y = np.concatenate([x.labels for x in scored])  # the same rows every variant
+        scored_u = np.concatenate([x.users for x in scored])
+        out = summary(probs[variant], scored_y, scored_u)
         for k in ("auc", "gauc", "logloss"):
             res[k][variant] = round(out[k], 4)
         res["seconds"][variant] = round(secs, 1)
@@ -481,6 +482,20 @@ def lum_gain(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[
             "condition": round(float((ev_vec[-1].condition_index(ev.rows["cond"]) >= 0).mean()), 4),
         },
         gain={k: round(res[k]["lum_full"] - res[k]["no_lum"], 4) for k in ("auc", "gauc")},
+        gain_bootstrap={
+            "reps": args.bootstrap,
+            "over": "users",
+            **{
+                v: {
+                    m: {k: round(x, 4) for k, x in d.items()}
+                    for m, d in bootstrap_gain(
+                        probs["no_lum"], probs[v], scored_y, scored_u, reps=args.bootstrap
+                    ).items()
+                }
+                for v in VARIANTS[1:]
+                if args.bootstrap
+            },
+        },
         config={"ranker": over.get("ranker", {}), "embeddings": over.get("embeddings", {})},
     )
     if data.world is not None:
@@ -651,6 +666,17 @@ def print_table(res: dict[str, Any]) -> None:
         if "oracle" in res:
             print(f"{'oracle':<12} {res['oracle']['auc']:>8.4f} {res['oracle']['gauc']:>8.4f}")
         print(f"gain lum_full - no_lum: {res['gain']}")
+        boot = res["gain_bootstrap"]
+        if boot["reps"]:
+            print(f"gain over no_lum, 95% interval ({boot['reps']} user-bootstrap draws):")
+            for v in VARIANTS[1:]:
+                print(
+                    f"{v:<12} "
+                    + "  ".join(
+                        f"{m.upper()} {d['gain']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"
+                        for m, d in boot[v].items()
+                    )
+                )
     elif res["bench"] == "multi-epoch":
         print(f"split: {res['split']}; lum features: {res['lum_features']}")
         print(
@@ -703,6 +729,12 @@ def main() -> None:
         action="store_true",
         help="lum-gain: samples before the backbone's cut get no vectors (the backbone did "
         "not exist yet), so the ranker never learns from vectors of its own training data",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=200,
+        help="lum-gain: user-bootstrap draws for the gains' 95%% intervals (0: none)",
     )
     p.add_argument(
         "--events", type=int, default=60_000, help="throughput, source: generator events"

@@ -1,5 +1,5 @@
 """trainer.ranker.metrics: vectorised AUC/GAUC against the pairwise references, log-loss,
-calibration and the sliding window."""
+calibration, the sliding window, weighted AUC and the paired user bootstrap of a gain."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from trainer.ranker.metrics import (
     Window,
     auc,
     auc_reference,
+    bootstrap_gain,
     gauc,
     gauc_reference,
     log_loss,
     summary,
+    weighted_auc,
 )
 
 ROWS = st.lists(
@@ -36,6 +38,12 @@ def test_auc_and_gauc_match_the_references(rows: list[tuple[int, int, int]]) -> 
     g = np.array([r[2] for r in rows])
     assert same(auc(s, y), auc_reference(s, y))
     assert same(gauc(s, y, g), gauc_reference(s, y, g))
+    # integer weights = that many copies of each sample
+    w = np.array([1 + r[2] % 3 for r in rows], np.int64)
+    assert same(
+        float(weighted_auc(s, y, w[None, :])[0]),
+        auc_reference(np.repeat(s, w), np.repeat(y, w)),
+    )
 
 
 def test_known_values() -> None:
@@ -67,3 +75,49 @@ def test_window_keeps_the_last_samples() -> None:
     big.add(np.arange(10) / 10, np.arange(10) % 2, np.zeros(10, np.int64))
     assert len(big) == 3
     assert sorted(big.probs.tolist()) == [0.7, 0.8, 0.9]
+
+
+def _two_models(
+    n_users: int, per_user: int, edge: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Scores of a base model and of one that knows the label a little better."""
+    rng = np.random.default_rng(3)
+    users = np.repeat(np.arange(n_users), per_user)
+    y = rng.random(len(users)) < 0.4
+    base = rng.normal(size=len(users)) + 0.5 * y
+    return base, base + edge * y + 0.3 * rng.normal(size=len(users)), y.astype(np.int64), users
+
+
+def test_bootstrap_gain_of_a_model_over_itself_is_exactly_zero() -> None:
+    base, _, y, users = _two_models(30, 20, 0.0)
+    out = bootstrap_gain(base, base.copy(), y, users, reps=50)
+    for m in ("auc", "gauc"):
+        assert out[m] == {"gain": 0.0, "sd": 0.0, "lo": 0.0, "hi": 0.0}
+
+
+def test_bootstrap_gain_interval_holds_the_gain_and_separates_a_real_one() -> None:
+    base, better, y, users = _two_models(200, 30, 1.0)
+    out = bootstrap_gain(base, better, y, users, reps=200, seed=1)
+    assert out["auc"]["gain"] == auc(better, y) - auc(base, y)
+    assert out["gauc"]["gain"] == gauc(better, y, users) - gauc(base, y, users)
+    for m in ("auc", "gauc"):
+        assert 0 < out[m]["lo"] < out[m]["gain"] < out[m]["hi"]
+        assert out[m]["sd"] > 0
+    # the same draw for the same seed; fewer users -> a wider interval
+    assert bootstrap_gain(base, better, y, users, reps=200, seed=1) == out
+    few = users < 20
+    small = bootstrap_gain(base[few], better[few], y[few], users[few], reps=200, seed=1)
+    assert small["gauc"]["sd"] > 2 * out["gauc"]["sd"]
+
+
+def test_bootstrap_resamples_users_not_samples() -> None:
+    """One user carries the whole gain: the interval must reach zero, since a draw may
+    leave that user out, however many samples it has."""
+    rng = np.random.default_rng(5)
+    users = np.repeat(np.arange(10), 100)
+    y = (rng.random(len(users)) < 0.5).astype(np.int64)
+    base = rng.normal(size=len(users))
+    other = base + np.where(users == 0, 3.0 * y, 0.0)
+    out = bootstrap_gain(base, other, y, users, reps=300)
+    assert out["gauc"]["gain"] > 0.02
+    assert out["gauc"]["lo"] <= 1e-12

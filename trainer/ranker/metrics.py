@@ -3,6 +3,8 @@
 Fast paths are vectorised numpy (sorts and bincounts); beside each sits a plain reference
 (:func:`auc_reference` compares every positive with every negative, :func:`gauc_reference`
 loops over users) that the tests check them against. Ties count one half.
+:func:`bootstrap_gain` puts an interval on the gain of one model over another (the
+benchmarks' LUM gain), resampling users.
 
 :class:`Window` keeps the last ``size`` scored samples (a ring buffer) and summarises them;
 the streaming loop adds each batch's predictions *before* the model learns from it, so the
@@ -67,14 +69,14 @@ def auc_reference(scores: np.ndarray, labels: np.ndarray) -> float:
     return total / (len(pos) * len(neg))
 
 
-def gauc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
-    """Impression-weighted mean of per-group AUCs over groups with both classes (NaN if
-    none)."""
+def group_aucs(
+    scores: np.ndarray, labels: np.ndarray, groups: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-group AUC: (group ids sorted, AUC of each group (NaN where one class is missing),
+    samples per group)."""
     s = np.asarray(scores, np.float64)
     y = (np.asarray(labels) > 0).astype(np.float64)
     g = np.asarray(groups)
-    if len(s) == 0:
-        return float("nan")
     order = np.lexsort((s, g))
     gs, ss, ys = g[order], s[order], y[order]
     starts = np.ones(len(gs), bool)
@@ -85,11 +87,85 @@ def gauc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
     n_pos = np.bincount(gid, weights=ys)
     r_pos = np.bincount(gid, weights=ranks * ys)
     n_neg = n - n_pos
-    ok = (n_pos > 0) & (n_neg > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per = (r_pos - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    per[(n_pos == 0) | (n_neg == 0)] = np.nan
+    return gs[starts], per, n
+
+
+def gauc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
+    """Impression-weighted mean of per-group AUCs over groups with both classes (NaN if
+    none)."""
+    if len(scores) == 0:
+        return float("nan")
+    _, per, n = group_aucs(scores, labels, groups)
+    ok = ~np.isnan(per)
     if not ok.any():
         return float("nan")
-    per = (r_pos[ok] - n_pos[ok] * (n_pos[ok] + 1) / 2.0) / (n_pos[ok] * n_neg[ok])
-    return float((per * n[ok]).sum() / n[ok].sum())
+    return float((per[ok] * n[ok]).sum() / n[ok].sum())
+
+
+def weighted_auc(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUC with per-sample weights (a sample of weight k counts as k copies); ``weights``
+    (R, n) gives R AUCs at the cost of one sort. NaN where a class has no weight."""
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(labels) > 0
+    w = np.atleast_2d(np.asarray(weights, np.float64))
+    if len(s) == 0:
+        return np.full(len(w), np.nan)
+    order = np.argsort(s, kind="stable")
+    ss, ys, ws = s[order], y[order], w[:, order]
+    first = np.flatnonzero(np.r_[True, ss[1:] != ss[:-1]])  # tie blocks of equal scores
+    wp = np.add.reduceat(ws * ys, first, axis=1)  # (R, blocks) positive weight per block
+    wn = np.add.reduceat(ws * ~ys, first, axis=1)
+    below = np.cumsum(wn, axis=1) - wn  # negative weight strictly below each block
+    den = wp.sum(axis=1) * wn.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = (wp * (below + 0.5 * wn)).sum(axis=1) / den
+    return np.where(den > 0, out, np.nan)
+
+
+def bootstrap_gain(
+    base: np.ndarray,
+    other: np.ndarray,
+    labels: np.ndarray,
+    users: np.ndarray,
+    reps: int = 200,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """How sure a gain of ``other`` over ``base`` (scores of the same samples) is: a paired
+    bootstrap over users (users drawn with replacement, each with all its samples, the same
+    draw for both models), since samples of one user are not independent.
+
+    Returns:
+        ``auc`` and ``gauc``, each {gain (on the data as it is), sd, lo, hi (2.5 and 97.5
+        percentiles of the resampled gains)}.
+    """
+    y = np.asarray(labels)
+    ids, gid = np.unique(np.asarray(users), return_inverse=True)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)), size=reps)  # (R, G)
+    a_auc = weighted_auc(base, y, counts[:, gid])
+    b_auc = weighted_auc(other, y, counts[:, gid])
+    _, a_per, n = group_aucs(base, y, gid)
+    _, b_per, _ = group_aucs(other, y, gid)
+    ok = ~np.isnan(a_per)  # both classes present: the same users for both models
+    wt = counts[:, ok] * n[ok]  # (R, ok groups) impressions of each drawn user
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d_gauc = (wt * (b_per[ok] - a_per[ok])).sum(axis=1) / wt.sum(axis=1)
+    out = {}
+    for name, gain, draws in (
+        ("auc", auc(other, y) - auc(base, y), b_auc - a_auc),
+        ("gauc", gauc(other, y, gid) - gauc(base, y, gid), d_gauc),
+    ):
+        d = draws[~np.isnan(draws)]
+        out[name] = {
+            "gain": float(gain),
+            "sd": float(d.std()) if len(d) else float("nan"),
+            "lo": float(np.percentile(d, 2.5)) if len(d) else float("nan"),
+            "hi": float(np.percentile(d, 97.5)) if len(d) else float("nan"),
+        }
+    return out
 
 
 def gauc_reference(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
