@@ -25,7 +25,8 @@ the machine, or with ``--json`` one JSON object.
   part. Reference row ``item_mean``: the candidate item's smoothed mean label so far (item
   quality, no personalisation). Each LUM variant's gain over ``no_lum`` comes with a 95%
   interval from a paired bootstrap over users (``--bootstrap`` draws): how much of it the
-  eval's users could move by chance.
+  eval's users could move by chance. ``--seeds 5,6,7`` trains every variant once per
+  ranker seed and reports the means (the gain's interval then covers the mean gain).
 - multi-epoch: the same split; epochs 1..K on the train part, the eval part scored (not
   learned) after each epoch: naive, sparse-reset, single epoch.
 - throughput: training samples/s of the default model, fused TorchRec tables vs plain
@@ -430,16 +431,27 @@ def lum_gain(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[
     )
     res: dict[str, Any] = {"auc": {}, "gauc": {}, "logloss": {}, "seconds": {}}
     labels, users = ev.rows["label"].astype(np.float64), ev.rows["user"]
-    probs: dict[str, np.ndarray] = {}
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [base.seed]
+    probs: dict[str, np.ndarray] = {}  # variant -> (seeds, eval samples)
+    per_seed: dict[int, dict[str, dict[str, float]]] = {x: {"auc": {}, "gauc": {}} for x in seeds}
     for variant, lum in zip(VARIANTS, ("off", "direct", "full"), strict=True):
-        rcfg = dataclasses.replace(base, lum_features=lum)
-        scored, secs = progressive(rcfg, ecfg, stream, len(tr), vectors)
-        probs[variant] = np.concatenate([x.probs for x in scored])
-        scored_y = np.concatenate([x.labels for x in scored])  # the same rows every variant
-        scored_u = np.concatenate([x.users for x in scored])
-        out = summary(probs[variant], scored_y, scored_u)
-        for k in ("auc", "gauc", "logloss"):
-            res[k][variant] = round(out[k], 4)
+        runs, secs = [], 0.0
+        got: dict[str, list[float]] = {"auc": [], "gauc": [], "logloss": []}
+        for seed in seeds:
+            rcfg = dataclasses.replace(base, lum_features=lum, seed=seed)
+            scored, took = progressive(rcfg, ecfg, stream, len(tr), vectors)
+            runs.append(np.concatenate([x.probs for x in scored]))
+            scored_y = np.concatenate([x.labels for x in scored])  # the same rows every run
+            scored_u = np.concatenate([x.users for x in scored])
+            out = summary(runs[-1], scored_y, scored_u)
+            for m, values in got.items():
+                values.append(out[m])
+            for m in ("auc", "gauc"):
+                per_seed[seed][m][variant] = round(out[m], 4)
+            secs += took
+        probs[variant] = np.stack(runs)
+        for m, values in got.items():
+            res[m][variant] = round(float(np.mean(values)), 4)
         res["seconds"][variant] = round(secs, 1)
     bounds = _batches(len(stream), len(tr), base.batch_size)
     sims = np.concatenate(
@@ -482,6 +494,8 @@ def lum_gain(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[
             "condition": round(float((ev_vec[-1].condition_index(ev.rows["cond"]) >= 0).mean()), 4),
         },
         gain={k: round(res[k]["lum_full"] - res[k]["no_lum"], 4) for k in ("auc", "gauc")},
+        ranker_seeds=seeds,
+        per_seed=per_seed,
         gain_bootstrap={
             "reps": args.bootstrap,
             "over": "users",
@@ -660,6 +674,10 @@ def print_table(res: dict[str, Any]) -> None:
         print(f"split: {res['split']}")
         print(f"backbone: {res['backbone']}")
         print(f"vector coverage on eval: {res['vector_coverage']}")
+        if len(res["ranker_seeds"]) > 1:
+            print(f"ranker seeds {res['ranker_seeds']}: the ranker rows are their means")
+            for k, d in res["per_seed"].items():
+                print(f"  seed {k}: AUC {d['auc']}  GAUC {d['gauc']}")
         print(f"{'variant':<12} {'AUC':>8} {'GAUC':>8} {'logloss':>8}")
         for v in (*VARIANTS, "e2e_gr", "item_mean"):
             print(f"{v:<12} {res['auc'][v]:>8.4f} {res['gauc'][v]:>8.4f} {res['logloss'][v]:>8.4f}")
@@ -729,6 +747,12 @@ def main() -> None:
         action="store_true",
         help="lum-gain: samples before the backbone's cut get no vectors (the backbone did "
         "not exist yet), so the ranker never learns from vectors of its own training data",
+    )
+    p.add_argument(
+        "--seeds",
+        default="",
+        help="lum-gain: ranker seeds, comma-separated; every variant is trained once per "
+        "seed and reported as the mean (default: the configured ranker.seed)",
     )
     p.add_argument(
         "--bootstrap",

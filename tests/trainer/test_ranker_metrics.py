@@ -121,3 +121,14 @@ def test_bootstrap_resamples_users_not_samples() -> None:
     out = bootstrap_gain(base, other, y, users, reps=300)
     assert out["gauc"]["gain"] > 0.02
     assert out["gauc"]["lo"] <= 1e-12
+
+
+def test_bootstrap_gain_over_seeds_is_the_mean_of_the_per_seed_gains() -> None:
+    base, better, y, users = _two_models(50, 20, 1.0)
+    worse = base - 0.5 * y
+    one = bootstrap_gain(base, better, y, users, reps=100)
+    two = bootstrap_gain(base, worse, y, users, reps=100)
+    both = bootstrap_gain(np.stack([base, base]), np.stack([better, worse]), y, users, reps=100)
+    for m in ("auc", "gauc"):
+        assert abs(both[m]["gain"] - (one[m]["gain"] + two[m]["gain"]) / 2) < 1e-12
+        assert one[m]["lo"] > 0 > two[m]["hi"]

@@ -133,32 +133,41 @@ def bootstrap_gain(
     reps: int = 200,
     seed: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """How sure a gain of ``other`` over ``base`` (scores of the same samples) is: a paired
-    bootstrap over users (users drawn with replacement, each with all its samples, the same
-    draw for both models), since samples of one user are not independent.
+    """How sure a gain of ``other`` over ``base`` is: a paired bootstrap over users (users
+    drawn with replacement, each with all its samples, the same draw for both models),
+    since samples of one user are not independent.
+
+    Args:
+        base, other: (n,) scores of the same samples, or (S, n): one row per training seed,
+            the gain then being the mean of the S per-seed gains (in every draw too).
+        labels, users: (n,) of those samples.
+        reps, seed: bootstrap draws and their seed.
 
     Returns:
         ``auc`` and ``gauc``, each {gain (on the data as it is), sd, lo, hi (2.5 and 97.5
         percentiles of the resampled gains)}.
     """
     y = np.asarray(labels)
+    a_all, b_all = np.atleast_2d(base), np.atleast_2d(other)
     ids, gid = np.unique(np.asarray(users), return_inverse=True)
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)), size=reps)  # (R, G)
-    a_auc = weighted_auc(base, y, counts[:, gid])
-    b_auc = weighted_auc(other, y, counts[:, gid])
-    _, a_per, n = group_aucs(base, y, gid)
-    _, b_per, _ = group_aucs(other, y, gid)
-    ok = ~np.isnan(a_per)  # both classes present: the same users for both models
-    wt = counts[:, ok] * n[ok]  # (R, ok groups) impressions of each drawn user
-    with np.errstate(divide="ignore", invalid="ignore"):
-        d_gauc = (wt * (b_per[ok] - a_per[ok])).sum(axis=1) / wt.sum(axis=1)
+    gains = np.zeros(2)
+    draws = np.zeros((2, reps))
+    for a, b in zip(a_all, b_all, strict=True):
+        _, a_per, n = group_aucs(a, y, gid)
+        _, b_per, _ = group_aucs(b, y, gid)
+        ok = ~np.isnan(a_per)  # both classes present: the same users for both models
+        wt = counts[:, ok] * n[ok]  # (R, ok groups) impressions of each drawn user
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d_gauc = (wt * (b_per[ok] - a_per[ok])).sum(axis=1) / wt.sum(axis=1)
+        w = counts[:, gid]
+        draws += np.stack([weighted_auc(b, y, w) - weighted_auc(a, y, w), d_gauc])
+        gains += [auc(b, y) - auc(a, y), gauc(b, y, gid) - gauc(a, y, gid)]
+    gains, draws = gains / len(a_all), draws / len(a_all)
     out = {}
-    for name, gain, draws in (
-        ("auc", auc(other, y) - auc(base, y), b_auc - a_auc),
-        ("gauc", gauc(other, y, gid) - gauc(base, y, gid), d_gauc),
-    ):
-        d = draws[~np.isnan(draws)]
+    for name, gain, d in zip(("auc", "gauc"), gains, draws, strict=True):
+        d = d[~np.isnan(d)]
         out[name] = {
             "gain": float(gain),
             "sd": float(d.std()) if len(d) else float("nan"),
