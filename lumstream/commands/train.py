@@ -93,14 +93,22 @@ def _configure_logging() -> None:
         logging.getLogger(name).setLevel(logging.INFO)
 
 
-def _init_distributed() -> None:
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    """Under torchrun (``WORLD_SIZE`` > 1) inside a gloo process group, which every rank
+    leaves together once it is done: a rank whose peer tore its group down first could
+    abort in gloo's destructor and exit non-zero after all its work was saved."""
     import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return _run(cfg, args)
+    dist.init_process_group("gloo")
+    code = _run(cfg, args)  # an exception leaves the group to torchrun's teardown
+    dist.barrier()
+    dist.destroy_process_group()
+    return code
 
 
-def run(cfg: Config, args: argparse.Namespace) -> int:
+def _run(cfg: Config, args: argparse.Namespace) -> int:
     _configure_logging()
     import torch
 
@@ -115,7 +123,6 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    _init_distributed()
     rank, _ = world()
     rcfg: RankerConfig = cfg.ranker
     ecfg: EmbeddingsConfig = cfg.embeddings

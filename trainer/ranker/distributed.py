@@ -14,6 +14,8 @@ too small.
 
 from __future__ import annotations
 
+import atexit
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -36,12 +38,19 @@ def sum_sparse_gradients() -> None:
 def ensure_process_group() -> bool:
     """Prepare the fused path: sparse gradients summed over the ranks
     (:func:`sum_sparse_gradients`), and a one-process gloo group when none exists; True
-    when one was started here."""
+    when one was started here. That group is destroyed at exit, while the interpreter is
+    still whole: gloo's threads outliving it can abort the process as it exits."""
     sum_sparse_gradients()
     if dist.is_initialized():
         return False
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    atexit.register(_destroy_if_initialized)
     return True
+
+
+def _destroy_if_initialized() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def broadcast_bytes(data: bytes | None, src: int = 0) -> bytes:
