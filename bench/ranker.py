@@ -396,6 +396,17 @@ def _round(d: dict[str, float]) -> dict[str, float]:
     return {k: round(float(v), 4) for k, v in d.items()}
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 5,6,7`` -> [5, 6, 7]; anything else (empty items, repeats) is refused."""
+    try:
+        seeds = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"--seeds {text!r}: expected distinct integers, e.g. 5,6,7") from None
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds {text!r}: a seed is repeated")
+    return seeds
+
+
 def lum_gain(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[str, Any]:
     data = load(args.data, over.get("generator", {}))
     t, tr, ev = split(data.samples, args.split)
@@ -431,7 +442,7 @@ def lum_gain(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[
     )
     res: dict[str, Any] = {"auc": {}, "gauc": {}, "logloss": {}, "seconds": {}}
     labels, users = ev.rows["label"].astype(np.float64), ev.rows["user"]
-    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [base.seed]
+    seeds = args.seed_list or [base.seed]
     probs: dict[str, np.ndarray] = {}  # variant -> (seeds, eval samples)
     per_seed: dict[int, dict[str, dict[str, float]]] = {x: {"auc": {}, "gauc": {}} for x in seeds}
     for variant, lum in zip(VARIANTS, ("off", "direct", "full"), strict=True):
@@ -751,8 +762,9 @@ def main() -> None:
     p.add_argument(
         "--seeds",
         default="",
-        help="lum-gain: ranker seeds, comma-separated; every variant is trained once per "
-        "seed and reported as the mean (default: the configured ranker.seed)",
+        help="lum-gain: ranker seeds (ranker.seed: the dense initialisation), "
+        "comma-separated; every variant is trained once per seed and reported as the mean "
+        "(default: the configured ranker.seed)",
     )
     p.add_argument(
         "--bootstrap",
@@ -771,6 +783,9 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.NAME=VALUE")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args()
+    if args.bootstrap < 0:
+        p.error("--bootstrap: expected 0 (none) or a number of draws")
+    args.seed_list = parse_seeds(args.seeds) if args.seeds else None
     torch.set_num_threads(args.threads)
     over = overrides(args.set)
     run = {

@@ -102,9 +102,14 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return _run(cfg, args)
     dist.init_process_group("gloo")
-    code = _run(cfg, args)  # an exception leaves the group to torchrun's teardown
-    dist.barrier()
-    dist.destroy_process_group()
+    code = _run(cfg, args)
+    # Only after a success, which every rank reaches together: a rank that failed (an
+    # exception, or a refusal such as a missing vector set) may leave its peers inside a
+    # collective, where a barrier would wait for the gloo timeout; it exits instead, and
+    # torchrun stops the others.
+    if code == 0:
+        dist.barrier()
+        dist.destroy_process_group()
     return code
 
 

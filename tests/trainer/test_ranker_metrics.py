@@ -132,3 +132,51 @@ def test_bootstrap_gain_over_seeds_is_the_mean_of_the_per_seed_gains() -> None:
     for m in ("auc", "gauc"):
         assert abs(both[m]["gain"] - (one[m]["gain"] + two[m]["gain"]) / 2) < 1e-12
         assert one[m]["lo"] > 0 > two[m]["hi"]
+
+
+def _resampled_gains(
+    base: np.ndarray, other: np.ndarray, y: np.ndarray, users: np.ndarray, reps: int, seed: int
+) -> np.ndarray:
+    """(reps, 2) AUC and GAUC gains on the materialised resamples: the same user draw as
+    :func:`bootstrap_gain`, each drawn copy of a user its own group."""
+    ids, gid = np.unique(users, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)), size=reps)
+    out = []
+    for c in counts:
+        rows = [np.flatnonzero(gid == g) for g in np.repeat(np.arange(len(ids)), c)]
+        sel = np.concatenate(rows)
+        grp = np.repeat(np.arange(len(rows)), [len(r) for r in rows])
+        gains = [
+            [
+                auc(o[sel], y[sel]) - auc(b[sel], y[sel]),
+                gauc(o[sel], y[sel], grp) - gauc(b[sel], y[sel], grp),
+            ]
+            for b, o in zip(np.atleast_2d(base), np.atleast_2d(other), strict=True)
+        ]
+        out.append(np.mean(gains, axis=0))
+    return np.array(out)
+
+
+def test_bootstrap_gain_equals_the_gains_on_the_materialised_resamples() -> None:
+    """Uneven users (1 to 40 samples, some with one class), coarse scores (ties) and two
+    seeds: sd and the percentiles equal those of the resampled data's own AUC/GAUC."""
+    rng = np.random.default_rng(11)
+    sizes = rng.integers(1, 40, size=25)
+    users = np.repeat(rng.permutation(1000)[:25], sizes)
+    y = (rng.random(len(users)) < 0.35).astype(np.int64)
+    base = np.round(rng.normal(size=(2, len(users))) + 0.4 * y, 1)
+    other = np.round(base + rng.normal(size=base.shape) * 0.5 + 0.3 * y, 1)
+    got = bootstrap_gain(base, other, y, users, reps=60, seed=4)
+    want = _resampled_gains(base, other, y, users, 60, 4)
+    for k, m in enumerate(("auc", "gauc")):
+        d = want[:, k][~np.isnan(want[:, k])]
+        assert abs(got[m]["sd"] - d.std()) < 1e-12
+        assert abs(got[m]["lo"] - np.percentile(d, 2.5)) < 1e-12
+        assert abs(got[m]["hi"] - np.percentile(d, 97.5)) < 1e-12
+
+
+def test_bootstrap_gain_of_nothing_is_nan() -> None:
+    empty = np.zeros(0)
+    out = bootstrap_gain(empty, empty, empty, empty.astype(np.int64))
+    assert all(math.isnan(v) for d in out.values() for v in d.values())

@@ -75,15 +75,23 @@ class Trained:
     legs: list[Leg]
 
 
-def train(data: Path, samples: Path, procs: int, *extra: str) -> Leg:
-    """Run ``lumstream train`` on ``data`` with ``procs`` processes; exit 0 required."""
+def run_train(
+    data: Path, samples: Path, procs: int, *extra: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``lumstream train`` on ``data`` with ``procs`` processes (torchrun when > 1)."""
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"]
     cmd = [sys.executable, *(launcher if procs > 1 else []), "-m", "lumstream.cli"]
     cmd += ["--set", f"paths.data_dir={data}", *SETTINGS]
     cmd += ["train", "--samples-file", str(samples), *extra]
     env = {k: v for k, v in os.environ.items() if not k.startswith("LUMSTREAM_")}
     env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def train(data: Path, samples: Path, procs: int, *extra: str) -> Leg:
+    """Run ``lumstream train`` on ``data`` with ``procs`` processes; exit 0 required."""
+    proc = run_train(data, samples, procs, *extra)
+    cmd = proc.args
     assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     ranker = data / "ranker"
     return Leg(
@@ -216,3 +224,11 @@ def test_a_one_process_checkpoint_resumes_under_two(one: Trained, mixed: Trained
     assert mixed.legs[1].trained == one.legs[1].trained
     assert RESUMED.findall(mixed.legs[1].log) == RESUMED.findall(one.legs[1].log)
     assert_same_training(one.data, mixed.data)
+
+
+def test_a_refusal_under_two_processes_ends_the_run(tmp_path: Path, sample_file: Path) -> None:
+    """No LUM vector set: the ranks refuse (exit 2, the reason on stderr) and torchrun
+    ends with a failure, within seconds."""
+    proc = run_train(tmp_path / "data", sample_file, 2, timeout=120)
+    assert proc.returncode != 0
+    assert "no LUM vector set under" in proc.stderr

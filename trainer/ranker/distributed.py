@@ -44,12 +44,20 @@ def ensure_process_group() -> bool:
     if dist.is_initialized():
         return False
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    atexit.register(_destroy_if_initialized)
+    global _OWN_GROUP
+    if _OWN_GROUP is None:
+        atexit.register(_destroy_own_group)
+    _OWN_GROUP = dist.group.WORLD
     return True
 
 
-def _destroy_if_initialized() -> None:
-    if dist.is_initialized():
+_OWN_GROUP: object = None  # the one-process group started here, if any
+
+
+def _destroy_own_group() -> None:
+    """At exit: destroy the group :func:`ensure_process_group` started, if it is still the
+    default one (not one that somebody else created after it was destroyed)."""
+    if dist.is_initialized() and dist.group.WORLD is _OWN_GROUP:
         dist.destroy_process_group()
 
 

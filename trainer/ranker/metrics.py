@@ -77,6 +77,8 @@ def group_aucs(
     s = np.asarray(scores, np.float64)
     y = (np.asarray(labels) > 0).astype(np.float64)
     g = np.asarray(groups)
+    if len(s) == 0:
+        return g[:0], np.zeros(0), np.zeros(0)
     order = np.lexsort((s, g))
     gs, ss, ys = g[order], s[order], y[order]
     starts = np.ones(len(gs), bool)
@@ -149,6 +151,9 @@ def bootstrap_gain(
     """
     y = np.asarray(labels)
     a_all, b_all = np.atleast_2d(base), np.atleast_2d(other)
+    nan = {"gain": float("nan"), "sd": float("nan"), "lo": float("nan"), "hi": float("nan")}
+    if len(y) == 0 or reps < 1:
+        return {"auc": dict(nan), "gauc": dict(nan)}
     ids, gid = np.unique(np.asarray(users), return_inverse=True)
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)), size=reps)  # (R, G)
@@ -167,13 +172,11 @@ def bootstrap_gain(
     gains, draws = gains / len(a_all), draws / len(a_all)
     out = {}
     for name, gain, d in zip(("auc", "gauc"), gains, draws, strict=True):
-        d = d[~np.isnan(d)]
-        out[name] = {
-            "gain": float(gain),
-            "sd": float(d.std()) if len(d) else float("nan"),
-            "lo": float(np.percentile(d, 2.5)) if len(d) else float("nan"),
-            "hi": float(np.percentile(d, 97.5)) if len(d) else float("nan"),
-        }
+        d = d[~np.isnan(d)]  # draws without both classes (or without any such user)
+        out[name] = {"gain": float(gain), **{k: nan[k] for k in ("sd", "lo", "hi")}}
+        if len(d):
+            lo, hi = np.percentile(d, [2.5, 97.5])
+            out[name].update(sd=float(d.std()), lo=float(lo), hi=float(hi))
     return out
 
 
