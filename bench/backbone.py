@@ -45,7 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lumstream.settings import build
+from core.settings import build
 from streams.config import EventConfig, GeneratorConfig
 from trainer.backbone.config import BackboneConfig
 from trainer.backbone.data import (

@@ -58,8 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prometheus_client import CollectorRegistry
 
+from core.settings import build
 from embeddings.config import EmbeddingsConfig
-from lumstream.settings import build
 from monitoring.metrics import Metrics
 from streams.config import EventConfig, GeneratorConfig, StoreConfig, WorkerConfig
 from streams.events import EventError, decode

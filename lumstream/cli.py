@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from lumstream.settings import ConfigError
+from core.settings import ConfigError
 
 # name -> module under lumstream.commands; the order is the order of --help.
 COMMANDS: dict[str, str] = {

@@ -10,10 +10,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
+from core.paths import PathsConfig
+from core.settings import ConfigError, layered, read_toml
 from embeddings.config import EmbeddingsConfig
-from lumstream.settings import ConfigError, layered, read_toml, setting
 from monitoring.config import MetricsConfig
 from streams.config import (
     BrokerConfig,
@@ -28,14 +29,6 @@ from trainer.backbone.config import BackboneConfig, RefreshConfig
 from trainer.ranker.config import RankerConfig
 
 CONFIG_ENV = "LUMSTREAM_CONFIG"
-
-
-@dataclass(frozen=True)
-class PathsConfig:
-    """Where lumstream keeps its local state."""
-
-    section: ClassVar[str] = "paths"
-    data_dir: Path = setting(Path("data"), "root of local state (RocksDB, versions, checkpoints)")
 
 
 SECTIONS: tuple[type[Any], ...] = (

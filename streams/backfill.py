@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lumstream.durable import write_json_atomic
+from core.durable import write_json_atomic
 from monitoring.metrics import Metrics
 from streams.applier import BatchApplier, WorkerStats
 from streams.config import EventConfig, ReplayConfig, StoreConfig, WorkerConfig

@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from lumstream.durable import write_json_atomic
+from core.durable import write_json_atomic
 from monitoring.metrics import Metrics
 from streams.config import KafkaConfig, ReplayConfig
 from streams.sources import EventSource, ReplayError, SourceReader

@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    from lumstream.settings import build
+    from core.settings import build
     from monitoring.metrics import default_metrics
     from monitoring.server import serve_metrics
     from streams.broker import BrokerError, EmbeddedBroker, write_run_file

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from core.settings import describe
 from lumstream.config import SECTIONS, Config, to_toml
-from lumstream.settings import describe
 
 HELP = "show the effective configuration (defaults < TOML < environment < --set)"
 

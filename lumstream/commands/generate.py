@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from lumstream.settings import ConfigError, build
+from core.settings import ConfigError, build
 
 if TYPE_CHECKING:
     from lumstream.config import Config

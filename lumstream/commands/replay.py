@@ -147,7 +147,7 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 
 
 def _replay_config(cfg: Config, args: argparse.Namespace) -> ReplayConfig:
-    from lumstream.settings import build
+    from core.settings import build
     from streams.config import ReplayConfig
 
     base = cfg.replay

@@ -39,8 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(cfg: Config, args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from core.settings import build
     from lumstream.cluster import cluster
-    from lumstream.settings import build
     from monitoring.metrics import default_metrics
     from monitoring.server import serve_metrics
     from streams.topics import ensure_topics

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lumstream.settings import ConfigError
+from core.settings import ConfigError
 from streams.config import GeneratorConfig
 from streams.events import Event
 from streams.generator.batch import MALFORMED_CODE, Batch, WireFormat

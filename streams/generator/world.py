@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lumstream.settings import ConfigError
+from core.settings import ConfigError
 from streams.config import GeneratorConfig
 from streams.generator.draws import Draws, Views, dedupe
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import ConfigError, describe, env_name
 from lumstream.cli import main
 from lumstream.config import SECTIONS, load, to_toml
-from lumstream.settings import ConfigError, describe, env_name
 
 
 def write(tmp_path: Path, text: str) -> Path:

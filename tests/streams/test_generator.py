@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.settings import ConfigError
 from lumstream.cli import main
-from lumstream.settings import ConfigError
 from streams.config import EventConfig, GeneratorConfig, KafkaConfig
 from streams.events import Event, EventError, decode, encode, to_dict, validate
 from streams.generator import EXPECTED_REASON, ClickStream, Malformed, World

@@ -7,7 +7,7 @@ import pytest
 import torch
 from backbone_util import make_pairs, make_seq
 
-from lumstream.settings import ConfigError, build
+from core.settings import ConfigError, build
 from trainer.backbone.config import BackboneConfig
 from trainer.backbone.encoder import LumBackbone
 from trainer.backbone.packing import collate_packed

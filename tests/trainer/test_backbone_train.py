@@ -10,7 +10,7 @@ import pytest
 import torch
 from backbone_util import make_pairs, make_seq
 
-from lumstream.settings import ConfigError
+from core.settings import ConfigError
 from monitoring.metrics import Metrics
 from streams.config import EventConfig
 from streams.events import validate

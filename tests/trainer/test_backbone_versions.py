@@ -16,7 +16,7 @@ import pytest
 import torch
 from backbone_util import make_pairs
 
-from lumstream.durable import sha256_file
+from core.durable import sha256_file
 from monitoring.metrics import Metrics
 from trainer.backbone import versions
 from trainer.backbone.config import BackboneConfig

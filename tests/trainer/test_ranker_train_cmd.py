@@ -12,8 +12,8 @@ import pytest
 import torch
 from ranker_util import CFG, EMB, blocks, truth_vectors
 
+from core.paths import PathsConfig
 from lumstream.commands import train
-from lumstream.config import PathsConfig
 from monitoring.config import MetricsConfig
 from streams.samplefile import write_sample_file
 from trainer.ranker.checkpoint import load_ranker

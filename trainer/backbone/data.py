@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from lumstream.settings import ConfigError
+from core.settings import ConfigError
 from monitoring.metrics import Metrics
 from streams.config import EventConfig
 from streams.events import Event, EventError, decode

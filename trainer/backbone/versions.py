@@ -39,8 +39,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from lumstream.durable import fsync_path, sha256_file
-from lumstream.settings import ConfigError, build
+from core.durable import fsync_path, sha256_file
+from core.settings import ConfigError, build
 from monitoring.metrics import Metrics
 from trainer.backbone.config import BackboneConfig
 from trainer.backbone.encoder import LumBackbone

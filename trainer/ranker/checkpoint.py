@@ -32,11 +32,11 @@ from typing import Any
 
 import torch
 
+from core.durable import fsync_path, sha256_file
+from core.settings import ConfigError, build
 from embeddings.config import EmbeddingsConfig
 from embeddings.ids import IdMapper
 from embeddings.tables import TABLES, PlainEmbeddingCollection
-from lumstream.durable import fsync_path, sha256_file
-from lumstream.settings import ConfigError, build
 from monitoring.metrics import Metrics
 from trainer.ranker.config import RankerConfig
 from trainer.ranker.distributed import barrier, broadcast_bytes, world

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from lumstream.settings import setting
+from core.settings import setting
 
 
 @dataclass(frozen=True)
