@@ -49,8 +49,8 @@ from core.settings import build
 from streams.config import EventConfig, GeneratorConfig
 from trainer.backbone.config import BackboneConfig
 from trainer.backbone.data import (
-    EventLogSource,
-    MemorySource,
+    EventLogSequences,
+    MemorySequences,
     Pairs,
     action_indices,
     prepare,
@@ -75,17 +75,17 @@ def load_pairs(data: str, actions: str, users: int, events: int) -> tuple[Pairs,
     """(user, sequence) pairs of ``data`` filtered to ``actions``; and the actions used."""
     cfg = EventConfig()
     if data == "synthetic":
-        from streams.events import Event
+        from streams.contracts.events import Event
         from streams.generator import ClickStream
 
         acts = actions or "click"
         gen = GeneratorConfig(users=users, items=4 * users, events=events, base_ctr=0.1)
         stream = ClickStream(gen)
         seqs = sequences_from_events((e for e in stream.events() if isinstance(e, Event)), cfg)
-        source: Any = MemorySource(seqs)
+        source: Any = MemorySequences(seqs)
     else:
         acts = actions or "impression"
-        source = EventLogSource(data, cfg)
+        source = EventLogSequences(data, cfg)
     pairs, _ = prepare(source, action_indices(tuple(acts.split(",")), cfg))
     return pairs, acts
 

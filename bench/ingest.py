@@ -4,7 +4,7 @@ One run on this machine, one fresh embedded broker:
 
 1. pre-fill ``lum.events`` (4 partitions) with ``--events`` generator records (1% malformed
    by default) through ``Producer.send_many``;
-2. **worker**: one :class:`streams.worker.StreamWorker` in this process (aiokafka engine)
+2. **worker**: one :class:`streams.worker.confluent_engine.StreamWorker` in this process
    consumes them all: validate, sequence update, label join, samples and dead letters
    produced and flushed, one fsynced RocksDB WriteBatch with the offsets per partition
    batch. Timed from the start of the first batch to the end of the last commit (the
@@ -56,15 +56,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lumstream.config import Config, load
 from monitoring.metrics import Metrics
-from streams.broker import EmbeddedBroker
 from streams.config import KafkaConfig
+from streams.contracts.samples import HIST_DTYPE, SAMPLE_DTYPE
 from streams.generator import ClickStream
-from streams.kafka import end_offsets, with_topics
-from streams.producer import Producer
-from streams.samples import HIST_DTYPE, SAMPLE_DTYPE
-from streams.store import StoreReader
-from streams.topics import ensure_topics
-from streams.worker import StreamWorker
+from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.consumer import end_offsets
+from streams.kafka.producer import Producer
+from streams.kafka.topics import ensure_topics, with_topics
+from streams.worker.confluent_engine import StreamWorker
+from streams.worker.store import StoreReader
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -188,7 +188,8 @@ def naive_child(bootstrap: str, topic: str, n: int, datadir: str, out: str) -> N
         topic_partitions=4,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
-        broker_session_timeout=6.0,  # as streams.kafka.consumer_options: a ~3 s join on tansu
+        # as streams.kafka.consumer.consumer_options: a ~3 s join on tansu
+        broker_session_timeout=6.0,
         broker_heartbeat_interval=0.5,
     )
     source = app.topic(topic, key_type=bytes, value_type=bytes)

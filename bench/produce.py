@@ -3,7 +3,7 @@
 Measures, in one run on this machine:
 
 - ``generator``: the generator alone, pre-encoded (key, value) records, no Kafka;
-- ``generator_events``: the generator building :class:`streams.events.Event` objects;
+- ``generator_events``: the generator building :class:`streams.contracts.events.Event` objects;
 - ``kafka_only``: producing already generated records (the producer's own bound);
 - ``end_to_end``: generator -> producer -> embedded tansu broker, timed until flushed
   (``events_per_s``, the headline figure);
@@ -36,10 +36,11 @@ from serialization import format_table, run_comparison
 
 from lumstream.config import Config, load
 from monitoring.metrics import Metrics
-from streams.broker import EmbeddedBroker
 from streams.generator import ClickStream
-from streams.kafka import KafkaEventSink, make_producer
-from streams.topics import ensure_topics
+from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.producer import make_producer
+from streams.kafka.topics import ensure_topics
+from streams.sinks.events import KafkaEventSink
 
 
 def _rate(n: int, seconds: float) -> float:

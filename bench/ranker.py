@@ -11,7 +11,7 @@ Usage::
 ``--data`` is ``synthetic`` (the built-in generator) or an event log written by
 ``lumstream import`` (``lumstream import movielens ml-latest-small --out ml.jsonl``: every
 rating an impression, a rating >= 4 adds a click). Events go through the stream worker's
-own label join (``streams.processor``, one partition) to become samples, so the ranker sees
+own label join (``streams.worker.processor``, one partition) to become samples, so the ranker sees
 what it sees live. ``--set SECTION.NAME=VALUE`` overrides a ``ranker``, ``embeddings``,
 ``backbone`` or ``generator`` setting. Each run prints a table with its configuration and
 the machine, or with ``--json`` one JSON object.
@@ -33,7 +33,7 @@ the machine, or with ``--json`` one JSON object.
   ``nn.Embedding`` (+ the same row-wise Adagrad in torch), with and without LUM features,
   interleaved repeats, median reported.
 - source: how fast the live trainer's Kafka source drains lum.samples (the worker's sample
-  blocks of the synthetic stream on the embedded broker): the ranker's ``KafkaSource``
+  blocks of the synthetic stream on the embedded broker): the ranker's ``PositionedConsumer``
   (confluent-kafka) against the kafka-python consumer loop it replaced, interleaved
   repeats, median reported.
 """
@@ -62,18 +62,18 @@ from core.settings import build
 from embeddings.config import EmbeddingsConfig
 from monitoring.metrics import Metrics
 from streams.config import EventConfig, GeneratorConfig, StoreConfig, WorkerConfig
-from streams.events import EventError, decode
-from streams.ids import stable_id
-from streams.processor import open_processor
-from streams.samples import SampleBlock, encode_block, split_blocks
+from streams.contracts.events import EventError, decode
+from streams.contracts.ids import stable_id
+from streams.contracts.samples import SampleBlock, encode_block, split_blocks
+from streams.worker.processor import open_processor
 from trainer.backbone.config import BackboneConfig
-from trainer.backbone.data import MemorySource, sequences_from_events
+from trainer.backbone.data import MemorySequences, sequences_from_events
 from trainer.ranker.batch import Samples
 from trainer.ranker.config import RankerConfig
 from trainer.ranker.engine import RankerEngine, Scored
 from trainer.ranker.metrics import bootstrap_gain, summary
 from trainer.ranker.multi_epoch import train_epochs
-from trainer.ranker.vectors import LumVectors
+from trainer.vectors.sets import LumVectors
 
 VARIANTS = ("no_lum", "lum_direct", "lum_full")
 # a world small enough that users have ~80 clicks each within a few minutes of CPU
@@ -147,7 +147,7 @@ def load(data: str, gen_over: dict[str, str]) -> Data:
     if data == "synthetic":
         values, world = synthetic(gen_over)
     else:
-        from streams.sinks import iter_event_log
+        from streams.contracts.eventlog import iter_event_log
 
         values = [raw for _, raw in iter_event_log(data)]
         world = None
@@ -214,7 +214,7 @@ def train_backbone(
     pairs = [(u, q[q["ts"] < t]) for u, q in sorted(seqs.items())]
     pairs = [(u, q) for u, q in pairs if len(q) >= 2]
     start = time.perf_counter()
-    result = train(bcfg, MemorySource(dict(pairs)))
+    result = train(bcfg, MemorySequences(dict(pairs)))
     info = {
         "seconds": round(time.perf_counter() - start, 1),
         "users": len(pairs),
@@ -607,16 +607,16 @@ def throughput(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dic
 
 
 def source(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[str, Any]:
-    """Drain lum.samples on the embedded broker: the ranker's KafkaSource (confluent-kafka)
+    """Drain lum.samples on the embedded broker: the ranker's PositionedConsumer (confluent-kafka)
     against the kafka-python consumer it replaced (assign + poll, the old loop), the same
     topic, alternating, ``--repeats`` times; messages/s and samples/s, median."""
     from kafka import TopicPartition as KafkaPythonTP
 
-    from streams.broker import EmbeddedBroker
     from streams.config import BrokerConfig, KafkaConfig, WorkerConfig
-    from streams.kafka import end_offsets, make_consumer, make_producer
-    from streams.topics import ensure_topics
-    from trainer.ranker.source import KafkaSource
+    from streams.kafka.broker import EmbeddedBroker
+    from streams.kafka.consumer import PositionedConsumer, end_offsets, make_consumer
+    from streams.kafka.producer import make_producer
+    from streams.kafka.topics import ensure_topics
 
     gen = {**SYNTHETIC, "events": str(args.events), **over.get("generator", {})}
     per_message = WorkerConfig().max_samples_per_message
@@ -636,7 +636,7 @@ def source(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[st
         total = sum(ends.values())
 
         def confluent() -> int:
-            src = KafkaSource(kcfg, broker.bootstrap, topic, stop_at=ends)
+            src = PositionedConsumer(kcfg, broker.bootstrap, topic, stop_at=ends)
             got = 0
             while not src.exhausted():
                 got += len(src.poll(64, 0.2))

@@ -3,8 +3,8 @@
 Formats (each with the same events; "decode" includes the contract's checks):
 
 - ``json``: stdlib ``json.dumps`` (compact, sorted keys) / ``json.loads`` + ``validate``;
-- ``orjson``: ``streams.events.encode`` / ``streams.events.decode`` (the chosen format);
-- ``worker batch+ids``: the stream worker's columnar path (``streams.batch``): a msgspec
+- ``orjson``: ``streams.contracts.events.encode`` / ``decode`` (the chosen format);
+- ``worker batch+ids``: the stream worker's columnar path (``streams.worker.decode``): a msgspec
   decoder built from the contract checks clean batches in C, the ``decode`` reference
   takes over when anything is off; it also builds the id columns, so it does more work;
 - ``orjson-parse``: ``orjson.loads`` alone, no checks (the floor of any JSON decode);
@@ -39,9 +39,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from streams.batch import decode_batch
 from streams.config import EventConfig
-from streams.events import (
+from streams.contracts.events import (
     Event,
     EventError,
     Reason,
@@ -51,6 +50,7 @@ from streams.events import (
     validate,
 )
 from streams.importers.movielens import ML100K_GENRES
+from streams.worker.decode import decode_batch
 
 CATEGORIES = ML100K_GENRES[1:]  # realistic category names: the MovieLens genres
 SEARCHES = ("red running shoes", "birthday gift for dad", "usb-c cable 2m", "lego technic")

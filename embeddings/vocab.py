@@ -1,7 +1,7 @@
 """Dense row indices for int64 ids, with min-count admission and one OOV row.
 
-Ids from :func:`streams.ids.stable_id` are sparse 63-bit integers; an embedding table needs
-dense rows. A :class:`Vocab` assigns row 0 to out-of-vocabulary ids and rows 1..n to the
+Ids from :func:`streams.contracts.ids.stable_id` are sparse 63-bit integers; an embedding
+table needs dense rows. A :class:`Vocab` assigns row 0 to out-of-vocabulary ids and rows 1..n to the
 admitted ids. Rows are stable: :meth:`Vocab.extend` appends new ids after the old ones, so
 a warm-started model keeps its trained rows. It serialises to plain int64 arrays
 (safetensors or ``np.save(allow_pickle=False)``), never pickle.

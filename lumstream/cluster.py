@@ -24,8 +24,8 @@ def cluster(cfg: Config, metrics: Metrics, *, note_if_embedded: bool = False) ->
         note_if_embedded: say on stderr when the records will go to a throwaway embedded
             broker (commands whose output should outlive them: generate, import, replay).
     """
-    from streams.broker import running_broker
-    from streams.kafka import bootstrap_servers
+    from streams.kafka.broker import running_broker
+    from streams.kafka.cluster import bootstrap_servers
 
     run_file = cfg.broker_run_file()
     if note_if_embedded and not cfg.kafka.bootstrap_servers and running_broker(run_file) is None:

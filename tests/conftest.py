@@ -16,10 +16,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from monitoring.metrics import Metrics
-from streams.broker import EmbeddedBroker
 from streams.config import BrokerConfig, KafkaConfig
-from streams.kafka import with_topics
-from streams.topics import ensure_topics
+from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.topics import ensure_topics, with_topics
 
 
 @pytest.fixture(scope="session")

@@ -63,7 +63,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     try:
         return action[args.action](cfg, args, paths)
     except Exception as exc:  # store missing/locked, corrupt version: one clear line
-        from streams.store import StoreError
+        from streams.worker.store import StoreError
         from trainer.backbone.versions import VersionError
 
         if isinstance(exc, StoreError | VersionError | FileNotFoundError):
@@ -75,11 +75,11 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 def _source(cfg: Config, log: str | None, scratch: Path) -> tuple[object, object]:
     """(SequenceSource, something to close or None)."""
     from monitoring.metrics import default_metrics
-    from streams.store import StoreReader
-    from trainer.backbone.data import EventLogSource
+    from streams.worker.store import StoreReader
+    from trainer.backbone.data import EventLogSequences
 
     if log:
-        return EventLogSource(log, cfg.events, default_metrics()), None
+        return EventLogSequences(log, cfg.events, default_metrics()), None
     if not cfg.store_root().is_dir():
         raise FileNotFoundError(
             f"no sequence store at {cfg.store_root()} (run `lumstream worker`, or pass --log FILE)"
@@ -93,14 +93,14 @@ def _train(cfg: Config, args: argparse.Namespace, paths: RefreshPaths) -> int:
     import tempfile
 
     from monitoring.metrics import default_metrics
-    from trainer.backbone.data import MemorySource
+    from trainer.backbone.data import MemorySequences
     from trainer.backbone.refresh import train_version
     from trainer.backbone.versions import latest
 
     with tempfile.TemporaryDirectory(prefix="lumstream-train-") as scratch:
         source, closer = _source(cfg, args.log, Path(scratch))
         try:
-            snapshot = MemorySource(dict(source.sequences()))  # type: ignore[attr-defined]
+            snapshot = MemorySequences(dict(source.sequences()))  # type: ignore[attr-defined]
         finally:
             if closer is not None:
                 closer.close()  # type: ignore[attr-defined]
@@ -131,8 +131,8 @@ def _train(cfg: Config, args: argparse.Namespace, paths: RefreshPaths) -> int:
 def _refresh(cfg: Config, args: argparse.Namespace, paths: RefreshPaths) -> int:
     from monitoring.metrics import default_metrics
     from monitoring.server import serve_metrics
-    from streams.broker import running_broker
-    from streams.producer import Producer
+    from streams.kafka.broker import running_broker
+    from streams.kafka.producer import Producer
     from trainer.backbone.refresh import refresh_once, run_forever
 
     metrics = default_metrics()

@@ -34,8 +34,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from core.settings import build
     from monitoring.metrics import default_metrics
     from monitoring.server import serve_metrics
-    from streams.broker import BrokerError, EmbeddedBroker, write_run_file
-    from streams.topics import ensure_topics
+    from streams.kafka.broker import BrokerError, EmbeddedBroker, write_run_file
+    from streams.kafka.topics import ensure_topics
 
     broker_cfg = cfg.broker
     if args.port is not None:

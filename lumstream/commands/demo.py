@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from lumstream.commands.demo_rankers import LiveRankers
     from lumstream.config import Config
     from monitoring.metrics import Metrics
-    from streams.applier import WorkerStats
     from streams.generator import ClickStream
+    from streams.worker.applier import WorkerStats
 
 HELP = "run the pipeline live on embedded defaults: stream worker, backbone refresh, rankers"
 
@@ -92,13 +92,13 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
     from monitoring.metrics import default_metrics
     from monitoring.server import serve_metrics
-    from streams.broker import EmbeddedBroker
     from streams.generator import ClickStream, World
     from streams.generator.pacing import TokenBucket
-    from streams.kafka import end_offsets
-    from streams.producer import Producer
-    from streams.topics import ensure_topics
-    from streams.worker import StreamWorker
+    from streams.kafka.broker import EmbeddedBroker
+    from streams.kafka.consumer import end_offsets
+    from streams.kafka.producer import Producer
+    from streams.kafka.topics import ensure_topics
+    from streams.worker.confluent_engine import StreamWorker
 
     root = cfg.paths.data_dir / "demo"
     shutil.rmtree(root, ignore_errors=True)  # the embedded broker starts empty: so does the store
@@ -300,7 +300,7 @@ def _stream_summary(
 
 def _backbone(cfg: Config, root: Path, metrics: Metrics, bootstrap: str) -> str | None:
     """One backbone refresh over the demo store: train, publish v1, write the vectors."""
-    from streams.producer import Producer
+    from streams.kafka.producer import Producer
     from trainer.backbone.refresh import RefreshPaths, refresh_once
     from trainer.backbone.versions import list_versions
 

@@ -23,9 +23,9 @@ import numpy as np
 if TYPE_CHECKING:
     from lumstream.config import Config
     from monitoring.metrics import Metrics
+    from streams.kafka.consumer import PositionedConsumer
     from trainer.ranker.engine import Scored
     from trainer.ranker.loop import StreamingTrainer
-    from trainer.ranker.source import KafkaSource
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class LiveRanker:
 
     name: str
     loop: StreamingTrainer
-    source: KafkaSource
+    source: PositionedConsumer
     thread: threading.Thread | None = None
     errors: list[BaseException] = field(default_factory=list)
 
@@ -64,12 +64,12 @@ class LiveRankers:
         from prometheus_client import CollectorRegistry
 
         from monitoring.metrics import Metrics
-        from streams.kafka import make_producer
+        from streams.kafka.consumer import PositionedConsumer
+        from streams.kafka.producer import make_producer
         from trainer.ranker.checkpoint import Checkpointer, announce
         from trainer.ranker.engine import RankerEngine
         from trainer.ranker.loop import StreamingTrainer
-        from trainer.ranker.source import KafkaSource
-        from trainer.ranker.vectors import VectorsWatcher
+        from trainer.vectors.sets import VectorsWatcher
 
         n_conditions = len(cfg.backbone.query_conditions)
         if not n_conditions:
@@ -98,7 +98,7 @@ class LiveRankers:
                 n_conditions if with_lum else 1,
                 metrics=own,
             )
-            source = KafkaSource(cfg.kafka, bootstrap, cfg.kafka.topic_samples)
+            source = PositionedConsumer(cfg.kafka, bootstrap, cfg.kafka.topic_samples)
             loop = StreamingTrainer(
                 rcfg,
                 engine,

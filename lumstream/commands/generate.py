@@ -168,7 +168,7 @@ def _to_file(pump: _Pump, out: str, metrics: Metrics) -> bool:
     """Write the stream to an event log (atomically: the file appears when complete, or
     with what was written before Ctrl-C); True when interrupted."""
     from streams.generator.pacing import batch_size_for
-    from streams.sinks import open_sink
+    from streams.sinks.events import open_sink
 
     try:
         sink = open_sink(out, metrics=metrics, source="generator")
@@ -196,8 +196,9 @@ def _to_kafka(pump: _Pump, cfg: Config, topic: str | None, metrics: Metrics) -> 
     is acknowledged; True when interrupted."""
     from lumstream.cluster import cluster
     from streams.generator.pacing import batch_size_for
-    from streams.kafka import KafkaEventSink, make_producer
-    from streams.topics import TopicSpec, ensure_topics, topic_specs
+    from streams.kafka.producer import make_producer
+    from streams.kafka.topics import TopicSpec, ensure_topics, topic_specs
+    from streams.sinks.events import KafkaEventSink
 
     name = topic or cfg.kafka.topic_events
     specs = topic_specs(cfg.kafka)

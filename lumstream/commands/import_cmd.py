@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from lumstream.config import Config
     from monitoring.metrics import Metrics
     from streams.importers.rows import BadRow, ImportRun, ImportStats
-    from streams.sinks import EventSink
+    from streams.sinks.events import EventSink
 
 HELP = "import MovieLens ratings or a CSV/JSONL/Parquet log as events (to a file or Kafka)"
 
@@ -215,7 +215,7 @@ def _execute(cfg: Config, args: argparse.Namespace, metrics: Metrics) -> ImportS
     source = f"import-{args.importer}"
     if not args.kafka:
         from streams.importers.rows import ImportSetupError
-        from streams.sinks import open_sink
+        from streams.sinks.events import open_sink
 
         try:
             sink = open_sink(args.out, metrics=metrics, source=source)
@@ -223,8 +223,9 @@ def _execute(cfg: Config, args: argparse.Namespace, metrics: Metrics) -> ImportS
             raise ImportSetupError(str(exc)) from None
         return _run_into(sink, cfg, args, metrics)
     from lumstream.cluster import cluster
-    from streams.kafka import KafkaEventSink, make_producer
-    from streams.topics import ensure_topics
+    from streams.kafka.producer import make_producer
+    from streams.kafka.topics import ensure_topics
+    from streams.sinks.events import KafkaEventSink
 
     with cluster(cfg, metrics, note_if_embedded=True) as bootstrap:
         ensure_topics(cfg.kafka, bootstrap)

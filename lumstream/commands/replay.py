@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from lumstream.config import Config
     from monitoring.metrics import Metrics
     from streams.config import ReplayConfig
-    from streams.replay import ReplayStats
-    from streams.sources import EventSource
+    from streams.replay.produce import ReplayStats
+    from streams.replay.sources import EventSource
 
 HELP = "replay event logs or a Kafka time range into lum.events, or backfill a store from them"
 
@@ -171,7 +171,7 @@ def _produce(
     stop: threading.Event,
     bar: _Bar,
 ) -> tuple[ReplayStats, str]:
-    from streams.replay import replay_produce
+    from streams.replay.produce import replay_produce
 
     topic = args.topic or cfg.kafka.topic_events
     checkpoint = args.checkpoint or _default_checkpoint(cfg, source, topic)
@@ -204,15 +204,9 @@ def _backfill(
 ) -> tuple[ReplayStats, str]:
     from contextlib import ExitStack
 
-    from streams.backfill import Backfill
-    from streams.outputs import (
-        DeadLetterFile,
-        DeadLetterSink,
-        KafkaDeadLetterSink,
-        KafkaSampleSink,
-        SampleSink,
-    )
-    from streams.samplefile import SampleFileWriter
+    from streams.replay.backfill import Backfill
+    from streams.sinks.deadletters import DeadLetterFile, DeadLetterSink, KafkaDeadLetterSink
+    from streams.sinks.samples import KafkaSampleSink, SampleFileWriter, SampleSink
 
     root = args.store or (
         Path(rcfg.store) if rcfg.store else cfg.paths.data_dir / "backfill" / "store"
@@ -225,7 +219,7 @@ def _backfill(
     with ExitStack() as stack:
         producer = None
         if bootstrap is not None and (args.samples_out is None or args.deadletters_out is None):
-            from streams.producer import Producer
+            from streams.kafka.producer import Producer
 
             producer = Producer(cfg.kafka, bootstrap, metrics=metrics)
             stack.callback(producer.close)
@@ -240,7 +234,7 @@ def _backfill(
         if args.deadletters_out is not None:
             dead = DeadLetterFile(args.deadletters_out, metrics, sync=sync, must_be_new=fresh)
         else:
-            from streams.deadletter import DeadLetterWriter
+            from streams.sinks.deadletters import DeadLetterWriter
 
             assert producer is not None
             dead = KafkaDeadLetterSink(DeadLetterWriter.from_config(producer, cfg.kafka, metrics))
@@ -260,7 +254,8 @@ def _backfill(
 
 
 def _check(cfg: Config, args: argparse.Namespace) -> tuple[int | None, int | None]:
-    from streams.sources import ReplayError, parse_time
+    from streams.replay.base import parse_time
+    from streams.replay.sources import ReplayError
 
     if args.mode == "backfill" and (args.topic or args.checkpoint or args.restart):
         raise ReplayError("--topic, --checkpoint and --restart are for --mode produce")
@@ -292,8 +287,8 @@ def _execute(
     from contextlib import AbstractContextManager, nullcontext
 
     from lumstream.cluster import cluster
-    from streams.sources import ReplayError, open_source
-    from streams.topics import TopicSpec, ensure_topics, topic_specs
+    from streams.kafka.topics import TopicSpec, ensure_topics, topic_specs
+    from streams.replay.sources import ReplayError, open_source
 
     from_ts, to_ts = _check(cfg, args)
     rcfg = _replay_config(cfg, args)
@@ -302,7 +297,7 @@ def _execute(
         source = open_source(args.source, from_ts=from_ts, to_ts=to_ts)
     needs_kafka = _needs_kafka(args)
     if needs_kafka and not cfg.kafka.bootstrap_servers and args.mode == "backfill":
-        from streams.broker import running_broker
+        from streams.kafka.broker import running_broker
 
         if running_broker(cfg.broker_run_file()) is None:
             raise ReplayError(
@@ -339,8 +334,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
     from monitoring.metrics import default_metrics
     from monitoring.server import serve_metrics
-    from streams.producer import ProduceError
-    from streams.sources import ReplayError
+    from streams.kafka.producer import ProduceError
+    from streams.replay.sources import ReplayError
 
     metrics = default_metrics()
     server = serve_metrics(cfg.metrics, metrics.registry)

@@ -42,8 +42,8 @@ def _time(ms: int) -> str:
 def run(cfg: Config, args: argparse.Namespace) -> int:
     import sys
 
-    from streams.ids import stable_id
-    from streams.store import StoreError, StoreReader
+    from streams.contracts.ids import stable_id
+    from streams.worker.store import StoreError, StoreReader
 
     root = Path(args.store) if args.store else cfg.store_root()
     if not root.is_dir() or not any(root.glob("p[0-9]*")):
@@ -66,7 +66,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _stats(reader: object) -> int:
-    from streams.store import StoreReader
+    from streams.worker.store import StoreReader
 
     assert isinstance(reader, StoreReader)
     users_by_part: dict[int, int] = {}
@@ -99,7 +99,7 @@ def _stats(reader: object) -> int:
 
 
 def _get(reader: object, cfg: Config, raw_user: str, user: int, last: int) -> int:
-    from streams.store import StoreReader
+    from streams.worker.store import StoreReader
 
     assert isinstance(reader, StoreReader)
     found = reader.meta(user)

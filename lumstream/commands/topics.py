@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    from streams.broker import running_broker
+    from streams.kafka.broker import running_broker
 
     bootstrap = (
         args.bootstrap or cfg.kafka.bootstrap_servers or running_broker(cfg.broker_run_file())
@@ -48,7 +48,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         return 2
     from kafka.errors import KafkaError
 
-    from streams.topics import ensure_topics, list_topics
+    from streams.kafka.topics import ensure_topics, list_topics
 
     try:
         if args.action == "create":

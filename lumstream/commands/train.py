@@ -124,7 +124,7 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
     from trainer.ranker.config import RankerConfig
     from trainer.ranker.distributed import world
     from trainer.ranker.engine import RankerEngine
-    from trainer.ranker.vectors import VectorsWatcher
+    from trainer.vectors.sets import VectorsWatcher
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -168,23 +168,23 @@ def _with_source(
     metrics: Any,
 ) -> int:
     from trainer.ranker.distributed import world
-    from trainer.ranker.source import FileSource
+    from trainer.ranker.source import SampleFileSource
 
     rank, _ = world()
     replay = args.replay is not None or args.epochs > 1
     if args.samples_file or rank != 0:
-        source: Any = FileSource(args.samples_file) if rank == 0 else None
+        source: Any = SampleFileSource(args.samples_file) if rank == 0 else None
         return _train(cfg, args, engine, checkpointer, watcher, versions, metrics, source, None)
     from lumstream.cluster import cluster
-    from streams.kafka import end_offsets, make_producer
-    from streams.topics import ensure_topics
-    from trainer.ranker.source import KafkaSource
+    from streams.kafka.consumer import PositionedConsumer, end_offsets
+    from streams.kafka.producer import make_producer
+    from streams.kafka.topics import ensure_topics
 
     with cluster(cfg, metrics) as bootstrap:
         ensure_topics(cfg.kafka, bootstrap)
         ranker_cfg = cfg.ranker
         ends = end_offsets(cfg.kafka, bootstrap, cfg.kafka.topic_samples) if replay else None
-        source = KafkaSource(
+        source = PositionedConsumer(
             cfg.kafka, bootstrap, cfg.kafka.topic_samples, start=ranker_cfg.start, stop_at=ends
         )
         producer = make_producer(cfg.kafka, bootstrap, metrics=metrics)

@@ -43,8 +43,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from lumstream.cluster import cluster
     from monitoring.metrics import default_metrics
     from monitoring.server import serve_metrics
-    from streams.topics import ensure_topics
-    from streams.worker import StreamWorker, WorkerStats
+    from streams.kafka.topics import ensure_topics
+    from streams.worker.confluent_engine import StreamWorker, WorkerStats
 
     worker_cfg = cfg.worker
     if args.group:
@@ -92,7 +92,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                 flush=True,
             )
             if worker_cfg.engine == "faust":
-                from streams.faust_engine import run_faust
+                from streams.worker.faust_engine import run_faust
 
                 stats = run_faust(
                     cfg.kafka,

@@ -1,6 +1,6 @@
 """A chunk of the stream as columns, and its conversion to wire records or Event objects.
 
-The fast path formats the canonical wire bytes of ``streams.events.encode`` (keys sorted,
+The fast path formats the canonical wire bytes of ``streams.contracts.events.encode`` (keys sorted,
 compact JSON) from precomputed pieces: one bytes-format per event; the tests check it
 against ``encode`` byte for byte.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from streams.events import Event
+from streams.contracts.events import Event
 from streams.generator.malformed import Malformed
 
 ACTIONS = ("impression", "click", "purchase")  # action codes 0, 1, 2 in a Batch

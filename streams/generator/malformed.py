@@ -1,7 +1,7 @@
 """Deliberately malformed events: the raw bytes a broken producer would send.
 
 Each kind takes a valid event (as a dict in wire order) and breaks it in one way;
-``EXPECTED_REASON`` names the :class:`streams.events.Reason` that ``decode`` gives it
+``EXPECTED_REASON`` names the :class:`streams.contracts.events.Reason` that ``decode`` gives it
 (with the default :class:`streams.config.EventConfig` and a clock before year 2036).
 
 Example:

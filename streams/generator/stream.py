@@ -24,7 +24,7 @@ import numpy as np
 
 from core.settings import ConfigError
 from streams.config import GeneratorConfig
-from streams.events import Event
+from streams.contracts.events import Event
 from streams.generator.batch import MALFORMED_CODE, Batch, WireFormat
 from streams.generator.draws import Draws, Views
 from streams.generator.malformed import KIND_NAMES, Malformed, malformed_value

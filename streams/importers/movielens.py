@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.events import Event
+from streams.contracts.events import Event
 from streams.importers.rows import ImportRun, ImportSetupError, RowError, RowReason, short
 
 FLAVOURS: dict[str, tuple[str, str]] = {  # flavour -> (ratings file, movies file)

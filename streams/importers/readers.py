@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from streams.events import EventError, loads
+from streams.contracts.events import EventError, loads
 from streams.importers.rows import ImportSetupError, RowError, RowReason
 
 FORMATS = ("csv", "jsonl", "parquet")

@@ -1,7 +1,7 @@
 """What every importer shares: row outcomes, bad-row reports, counting and writing.
 
 An importer turns input rows into event dicts and hands them to an :class:`ImportRun`,
-which validates them against the event contract (``streams.events.validate``), writes the
+which validates them against the event contract (``streams.contracts.events.validate``), writes the
 events of good rows to the sink, and reports bad rows as ``file:line: reason: detail``.
 A bad row never stops the import unless ``strict`` is set (then :class:`ImportAborted`).
 
@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from streams.config import EventConfig
-from streams.events import Event, EventError, validate
+from streams.contracts.events import Event, EventError, validate
 
 if TYPE_CHECKING:
     from monitoring.metrics import Metrics
-    from streams.sinks import EventSink
+    from streams.sinks.events import EventSink
 
 T = TypeVar("T")
 
@@ -61,7 +61,7 @@ class RowError(ValueError):
     """Raised by row parsers; the importer turns it into a bad-row report.
 
     Args:
-        reason: a :class:`RowReason` or ``streams.events.Reason`` value.
+        reason: a :class:`RowReason` or ``streams.contracts.events.Reason`` value.
         detail: what was wrong, naming the column or field.
     """
 

@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.paths import REPO
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 DELIVERED = re.compile(r"^  samples\s+([\d,]+) delivered to lum\.samples", re.M)
 RANKER_ROW = re.compile(r"^    (without LUM|with LUM)\s+([\d,]+)\s+([\d.]+)\s+([\d.]+)", re.M)
 

@@ -13,20 +13,18 @@ from typing import Any
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry
+from support.paths import REPO
+from support.replay import dump_store, generated, sample_rows, write_jsonl
 
 from lumstream.cli import main
 from monitoring.metrics import Metrics
-from streams.backfill import MANIFEST, Backfill
 from streams.config import EventConfig, KafkaConfig, StoreConfig, WorkerConfig
-from streams.outputs import DeadLetterFile, read_deadletter_file
-from streams.replay import read_json
-from streams.samplefile import SampleFileWriter, iter_sample_file
-from streams.sources import open_source
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "streams"))
-from replay_util import dump_store, generated, sample_rows, write_jsonl
-
-REPO = Path(__file__).resolve().parents[2]
+from streams.contracts.samplefile import iter_sample_file
+from streams.replay.backfill import MANIFEST, Backfill
+from streams.replay.produce import read_json
+from streams.replay.sources import open_source
+from streams.sinks.deadletters import DeadLetterFile, read_deadletter_file
+from streams.sinks.samples import SampleFileWriter
 
 
 @pytest.fixture(autouse=True)

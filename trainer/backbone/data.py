@@ -3,9 +3,9 @@
 A source yields ``(user id, sequence)`` pairs, the sequence a ``SEQ_DTYPE`` array oldest
 first, and tells its watermark (the newest event time it holds). Backends:
 
-- :class:`MemorySource` — a dict (tests, benchmarks, a snapshot of the store);
-- :class:`EventLogSource` — an event log written by ``lumstream import`` / the sinks
-  (JSONL, JSONL.gz, Parquet), decoded and validated with ``streams.events``;
+- :class:`MemorySequences` — a dict (tests, benchmarks, a snapshot of the store);
+- :class:`EventLogSequences` — an event log written by ``lumstream import`` / the sinks
+  (JSONL, JSONL.gz, Parquet), decoded and validated with ``streams.contracts.events``;
 - the RocksDB sequence store (``streams/``) implements the same two methods.
 
 :func:`prepare` applies the backbone's view (which actions form the sequence) and skips
@@ -25,10 +25,10 @@ import numpy as np
 from core.settings import ConfigError
 from monitoring.metrics import Metrics
 from streams.config import EventConfig
-from streams.events import Event, EventError, decode
-from streams.ids import stable_id
-from streams.records import SEQ_DTYPE
-from streams.sinks import iter_event_log
+from streams.contracts.eventlog import iter_event_log
+from streams.contracts.events import Event, EventError, decode
+from streams.contracts.ids import stable_id
+from streams.contracts.records import SEQ_DTYPE
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class SequenceSource(Protocol):
         ...
 
 
-class MemorySource:
+class MemorySequences:
     """Sequences held in a dict.
 
     Args:
@@ -55,7 +55,7 @@ class MemorySource:
 
     Example:
         >>> s = np.zeros(2, SEQ_DTYPE); s["ts"] = [1, 5]
-        >>> MemorySource({7: s}).watermark()
+        >>> MemorySequences({7: s}).watermark()
         5
     """
 
@@ -69,11 +69,11 @@ class MemorySource:
         return max((int(s["ts"].max()) for s in self.seqs.values() if len(s)), default=0)
 
 
-class EventLogSource:
+class EventLogSequences:
     """Sequences rebuilt from an event log; bad and duplicate events are skipped and counted.
 
     Args:
-        path: an event log readable by ``streams.sinks.iter_event_log``.
+        path: an event log readable by ``streams.contracts.eventlog.iter_event_log``.
         events: the event contract (valid actions; the action index is stored).
         metrics: where rejected events are counted (stage ``backbone``).
     """
@@ -188,7 +188,7 @@ def prepare(
     return out, skipped
 
 
-def since(source: SequenceSource, watermark: int, old_share: float, seed: int) -> MemorySource:
+def since(source: SequenceSource, watermark: int, old_share: float, seed: int) -> MemorySequences:
     """Users with events after ``watermark`` plus a random ``old_share`` of the others (a
     warm-start refresh keeps some older users so the model does not forget them)."""
     rng = np.random.default_rng(seed)
@@ -196,7 +196,7 @@ def since(source: SequenceSource, watermark: int, old_share: float, seed: int) -
     for user, seq in source.sequences():
         if (len(seq) and int(seq["ts"][-1]) > watermark) or rng.random() < old_share:
             keep[user] = seq
-    return MemorySource(keep)
+    return MemorySequences(keep)
 
 
 def changed_first(pairs: Pairs, watermark: int) -> Pairs:

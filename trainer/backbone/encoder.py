@@ -94,7 +94,7 @@ class LumBackbone(nn.Module):
 
     Example:
         >>> import numpy as np
-        >>> from streams.records import SEQ_DTYPE
+        >>> from streams.contracts.records import SEQ_DTYPE
         >>> from trainer.backbone.packing import collate_packed
         >>> seq = np.zeros(4, SEQ_DTYPE); seq["item"] = [1, 2, 3, 4]
         >>> cfg = BackboneConfig(dim=8, heads=2, layers=1)

@@ -29,11 +29,10 @@ import numpy as np
 
 from monitoring.metrics import Metrics
 from streams.config import EventConfig, StoreConfig
-from streams.store import StoreReader
-from streams.vector_store import VectorStore
+from streams.worker.store import StoreReader
 from trainer.backbone.config import BackboneConfig, RefreshConfig
 from trainer.backbone.data import (
-    MemorySource,
+    MemorySequences,
     SequenceSource,
     action_indices,
     changed_first,
@@ -45,6 +44,8 @@ from trainer.backbone.eval import HeldOut, evaluate, leave_last_out
 from trainer.backbone.group_query import compute_vectors, item_embeddings, query_condition_ids
 from trainer.backbone.train import train
 from trainer.backbone.versions import VersionInfo, latest, list_versions, publish
+from trainer.vectors.sets import LumVectors
+from trainer.vectors.store import VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def _refresh(
     last_wm = int(last.manifest["data_watermark"]) if last is not None else 0
     if last is not None and not retrain and store_wm <= last_wm:
         return RefreshResult(None, reason=f"no events after {last.name}'s watermark")
-    snapshot = MemorySource(dict(reader.sequences()))  # one consistent read of the store
+    snapshot = MemorySequences(dict(reader.sequences()))  # one consistent read of the store
     if last is None or retrain:
         source: SequenceSource = snapshot
         init = None
@@ -215,8 +216,6 @@ def write_vectors(
     it is computed; the whole set with the item embeddings e_i is then saved as one
     ``LumVectors`` file under ``<versions>/vectors/vN`` (the ranker trainer's input).
     """
-    from trainer.ranker.vectors import LumVectors
-
     conds = query_condition_ids(model)
     store = VectorStore(paths.vectors)
     all_users: list[np.ndarray] = []

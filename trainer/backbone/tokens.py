@@ -1,6 +1,6 @@
 """Tokenisation {c1, i1, c2, i2, ...} and the token encoder (LUM §4.1.1-4.1.2).
 
-Every event of a user's sequence (``streams.records.SEQ_DTYPE``) becomes a condition token
+Every event of a user's sequence (``streams.contracts.records.SEQ_DTYPE``) becomes a condition token
 and an item token (``objective = "lum"``) or an item token only (``"next_item"``). Each token
 carries side features:
 
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from embeddings.vocab import OOV, Vocab
-from streams.records import SEQ_DTYPE
+from streams.contracts.records import SEQ_DTYPE
 from trainer.backbone.config import BackboneConfig
 
 PAD, COND, ITEM = 0, 1, 2
@@ -156,7 +156,7 @@ class Tokenizer:
         vocabs: the id -> row mappings.
 
     Example:
-        >>> from streams.records import SEQ_DTYPE
+        >>> from streams.contracts.records import SEQ_DTYPE
         >>> seq = np.zeros(3, SEQ_DTYPE); seq["item"] = [4, 5, 6]; seq["ts"] = [0, 1000, 9000]
         >>> cfg = BackboneConfig()
         >>> tok = Tokenizer(cfg, Vocabs.build([seq], cfg)).encode(seq)

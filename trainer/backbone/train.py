@@ -8,8 +8,8 @@ normalised by the global target count: averaging the replicas' gradients gives e
 gradient of the one-process run on the same global batch.
 
 Example:
-    >>> from trainer.backbone.data import MemorySource
-    >>> result = train(BackboneConfig(dim=8, heads=1, layers=1, epochs=1), MemorySource({}))
+    >>> from trainer.backbone.data import MemorySequences
+    >>> result = train(BackboneConfig(dim=8, heads=1, layers=1, epochs=1), MemorySequences({}))
     ... # doctest: +SKIP
 """
 

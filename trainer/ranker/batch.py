@@ -1,7 +1,7 @@
 """From sample blocks to the ranker's batch: validation, id mapping, history, LUM lookups.
 
-:class:`Samples` is many :class:`~streams.samples.SampleBlock` rows in one columnar set (with
-each row's source partition). :class:`BatchBuilder` turns a *global* batch of samples into
+:class:`Samples` is many :class:`~streams.contracts.samples.SampleBlock` rows in one columnar
+set (with each row's source partition). :class:`BatchBuilder` turns a *global* batch of samples into
 the rank's :class:`RankerBatch`: every rank receives the same global batch, maps its ids
 with the same mappers (so they stay identical without communication) and keeps its slice.
 
@@ -29,9 +29,9 @@ from torchrec import KeyedJaggedTensor
 from embeddings.ids import IdMapper
 from embeddings.tables import FEATURE_ORDER
 from monitoring.metrics import Metrics
-from streams.samples import HIST_DTYPE, SAMPLE_DTYPE, SampleBlock
+from streams.contracts.samples import HIST_DTYPE, SAMPLE_DTYPE, SampleBlock
 from trainer.ranker.config import RankerConfig
-from trainer.ranker.vectors import LumVectors
+from trainer.vectors.sets import LumVectors
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from trainer.ranker.batch import BatchBuilder, Samples
 from trainer.ranker.config import RankerConfig
 from trainer.ranker.distributed import all_gather_array, any_rank, ensure_process_group, world
 from trainer.ranker.model import RankerModel, model_inputs, weighted_bce
-from trainer.ranker.vectors import LumVectors
+from trainer.vectors.sets import LumVectors
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from trainer.ranker.distributed import broadcast_bytes, world
 from trainer.ranker.engine import RankerEngine, Scored
 from trainer.ranker.metrics import Window
 from trainer.ranker.source import Assembler, SampleSource
-from trainer.ranker.vectors import LumVectors, VectorsWatcher
+from trainer.vectors.sets import LumVectors, VectorsWatcher
 
 log = logging.getLogger(__name__)
 _HEARTBEAT_S = 5.0  # idle ranks hear from rank 0 at least this often

@@ -33,7 +33,7 @@ from trainer.ranker.distributed import broadcast_bytes, world
 from trainer.ranker.engine import RankerEngine, Scored
 from trainer.ranker.metrics import summary
 from trainer.ranker.source import Assembler, SampleSource
-from trainer.ranker.vectors import LumVectors
+from trainer.vectors.sets import LumVectors
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,11 @@
 """Where the ranker's samples come from, and exactly-once assembly into global batches.
 
-A :class:`SampleSource` yields :class:`Message` s (topic partition, offset, value, next
-offset) and can be positioned. Backends: :class:`KafkaSource` (``lum.samples``, every
-partition assigned, positions from the checkpoint, not a consumer group),
-:class:`FileSource` (a file of length-prefixed sample blocks: ``<u4 little-endian length>
-<block>`` repeated; the offset is the byte position) and :class:`MemorySource` (tests).
+A :class:`SampleSource` yields :class:`~streams.kafka.consumer.Message` s (topic partition,
+offset, value, next offset) and can be positioned. Backends:
+:class:`streams.kafka.consumer.PositionedConsumer` (``lum.samples``, every partition
+assigned, positions from the checkpoint, not a consumer group),
+:class:`SampleFileSource` (a file of length-prefixed sample blocks: ``<u4 little-endian length>
+<block>`` repeated; the offset is the byte position) and :class:`MemorySampleSource` (tests).
 
 :class:`Assembler` decodes blocks (a corrupt one is counted and skipped), drops samples
 already taken (``seq`` <= the high-water mark of their source partition: re-sent samples
@@ -27,21 +28,12 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from monitoring.metrics import Metrics
-from streams.config import KafkaConfig
-from streams.samplefile import iter_frames
-from streams.samples import SampleBlock, SampleFormatError, decode_block, encode_block
+from streams.contracts.samplefile import iter_frames
+from streams.contracts.samples import SampleBlock, SampleFormatError, decode_block, encode_block
+from streams.kafka.consumer import Message
 from trainer.ranker.batch import Samples
 
 log = logging.getLogger(__name__)
-
-
-class Message(NamedTuple):
-    """One record: ``next_offset`` is where reading continues after it."""
-
-    partition: int
-    offset: int
-    value: bytes
-    next_offset: int
 
 
 class SampleSource(Protocol):
@@ -67,11 +59,11 @@ class SampleSource(Protocol):
 
 
 # -- files --------------------------------------------------------------------------------------
-class FileSource:
+class SampleFileSource:
     """A sample file, read once from the start (or from a checkpoint position).
 
     Args:
-        path: a sample file (``streams.samplefile``: a backfill's ``--samples-out``).
+        path: a sample file (``streams.contracts.samplefile``: a backfill's ``--samples-out``).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -108,7 +100,7 @@ class FileSource:
         self._it = iter(())
 
 
-class MemorySource:
+class MemorySampleSource:
     """Pre-encoded messages held in memory (tests, benchmarks).
 
     Args:
@@ -120,7 +112,7 @@ class MemorySource:
         self._next = 0
 
     @classmethod
-    def of_blocks(cls, blocks: Iterable[SampleBlock]) -> MemorySource:
+    def of_blocks(cls, blocks: Iterable[SampleBlock]) -> MemorySampleSource:
         return cls([encode_block(b) for b in blocks])
 
     def poll(self, max_messages: int, timeout_s: float) -> list[Message]:
@@ -140,130 +132,6 @@ class MemorySource:
 
     def close(self) -> None:
         return None
-
-
-class KafkaSource:
-    """Every partition of the samples topic, positioned explicitly (offsets live in the
-    ranker's checkpoint, so no consumer group is joined and nothing is committed).
-
-    Reads with confluent-kafka: librdkafka fetches and decodes in C threads, off the GIL
-    the trainer needs. kafka-python's pure-Python fetch path drained sample blocks (about
-    150 kB each) at ~8k samples/s, a quarter of what one trainer learns, 22x slower than
-    this (``bench/ranker.py source`` compares the two).
-
-    Args:
-        kafka: client settings.
-        bootstrap: the cluster.
-        topic: the samples topic.
-        start: ``earliest`` or ``latest`` for partitions without a position.
-        stop_at: finite mode (replay): partition -> end offset (from
-            :func:`streams.kafka.end_offsets`, which knows tansu's listing quirk); exhausted
-            once every partition reached it. None: never exhausted.
-        timeout_s: how long to wait for the topic's metadata and offsets.
-    Raises:
-        SourceError: the topic does not exist or the cluster does not answer.
-
-    Positions are the offsets after the messages handed out; the topic must be neither
-    compacted nor transactional (offsets without a gap), as lum.samples is.
-    """
-
-    def __init__(
-        self,
-        kafka: KafkaConfig,
-        bootstrap: str,
-        topic: str,
-        start: str = "earliest",
-        stop_at: dict[int, int] | None = None,
-        timeout_s: float = 10.0,
-    ) -> None:
-        from confluent_kafka import Consumer, KafkaException, TopicPartition
-
-        from streams.kafka import end_offsets, librdkafka_consumer_config
-
-        self._tp = TopicPartition
-        self.topic = topic
-        conf = librdkafka_consumer_config(kafka, bootstrap, f"{kafka.client_id}-ranker", "ranker")
-        self.consumer = Consumer(conf)
-        try:
-            meta = self.consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-            if meta is None or meta.error is not None or not meta.partitions:
-                raise SourceError(f"{topic}: no such topic ({meta.error if meta else 'absent'})")
-            self.partitions = sorted(meta.partitions)
-            if start == "latest":
-                first = end_offsets(kafka, bootstrap, topic, timeout_s=timeout_s)
-            else:
-                first = {
-                    p: self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout_s)[0]
-                    for p in self.partitions
-                }
-        except (KafkaException, TypeError) as exc:  # TypeError: no watermark answer (None)
-            self.consumer.close()
-            raise SourceError(f"{topic}: the cluster at {bootstrap} did not answer: {exc}") from exc
-        except SourceError:
-            self.consumer.close()
-            raise
-        self._pos = {p: int(first.get(p, 0)) for p in self.partitions}
-        self._end = stop_at
-        self._buffer: deque[Message] = deque()
-        self._assign()
-
-    def _assign(self) -> None:
-        self.consumer.assign([self._tp(self.topic, p, self._pos[p]) for p in self.partitions])
-
-    def poll(self, max_messages: int, timeout_s: float) -> list[Message]:
-        if len(self._buffer) < max_messages:
-            got: list[Message] = []
-            for rec in self.consumer.consume(max_messages, timeout_s):
-                err = rec.error()
-                if err is not None:
-                    if err.fatal():
-                        raise SourceError(f"{self.topic}: {err}")
-                    log.warning("%s: %s (librdkafka retries)", self.topic, err)
-                    continue
-                part, off = int(rec.partition() or 0), int(rec.offset() or 0)
-                # a null value is not a sample block: the assembler counts it as corrupt
-                got.append(Message(part, off, rec.value() or b"", off + 1))
-            self._buffer.extend(sorted(got, key=lambda m: (m.partition, m.offset)))
-        n = min(max_messages, len(self._buffer))
-        out = [self._buffer.popleft() for _ in range(n)]
-        for m in out:
-            self._pos[m.partition] = m.next_offset
-        return out
-
-    def seek(self, positions: dict[int, int]) -> None:
-        self._buffer.clear()
-        for p in self.partitions:
-            if p in positions:
-                self._pos[p] = int(positions[p])
-        self._assign()
-
-    def finish_at(self, ends: dict[int, int]) -> None:
-        """From now on finite: exhausted once every partition reached ``ends`` (a live
-        source drained at shutdown; safe to call from another thread)."""
-        self._end = dict(ends)
-
-    def exhausted(self) -> bool:
-        end = self._end
-        if end is None or self._buffer:
-            return False
-        return all(self._pos[p] >= end.get(p, 0) for p in self.partitions)
-
-    def lag(self) -> dict[int, int]:
-        """Messages behind each partition's end, from the offsets the last fetches carried
-        (no broker call); partitions not fetched yet are left out."""
-        out = {}
-        for p in self.partitions:
-            _, high = self.consumer.get_watermark_offsets(self._tp(self.topic, p), cached=True)
-            if high >= 0:
-                out[p] = max(0, high - self._pos[p])
-        return out
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
-class SourceError(RuntimeError):
-    """A sample source that cannot be read (missing topic, unreachable cluster)."""
 
 
 # -- assembly -----------------------------------------------------------------------------------

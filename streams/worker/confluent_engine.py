@@ -1,0 +1,227 @@
+"""The stream worker: lum.events -> RocksDB sequences + lum.samples + lum.deadletter.
+
+One consumer in a consumer group (confluent-kafka: librdkafka fetches in C threads and
+builds records in C, which profiling showed is where a pure-Python client spends a third
+of the worker's time). Each poll returns up to ``batch_max`` records within
+``batch_timeout_ms``; each partition's slice goes through :class:`PartitionProcessor`,
+then (:class:`BatchApplier`):
+
+1. sample blocks and dead letters are produced and flushed (acks=all),
+2. the store batch (sequences, join state, offsets) is written and fsynced,
+3. the Kafka offset is committed (only an optimisation: on assignment the worker seeks
+   to the offset stored in RocksDB, which is the truth).
+
+A crash between any two steps re-processes the batch from step 1: the store skips
+nothing and doubles nothing; re-sent samples carry the same (partition, seq).
+Partitions move between workers of the group with their RocksDB directories (a revoked
+partition's store is closed, an assigned one opened and the consumer positioned at its
+stored offset, both inside the rebalance callbacks).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from monitoring.metrics import Metrics
+from streams.config import EventConfig, KafkaConfig, StoreConfig, WorkerConfig
+from streams.kafka.consumer import librdkafka_consumer_config
+from streams.kafka.producer import ProduceError, Producer
+from streams.worker.applier import BatchApplier, PartitionBatch, WorkerStats, kafka_applier
+from streams.worker.processor import OPEN_WAIT_S, PartitionProcessor, open_processor
+
+log = logging.getLogger(__name__)
+_RETRY_BACKOFF_S = 1.0  # pause before re-processing a batch whose delivery failed
+
+
+class StreamWorker:
+    """Consume lum.events and keep the partition stores and the samples topic up to date.
+
+    Args:
+        kafka / store / worker / events: component configs.
+        bootstrap: the cluster.
+        root: the store directory (one RocksDB per partition beneath it).
+        metrics: where to count.
+    Example:
+        >>> w = StreamWorker(kafka, store, worker, events, bootstrap, root, m)  # doctest: +SKIP
+        >>> w.run(threading.Event(), idle_exit_s=5)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        store: StoreConfig,
+        worker: WorkerConfig,
+        events: EventConfig,
+        bootstrap: str,
+        root: Path,
+        metrics: Metrics,
+    ) -> None:
+        self.kafka, self.store_cfg, self.cfg, self.events = kafka, store, worker, events
+        self.bootstrap = bootstrap
+        self.root = root
+        self.metrics = metrics
+        self.processors: dict[int, PartitionProcessor] = {}
+        self.stats = WorkerStats()
+        self.keep_latencies = False  # keep every event-to-store latency (benchmarks)
+        self._applier: BatchApplier | None = None
+
+    @property
+    def latencies_ms(self) -> list[np.ndarray]:
+        """Event-to-store latencies per batch when ``keep_latencies`` was set."""
+        return self._applier.latencies_ms if self._applier is not None else []
+
+    # -- partition ownership ---------------------------------------------------------------
+    def _open(self, partition: int) -> PartitionProcessor:
+        return open_processor(
+            self.root,
+            partition,
+            self.store_cfg,
+            self.cfg,
+            self.events,
+            self.metrics,
+            wait_lock_s=OPEN_WAIT_S,
+        )
+
+    def _close(self, partition: int) -> None:
+        proc = self.processors.pop(partition, None)
+        if proc is not None:
+            proc.close()
+        self.metrics.partitions_owned.set(len(self.processors))
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            if tp.partition not in self.processors:
+                self.processors[tp.partition] = self._open(tp.partition)
+            tp.offset = self.processors[tp.partition].next_offset
+        consumer.assign(partitions)
+        self.metrics.partitions_owned.set(len(self.processors))
+        self.stats.last_record_at = time.monotonic()  # idle time counts from here
+        log.info("assigned partitions %s", {tp.partition: tp.offset for tp in partitions})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._close(tp.partition)
+        consumer.unassign()
+        log.info("revoked partitions %s", sorted(tp.partition for tp in partitions))
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        idle_exit_s: float | None = None,
+        on_batch: Callable[[WorkerStats], None] | None = None,
+    ) -> WorkerStats:
+        """Consume until ``stop`` is set (or nothing arrived for ``idle_exit_s``)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        consumer = Consumer(
+            librdkafka_consumer_config(self.kafka, self.bootstrap, self.cfg.group_id, "worker")
+        )
+        producer = Producer(self.kafka, self.bootstrap, metrics=self.metrics)
+        self._applier = kafka_applier(
+            self.kafka,
+            self.cfg,
+            producer,
+            self.metrics,
+            self.stats,
+            keep_latencies=self.keep_latencies,
+        )
+        consumer.subscribe(
+            [self.kafka.topic_events],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        self.stats.last_record_at = time.monotonic()
+        timeout_s = self.cfg.batch_timeout_ms / 1000
+        try:
+            while not stop.is_set():
+                records = consumer.consume(num_messages=self.cfg.batch_max, timeout=timeout_s)
+                if not records:
+                    idle = time.monotonic() - self.stats.last_record_at
+                    if idle_exit_s is not None and self.processors and idle > idle_exit_s:
+                        break
+                    continue
+                self.stats.last_record_at = time.monotonic()
+                self._apply(consumer, records)
+                if on_batch is not None:
+                    on_batch(self.stats)
+        finally:
+            consumer.close()
+            for part in list(self.processors):
+                self._close(part)
+            producer.close()
+        return self.stats
+
+    def _apply(self, consumer: Consumer, records: list[Any]) -> None:
+        by_partition: dict[int, list[Any]] = {}
+        for rec in records:
+            if rec.error() is not None:
+                log.warning("consumer error: %s", rec.error())
+                continue
+            by_partition.setdefault(rec.partition(), []).append(rec)
+        todo = [
+            (p, self.processors[p], recs)
+            for p, recs in by_partition.items()
+            if p in self.processors
+        ]  # else revoked while the records were in flight
+        assert self._applier is not None
+        try:
+            results = self._applier.apply_many(
+                [
+                    PartitionBatch(
+                        proc,
+                        [r.offset() for r in recs],
+                        [r.key() for r in recs],
+                        [r.value() for r in recs],
+                        [r.timestamp()[1] for r in recs],
+                    )
+                    for _, proc, recs in todo
+                ]
+            )
+        except ProduceError as exc:
+            for p, _, _ in todo:
+                self._recover(consumer, p, exc)
+            return
+        commits = [
+            TopicPartition(self.kafka.topic_events, p, r.next_offset)
+            for (p, _, _), r in zip(todo, results, strict=True)
+        ]
+        try:
+            consumer.commit(offsets=commits, asynchronous=True)
+        except KafkaException as exc:  # the store holds the truth; this only costs a re-read
+            log.warning("offset commit failed (%s); the store offsets still hold", exc)
+        for p, proc, _ in todo:
+            self._lag(consumer, p, proc)
+
+    def _recover(self, consumer: Consumer, partition: int, exc: Exception) -> None:
+        """A batch could not be delivered: rebuild the partition from its store and retry.
+
+        Nothing of the batch was committed, so reopening the store (which rebuilds the
+        join and duplicate state) and seeking back re-processes it from scratch.
+        """
+        self.metrics.worker_batch_failures.inc()
+        log.error(
+            "partition %d: batch not delivered (%s); retrying from the store offset", partition, exc
+        )
+        self._close(partition)
+        proc = self._open(partition)
+        self.processors[partition] = proc
+        consumer.seek(TopicPartition(self.kafka.topic_events, partition, proc.next_offset))
+        time.sleep(_RETRY_BACKOFF_S)
+
+    def _lag(self, consumer: Consumer, partition: int, proc: PartitionProcessor) -> None:
+        tp = TopicPartition(self.kafka.topic_events, partition)
+        _, high = consumer.get_watermark_offsets(tp, cached=True)
+        if high >= 0:
+            self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(partition)).set(
+                max(0, high - proc.next_offset)
+            )

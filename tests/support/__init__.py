@@ -1,0 +1,1 @@
+"""Helpers shared by the tests (data builders, paths); ``tests/`` is on ``sys.path``."""

@@ -1,0 +1,116 @@
+"""The refresh job over a real sequence store: publish, nothing-new, warm start, vectors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from prometheus_client import CollectorRegistry
+
+from monitoring.metrics import Metrics
+from streams.config import EventConfig, GeneratorConfig, StoreConfig, WorkerConfig
+from streams.generator import ClickStream
+from streams.worker.processor import open_processor
+from trainer.backbone.config import BackboneConfig, RefreshConfig
+from trainer.backbone.refresh import RefreshPaths, refresh_once
+from trainer.backbone.versions import list_versions
+from trainer.vectors.sets import LumVectors
+from trainer.vectors.store import VectorReader, decode_vectors
+
+torch.set_num_threads(1)
+CFG = BackboneConfig(
+    dim=8,
+    feature_dim=4,
+    layers=1,
+    heads=1,
+    epochs=1,
+    batch_users=32,
+    max_len=20,
+    query_top=4,
+    keep_versions=2,
+)
+RCFG = RefreshConfig(eval_users=50, vector_batch_users=64)
+NOW = 1_800_000_000_000
+
+
+def _feed(root: Path, records: list[bytes], start: int) -> None:
+    proc = open_processor(
+        root, 0, StoreConfig(), WorkerConfig(), EventConfig(), Metrics(CollectorRegistry())
+    )
+    offsets = list(range(start, start + len(records)))
+    proc.process(offsets, [None] * len(records), records, NOW)
+    proc.commit()
+    proc.close()
+
+
+def test_refresh_publishes_skips_and_warm_starts(tmp_path: Path) -> None:
+    gen = GeneratorConfig(events=40_000, users=150, seed=5, base_ctr=0.2)
+    records = [v for batch in ClickStream(gen).pair_batches() for _, v in batch]
+    paths = RefreshPaths(tmp_path / "store", tmp_path / "versions", tmp_path / "vectors")
+    metrics = Metrics(CollectorRegistry())
+    sent: list[tuple[bytes, bytes]] = []
+    _feed(paths.store, records[:30_000], 0)
+
+    first = refresh_once(CFG, RCFG, StoreConfig(), EventConfig(), paths, metrics, cq=sent.extend)
+    assert first.version is not None
+    assert first.version.name == "v1"
+    assert first.version.manifest["parent"] is None
+    assert set(first.metrics or {}) >= {"hr@10", "ndcg@10", "mrr"}
+    assert first.vectors_written > 0
+    assert len(sent) == first.vectors_written  # every user's record also went to lum.cq
+    assert decode_vectors(sent[0][1]).version == 1
+
+    again = refresh_once(CFG, RCFG, StoreConfig(), EventConfig(), paths, metrics)
+    assert again.version is None
+    assert "no events after v1" in again.reason
+
+    _feed(paths.store, records[30_000:], 30_000)
+    second = refresh_once(CFG, RCFG, StoreConfig(), EventConfig(), paths, metrics)
+    assert second.version is not None
+    assert second.version.manifest["parent"] == "v1"  # warm start from the last version
+    assert second.version.manifest["data_watermark"] > first.version.manifest["data_watermark"]
+
+    reader = VectorReader(paths.vectors, tmp_path / "scratch")
+    try:
+        user = int(sent[0][0])
+        got = reader.get(user)
+        assert got is not None
+        assert got.version == 2
+        assert got.vectors.shape[1] == CFG.dim
+        assert np.allclose(np.linalg.norm(got.vectors, axis=1), 1.0, atol=1e-4)
+    finally:
+        reader.close()
+    third = refresh_once(CFG, RCFG, StoreConfig(), EventConfig(), paths, metrics, retrain=True)
+    assert third.version is not None
+    assert third.version.manifest["parent"] is None
+    assert [v.name for v in list_versions(paths.versions)] == ["v2", "v3"]  # keep_versions=2
+    sets = sorted(d.name for d in paths.vector_sets.iterdir())
+    assert sets == ["v2", "v3"]  # the ranker's vector sets follow version retention
+    loaded = LumVectors.load(paths.vector_sets / "v3")
+    found = loaded.lookup_users(np.array([user], np.int64))[1]
+    assert bool(found[0])
+
+
+def test_refresh_reads_a_store_that_a_worker_is_writing(tmp_path: Path) -> None:
+    """The worker holds the store open (RocksDB lock); the refresh reads it as a secondary
+    and sees exactly what was committed, not the batch still in flight."""
+    gen = GeneratorConfig(events=20_000, users=100, seed=9, base_ctr=0.2)
+    records = [v for batch in ClickStream(gen).pair_batches() for _, v in batch]
+    paths = RefreshPaths(tmp_path / "store", tmp_path / "versions", tmp_path / "vectors")
+    proc = open_processor(
+        paths.store, 0, StoreConfig(), WorkerConfig(), EventConfig(), Metrics(CollectorRegistry())
+    )
+    try:
+        proc.process(list(range(15_000)), [None] * 15_000, records[:15_000], NOW)
+        proc.commit()
+        committed = proc.store.state.watermark
+        proc.process(list(range(15_000, 20_000)), [None] * 5_000, records[15_000:], NOW)
+        # not committed: a batch in flight while the refresh runs
+        result = refresh_once(
+            CFG, RCFG, StoreConfig(), EventConfig(), paths, Metrics(CollectorRegistry())
+        )
+    finally:
+        proc.close()
+    assert result.version is not None
+    assert result.version.manifest["data_watermark"] == committed
