@@ -4,12 +4,9 @@ A version directory holds ``manifest.json`` (format, number, parent, creation ti
 parameter count, data watermark, metrics, and the size and SHA-256 of every file) and
 ``model.safetensors`` (parameters, buffers and vocab arrays; weights only, never pickle).
 
-Publishing writes everything into a hidden temporary directory ``ROOT/.tmp-<pid>-<hex>``,
-fsyncs the files and the directory, then renames it to ``vN`` in one ``os.rename`` and fsyncs
-``ROOT``: a reader sees either no ``vN`` or a complete one, also when the publisher dies
-mid-way. Temporary directories of dead publishers are removed by the next publish (or
-:func:`clean_temp`). Retention renames an old version to a hidden name before deleting it,
-so a half-deleted version is never visible either.
+Publishing, listing, verification and retention are :class:`core.durable.VersionedDir`'s:
+a reader sees either no ``vN`` or a complete one, also when the publisher dies mid-way, and
+retention never deletes a visible version in place.
 
 Loading (:func:`load_model`) checks the manifest, the file sizes and hashes, and the tensor
 names and shapes, and raises :class:`VersionError` naming what is wrong.
@@ -24,12 +21,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import re
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from core.durable import fsync_path, sha256_file
+from core.durable import MANIFEST, VersionedDir, VersionError
 from core.settings import ConfigError, build
 from monitoring.metrics import Metrics
 from trainer.backbone.config import BackboneConfig
@@ -47,10 +39,7 @@ from trainer.backbone.encoder import LumBackbone
 from trainer.backbone.tokens import Vocabs
 
 FORMAT = 1
-MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
-_NAME = re.compile(r"^v([0-9]+)$")
-_HIDDEN = re.compile(r"^\.(tmp|del)-([0-9]+)-[0-9a-f]+$")
 _REQUIRED = (
     "format",
     "number",
@@ -62,10 +51,6 @@ _REQUIRED = (
     "metrics",
     "files",
 )
-
-
-class VersionError(RuntimeError):
-    """A version directory that cannot be used; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -85,10 +70,9 @@ class VersionInfo:
     manifest: dict[str, Any]
 
 
-def _numbers(root: Path) -> list[int]:
-    if not root.is_dir():
-        return []
-    return sorted(int(m.group(1)) for p in root.iterdir() if (m := _NAME.match(p.name)))
+def versions_dir(root: str | Path) -> VersionedDir:
+    """The backbone's versions ``ROOT/vN``."""
+    return VersionedDir(Path(root), "v")
 
 
 def _tensors(model: LumBackbone) -> dict[str, torch.Tensor]:
@@ -97,36 +81,6 @@ def _tensors(model: LumBackbone) -> dict[str, torch.Tensor]:
         {k: torch.from_numpy(np.array(v, dtype=np.int64)) for k, v in model.vocabs.state().items()}
     )
     return out
-
-
-def _write_manifest(tmp: Path, manifest: dict[str, Any]) -> None:
-    path = tmp / MANIFEST
-    path.write_bytes(json.dumps(manifest, indent=2, sort_keys=True).encode())
-    fsync_path(path)
-
-
-def clean_temp(root: Path) -> list[Path]:
-    """Remove hidden temporary/deletion directories of processes that no longer run."""
-    removed: list[Path] = []
-    if not root.is_dir():
-        return removed
-    for p in root.iterdir():
-        m = _HIDDEN.match(p.name)
-        if not m or (int(m.group(2)) != os.getpid() and _alive(int(m.group(2)))):
-            continue
-        shutil.rmtree(p, ignore_errors=True)
-        removed.append(p)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def publish(
@@ -150,16 +104,34 @@ def publish(
         keep: retain only the newest ``keep`` versions afterwards (None: keep all).
         registry: Prometheus metrics (current version, per-version eval metrics).
     """
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    clean_temp(root)
-    tmp = root / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
-    tmp.mkdir()
+    vd = versions_dir(root)
+    staged = vd.stage()
     try:
-        info = _publish_from(root, tmp, model, watermark, metrics, parent)
+        save_file(_tensors(model), str(staged / WEIGHTS))
+        now_ms = time.time_ns() // 1_000_000
+        manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "parent": parent,
+            "created_at_ms": now_ms,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_ms / 1000)),
+            "config": {
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(model.cfg).items()
+            },
+            "param_count": model.param_count(),
+            "data_watermark": int(watermark),
+            "metrics": dict(metrics or {}),
+            "vocab_sizes": {
+                "items": len(model.vocabs.items),
+                "cats": len(model.vocabs.cats),
+                "conds": [len(v) for v in model.vocabs.conds],
+            },
+        }
+        path = vd.publish(staged, manifest)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        vd.discard(staged)
         raise
+    info = read_manifest(path, verify=False)
     if registry is not None:
         registry.backbone_version.set(info.number)
         for k, v in info.manifest["metrics"].items():
@@ -169,67 +141,9 @@ def publish(
     return info
 
 
-def _publish_from(
-    root: Path,
-    tmp: Path,
-    model: LumBackbone,
-    watermark: int,
-    metrics: dict[str, float] | None,
-    parent: str | None,
-) -> VersionInfo:
-    weights = tmp / WEIGHTS
-    save_file(_tensors(model), str(weights))
-    fsync_path(weights)
-    now_ms = time.time_ns() // 1_000_000
-    manifest: dict[str, Any] = {
-        "format": FORMAT,
-        "parent": parent,
-        "created_at_ms": now_ms,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_ms / 1000)),
-        "config": {
-            k: list(v) if isinstance(v, tuple) else v
-            for k, v in dataclasses.asdict(model.cfg).items()
-        },
-        "param_count": model.param_count(),
-        "data_watermark": int(watermark),
-        "metrics": dict(metrics or {}),
-        "vocab_sizes": {
-            "items": len(model.vocabs.items),
-            "cats": len(model.vocabs.cats),
-            "conds": [len(v) for v in model.vocabs.conds],
-        },
-        "files": {WEIGHTS: {"bytes": weights.stat().st_size, "sha256": sha256_file(weights)}},
-    }
-    for _attempt in range(100):
-        number = max(_numbers(root), default=0) + 1
-        manifest["number"] = number
-        _write_manifest(tmp, manifest)
-        fsync_path(tmp)
-        try:
-            os.rename(tmp, root / f"v{number}")
-        except OSError:  # another publisher took vN: take the next number
-            continue
-        break
-    else:
-        raise VersionError(f"{root}: could not claim a version number after 100 attempts")
-    fsync_path(root)
-    return VersionInfo(f"v{number}", number, root / f"v{number}", manifest)
-
-
 def retain(root: str | Path, keep: int) -> list[str]:
     """Remove all but the newest ``keep`` versions; returns the removed names."""
-    if keep < 1:
-        raise ValueError(f"keep must be at least 1, got {keep}")
-    root = Path(root)
-    removed = []
-    for n in _numbers(root)[:-keep]:
-        hidden = root / f".del-{os.getpid()}-{uuid.uuid4().hex}"
-        os.rename(root / f"v{n}", hidden)
-        shutil.rmtree(hidden, ignore_errors=True)
-        removed.append(f"v{n}")
-    if removed:
-        fsync_path(root)
-    return removed
+    return versions_dir(root).retain(keep)
 
 
 def read_manifest(path: str | Path, verify: bool = True) -> VersionInfo:
@@ -240,45 +154,21 @@ def read_manifest(path: str | Path, verify: bool = True) -> VersionInfo:
             altered file.
     """
     path = Path(path)
-    m = _NAME.match(path.name)
-    if not m:
-        raise VersionError(f"{path}: not a version directory (expected a name like v3)")
+    vd = versions_dir(path.parent)
+    vd.number(path)  # the name first: a clearer error for a wrong directory
     if not path.is_dir():
         raise VersionError(f"{path}: no such version directory")
-    mpath = path / MANIFEST
-    if not mpath.is_file():
-        raise VersionError(f"{path}: {MANIFEST} is missing (partial or foreign directory)")
-    try:
-        manifest = json.loads(mpath.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise VersionError(f"{mpath}: corrupt manifest, not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise VersionError(f"{mpath}: corrupt manifest, expected a JSON object")
+    manifest = vd.verify(path, hashes=verify)
     missing = [k for k in _REQUIRED if k not in manifest]
     if missing:
-        raise VersionError(f"{mpath}: corrupt manifest, missing {', '.join(missing)}")
+        raise VersionError(f"{path / MANIFEST}: corrupt manifest, missing {', '.join(missing)}")
     if manifest["format"] != FORMAT:
-        raise VersionError(f"{mpath}: format {manifest['format']!r}, this build reads {FORMAT}")
-    if manifest["number"] != int(m.group(1)):
         raise VersionError(
-            f"{mpath}: manifest number {manifest['number']!r} does not match "
-            f"the directory name {path.name}"
+            f"{path / MANIFEST}: format {manifest['format']!r}, this build reads {FORMAT}"
         )
-    files = manifest["files"]
-    if not isinstance(files, dict) or WEIGHTS not in files:
-        raise VersionError(f"{mpath}: corrupt manifest, files must list {WEIGHTS}")
-    for name, meta in files.items():
-        f = path / name
-        if not f.is_file():
-            raise VersionError(f"{path}: {name} is missing (partial version)")
-        size = f.stat().st_size
-        if size != meta.get("bytes"):
-            raise VersionError(
-                f"{f}: {size} bytes, the manifest says {meta.get('bytes')} (truncated or replaced)"
-            )
-        if verify and sha256_file(f) != meta.get("sha256"):
-            raise VersionError(f"{f}: SHA-256 differs from the manifest (corrupt)")
-    return VersionInfo(path.name, int(m.group(1)), path, manifest)
+    if WEIGHTS not in manifest["files"]:
+        raise VersionError(f"{path / MANIFEST}: corrupt manifest, files must list {WEIGHTS}")
+    return VersionInfo(path.name, int(manifest["number"]), path, manifest)
 
 
 def load_model(
@@ -320,9 +210,9 @@ def list_versions(root: str | Path) -> list[VersionInfo]:
     """Valid versions under ``root``, oldest first (invalid ones are left out; use
     :func:`read_manifest` on a directory to see why it is invalid)."""
     out = []
-    for n in _numbers(Path(root)):
+    for path in versions_dir(root).paths():
         try:
-            out.append(read_manifest(Path(root) / f"v{n}", verify=False))
+            out.append(read_manifest(path, verify=False))
         except VersionError:
             continue
     return out

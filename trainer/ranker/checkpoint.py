@@ -5,10 +5,11 @@ weights, the sharded tables, the fused row-wise Adagrad state, the dense Adam st
 id mappers (each rank writes its own shards), plus ``stream.json``: where the consumer
 resumes (offsets per lum.samples partition, high-water ``seq`` per source partition), the
 step and sample counters, the backbone versions used, and the size and SHA-256 of every
-file. All ranks write into one hidden temporary directory; rank 0 then fsyncs and renames
-it in one ``os.rename``: a SIGKILL at any moment leaves either the previous checkpoint or
+file. All ranks write into one staging directory of :class:`core.durable.VersionedDir`;
+rank 0 then publishes it: a SIGKILL at any moment leaves either the previous checkpoint or
 the new one, never a half one. Loading checks sizes and hashes first; a truncated or
-corrupt checkpoint is skipped (logged, counted) and the previous one is used.
+corrupt checkpoint is skipped (logged, counted) and the previous one is used, and the next
+checkpoint of the same step replaces the damaged one.
 
 **Version** ``VERSIONS/rN/``: ``manifest.json`` and ``model.safetensors`` (the dense
 weights, the full tables gathered to rank 0, the id -> row owners), published atomically
@@ -20,11 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import re
-import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +29,7 @@ from typing import Any
 
 import torch
 
-from core.durable import fsync_path, sha256_file
+from core.durable import MANIFEST, VersionedDir, VersionError
 from core.settings import ConfigError, build
 from embeddings.config import EmbeddingsConfig
 from embeddings.ids import IdMapper
@@ -46,57 +43,28 @@ from trainer.ranker.model import RankerModel
 log = logging.getLogger(__name__)
 
 STREAM = "stream.json"
-MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 FORMAT = 1
-_CK = re.compile(r"^ck-([0-9]+)$")
-_VERSION = re.compile(r"^r([0-9]+)$")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint or version that cannot be used; the message says which and why."""
 
 
-def _files(directory: Path, skip: str) -> dict[str, dict[str, Any]]:
-    out = {}
-    for f in sorted(directory.iterdir()):
-        if f.is_file() and f.name != skip:
-            fsync_path(f)
-            out[f.name] = {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
-    return out
-
-
-def _verify(directory: Path, meta_name: str) -> dict[str, Any]:
-    """Parse ``meta_name`` and check every listed file's size and hash."""
-    meta_path = directory / meta_name
+def _checked(vd: VersionedDir, path: Path) -> dict[str, Any]:
+    """The verified manifest of a checkpoint or version, with this build's format."""
     try:
-        meta = json.loads(meta_path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{meta_path}: missing or corrupt ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "files" not in meta:
-        raise CheckpointError(f"{meta_path}: not a format-{FORMAT} file")
-    for name, info in meta["files"].items():
-        f = directory / name
-        if not f.is_file():
-            raise CheckpointError(f"{f}: missing")
-        if f.stat().st_size != info["bytes"]:
-            raise CheckpointError(
-                f"{f}: {f.stat().st_size} bytes, expected {info['bytes']} (truncated)"
-            )
-        if sha256_file(f) != info["sha256"]:
-            raise CheckpointError(f"{f}: SHA-256 differs (corrupt)")
+        meta = vd.verify(path)
+    except VersionError as exc:
+        raise CheckpointError(str(exc)) from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path / vd.manifest}: not a format-{FORMAT} file")
     return meta
 
 
-def _publish_dir(tmp: Path, final: Path) -> None:
-    fsync_path(tmp)
-    os.rename(tmp, final)
-    fsync_path(final.parent)
-
-
-def _clean_temp(root: Path) -> None:
-    for p in root.glob(".tmp-*"):
-        shutil.rmtree(p, ignore_errors=True)
+def versions_dir(root: str | Path) -> VersionedDir:
+    """Published ranker versions ``ROOT/rN``."""
+    return VersionedDir(Path(root), "r")
 
 
 class Checkpointer:
@@ -110,6 +78,7 @@ class Checkpointer:
 
     def __init__(self, root: str | Path, keep: int = 3, metrics: Metrics | None = None) -> None:
         self.root, self.keep, self.metrics = Path(root), keep, metrics
+        self.dir = VersionedDir(self.root, "ck-", width=12, manifest=STREAM)
         self.saved_at: float | None = None
 
     def _count(self, outcome: str) -> None:
@@ -118,27 +87,23 @@ class Checkpointer:
 
     def list(self) -> list[Path]:
         """Checkpoint directories, newest first."""
-        if not self.root.is_dir():
-            return []
-        found = [(int(m.group(1)), p) for p in self.root.iterdir() if (m := _CK.match(p.name))]
-        return [p for _, p in sorted(found, reverse=True)]
+        return self.dir.paths()[::-1]
 
     def save(self, engine: RankerEngine, stream: dict[str, Any]) -> Path:
-        """Write a checkpoint of ``engine`` and the consumer state ``stream`` atomically."""
+        """Write a checkpoint of ``engine`` and the consumer state ``stream`` atomically.
+
+        A checkpoint of the same step that exists and verifies is kept (no step since it:
+        the same state); one that does not verify (truncated, corrupt) is replaced.
+        """
         import torch.distributed.checkpoint as dcp
 
         rank, _ = world()
-        name = f"ck-{engine.steps:012d}"
-        token = broadcast_bytes(uuid.uuid4().hex.encode() if rank == 0 else None).decode()
-        tmp = self.root / f".tmp-{token}"
-        if rank == 0:
-            self.root.mkdir(parents=True, exist_ok=True)
-            _clean_temp(self.root)
-            tmp.mkdir()
+        staged = self.dir.stage() if rank == 0 else None
+        staged = Path(broadcast_bytes(str(staged).encode() if rank == 0 else None).decode())
         barrier()
-        dcp.save(engine.state(), checkpoint_id=str(tmp))
+        dcp.save(engine.state(), checkpoint_id=str(staged))
         barrier()
-        final = self.root / name
+        final = self.dir.root / self.dir.name(engine.steps)
         if rank == 0:
             meta = dict(stream)
             meta.update(
@@ -146,16 +111,9 @@ class Checkpointer:
                 steps=engine.steps,
                 samples_learned=engine.samples_learned,
                 created_at_ms=time.time_ns() // 1_000_000,
-                files=_files(tmp, STREAM),
             )
-            (tmp / STREAM).write_text(json.dumps(meta, indent=1, sort_keys=True))
-            fsync_path(tmp / STREAM)
-            if final.exists():  # no step since the last checkpoint: same state
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                _publish_dir(tmp, final)
-            for old in self.list()[self.keep :]:
-                shutil.rmtree(old, ignore_errors=True)
+            final = self.dir.publish(staged, meta, number=engine.steps)
+            self.dir.retain(self.keep)
         barrier()
         self.saved_at = time.time()
         self._count("saved")
@@ -178,7 +136,7 @@ class Checkpointer:
         if rank == 0:
             for path in self.list():
                 try:
-                    _verify(path, STREAM)
+                    _checked(self.dir, path)
                 except CheckpointError as exc:
                     log.warning("ranker checkpoint skipped: %s", exc)
                     self._count("load_failed")
@@ -233,46 +191,39 @@ def publish_version(
     rank, _ = world()
     if rank != 0:
         return None
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    _clean_temp(root)
-    tmp = root / f".tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    tensors: dict[str, torch.Tensor] = {
-        f"dense.{k}": v.detach().contiguous()
-        for k, v in engine.model.state_dict().items()
-        if not k.startswith("sparse.")
-    }
-    for t, table in tables.items():
-        assert table is not None
-        tensors[f"table.{t}"] = table.contiguous()
-    for t, mapper in engine.mappers.items():
-        tensors[f"ids.{t}.owner"] = torch.from_numpy(mapper.owner.copy())
-        tensors[f"ids.{t}.last_seen"] = torch.from_numpy(mapper.last_seen.copy())
-    save_file(tensors, str(tmp / WEIGHTS))
-    manifest = dict(info)
-    manifest.update(
-        format=FORMAT,
-        kind="ranker",
-        created_at_ms=time.time_ns() // 1_000_000,
-        ranker=_config_dict(engine.cfg),
-        embeddings=_config_dict(engine.emb),
-        lum={"dim": engine.lum_dim, "conditions": engine.lum_conditions},
-        steps=engine.steps,
-        samples_learned=engine.samples_learned,
-        files=_files(tmp, MANIFEST),
-    )
-    numbers = [int(m.group(1)) for p in root.iterdir() if (m := _VERSION.match(p.name))]
-    number = max(numbers, default=0) + 1
-    manifest["number"] = number
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    fsync_path(tmp / MANIFEST)
-    final = root / f"r{number}"
-    _publish_dir(tmp, final)
-    for n in sorted([*numbers, number])[:-keep]:
-        shutil.rmtree(root / f"r{n}", ignore_errors=True)
+    vd = versions_dir(root)
+    staged = vd.stage()
+    try:
+        tensors: dict[str, torch.Tensor] = {
+            f"dense.{k}": v.detach().contiguous()
+            for k, v in engine.model.state_dict().items()
+            if not k.startswith("sparse.")
+        }
+        for t, table in tables.items():
+            assert table is not None
+            tensors[f"table.{t}"] = table.contiguous()
+        for t, mapper in engine.mappers.items():
+            tensors[f"ids.{t}.owner"] = torch.from_numpy(mapper.owner.copy())
+            tensors[f"ids.{t}.last_seen"] = torch.from_numpy(mapper.last_seen.copy())
+        save_file(tensors, str(staged / WEIGHTS))
+        manifest = dict(info)
+        manifest.update(
+            format=FORMAT,
+            kind="ranker",
+            created_at_ms=time.time_ns() // 1_000_000,
+            ranker=_config_dict(engine.cfg),
+            embeddings=_config_dict(engine.emb),
+            lum={"dim": engine.lum_dim, "conditions": engine.lum_conditions},
+            steps=engine.steps,
+            samples_learned=engine.samples_learned,
+        )
+        final = vd.publish(staged, manifest)
+    except BaseException:
+        vd.discard(staged)
+        raise
+    vd.retain(keep)
     if metrics is not None:
-        metrics.ranker_version.set(number)
+        metrics.ranker_version.set(vd.number(final))
     return final
 
 
@@ -302,7 +253,7 @@ def load_ranker(path: str | Path) -> LoadedRanker:
     from safetensors.torch import load_file
 
     path = Path(path)
-    manifest = _verify(path, MANIFEST)
+    manifest = _checked(versions_dir(path.parent), path)
     try:
         cfg = build(RankerConfig, manifest["ranker"], source=str(path / MANIFEST))
         emb = build(EmbeddingsConfig, manifest["embeddings"], source=str(path / MANIFEST))

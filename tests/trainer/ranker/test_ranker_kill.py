@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 sys.path[:0] = [{repo!r}, {tests!r}]
 from support.ranker import CFG, EMB, truth_vectors
-from trainer.ranker import checkpoint
 from trainer.ranker.checkpoint import Checkpointer
 from trainer.ranker.engine import RankerEngine
 from trainer.ranker.loop import StreamingTrainer
@@ -35,13 +34,14 @@ torch.set_num_threads(1)
 path, root, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 if mode == "die-in-checkpoint":
     renames = []
-    real = checkpoint.os.rename
+    real = os.rename
     def rename(a, b):
-        renames.append(b)
-        if len(renames) == 3:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if Path(b).name.startswith("ck-"):  # a checkpoint's publish
+            renames.append(b)
+            if len(renames) == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
         real(a, b)
-    checkpoint.os.rename = rename
+    os.rename = rename
 v = truth_vectors()
 cfg = dataclasses.replace(CFG, checkpoint_every_batches=2, checkpoint_every_s=0, batch_size=64)
 eng = RankerEngine(cfg, EMB, v.dim, v.n_conditions)
