@@ -13,7 +13,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from core.logs import configure_logging
 from core.settings import ConfigError
+from lumstream import __version__
 
 # name -> module under lumstream.commands; the order is the order of --help.
 COMMANDS: dict[str, str] = {
@@ -50,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         "See `lumstream config show --doc`.",
     )
     parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}", help="print the version"
+    )
+    parser.add_argument(
         "--config", metavar="TOML", help="TOML config file (default: $LUMSTREAM_CONFIG)"
     )
     parser.add_argument(
@@ -71,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging()
     from lumstream.config import load
 
     try:

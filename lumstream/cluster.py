@@ -27,7 +27,7 @@ def cluster(cfg: Config, metrics: Metrics, *, note_if_embedded: bool = False) ->
     from streams.kafka.broker import running_broker
     from streams.kafka.cluster import bootstrap_servers
 
-    run_file = cfg.broker_run_file()
+    run_file = cfg.layout.broker_run_file
     if note_if_embedded and not cfg.kafka.bootstrap_servers and running_broker(run_file) is None:
         print(
             "note: no Kafka cluster configured and no `lumstream broker` running: starting an "
@@ -38,7 +38,7 @@ def cluster(cfg: Config, metrics: Metrics, *, note_if_embedded: bool = False) ->
         cfg.kafka,
         cfg.broker,
         metrics=metrics,
-        log_dir=cfg.paths.data_dir / "logs",
+        log_dir=cfg.layout.logs,
         run_file=run_file,
     ) as bootstrap:
         yield bootstrap

@@ -49,6 +49,66 @@ SECTIONS: tuple[type[Any], ...] = (
 
 
 @dataclass(frozen=True)
+class Layout:
+    """Where everything lives on local disk (see :attr:`Config.layout`).
+
+    Args:
+        data_dir: the root (``paths.data_dir``).
+        broker_run_file: a running ``lumstream broker`` records its address here.
+        logs: broker logs.
+        metrics_discovery: one discovery file per process serving /metrics.
+        store: the partition stores (``store.path``).
+        backfill_store: the stores a backfill writes (``replay.store``).
+        replay_checkpoints: resume points of ``replay produce``.
+        backbone_versions: backbone versions vN (``refresh.versions_dir``).
+        vector_store: the per-user vector store (``refresh.vector_store_dir``).
+        vector_sets: the vector sets the ranker reads (``ranker.vector_sets_dir``; by
+            default where the refresh writes them, under the backbone versions).
+        ranker_checkpoints / ranker_versions: the trainer's (``ranker.checkpoint_dir``,
+            ``ranker.versions_dir``).
+        demo: everything ``lumstream demo`` writes.
+    """
+
+    data_dir: Path
+    broker_run_file: Path
+    logs: Path
+    metrics_discovery: Path
+    store: Path
+    backfill_store: Path
+    replay_checkpoints: Path
+    backbone_versions: Path
+    vector_store: Path
+    vector_sets: Path
+    ranker_checkpoints: Path
+    ranker_versions: Path
+    demo: Path
+
+    @classmethod
+    def of(cls, cfg: Config) -> Layout:
+        data = cfg.paths.data_dir
+
+        def pick(setting: str, default: Path) -> Path:
+            return Path(setting) if setting else default
+
+        versions = pick(cfg.refresh.versions_dir, data / "backbone")
+        return cls(
+            data_dir=data,
+            broker_run_file=data / "broker.json",
+            logs=data / "logs",
+            metrics_discovery=data / "run" / "metrics",
+            store=pick(cfg.store.path, data / "store"),
+            backfill_store=pick(cfg.replay.store, data / "backfill" / "store"),
+            replay_checkpoints=data / "replay",
+            backbone_versions=versions,
+            vector_store=pick(cfg.refresh.vector_store_dir, data / "vectors"),
+            vector_sets=pick(cfg.ranker.vector_sets_dir, versions / "vectors"),
+            ranker_checkpoints=pick(cfg.ranker.checkpoint_dir, data / "ranker" / "ckpt"),
+            ranker_versions=pick(cfg.ranker.versions_dir, data / "ranker" / "versions"),
+            demo=data / "demo",
+        )
+
+
+@dataclass(frozen=True)
 class Config:
     """All sections; attribute names are the section names."""
 
@@ -67,13 +127,11 @@ class Config:
     metrics: MetricsConfig
     source: str = "defaults"
 
-    def broker_run_file(self) -> Path:
-        """Where a running ``lumstream broker`` records its address for other commands."""
-        return self.paths.data_dir / "broker.json"
-
-    def store_root(self) -> Path:
-        """Where the partition stores live."""
-        return Path(self.store.path) if self.store.path else self.paths.data_dir / "store"
+    @property
+    def layout(self) -> Layout:
+        """Every local path, resolved from ``paths.data_dir`` and the per-component
+        overrides: the one place path defaults are decided."""
+        return Layout.of(self)
 
     def sections(self) -> dict[str, Any]:
         return {

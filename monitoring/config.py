@@ -16,5 +16,9 @@ class MetricsConfig:
     enabled: bool = setting(True, "serve /metrics from long-running commands")
     host: str = setting("127.0.0.1", "address of the /metrics endpoint (loopback by default)")
     port: int = setting(
-        9464, "port of the /metrics endpoint; 0 picks a free one", minimum=0, maximum=65535
+        0,
+        "port of the /metrics endpoint; 0 picks a free one (found through the discovery "
+        "files under <paths.data_dir>/run/metrics)",
+        minimum=0,
+        maximum=65535,
     )

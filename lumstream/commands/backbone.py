@@ -46,11 +46,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _paths(cfg: Config) -> RefreshPaths:
     from trainer.backbone.refresh import RefreshPaths
 
-    data = cfg.paths.data_dir
+    layout = cfg.layout
     return RefreshPaths(
-        store=cfg.store_root(),
-        versions=Path(cfg.refresh.versions_path or data / "backbone"),
-        vectors=Path(cfg.refresh.vectors_path or data / "vectors"),
+        store=layout.store,
+        versions=layout.backbone_versions,
+        vectors=layout.vector_store,
+        vector_sets=layout.vector_sets,
     )
 
 
@@ -80,11 +81,11 @@ def _source(cfg: Config, log: str | None, scratch: Path) -> tuple[object, object
 
     if log:
         return EventLogSequences(log, cfg.events, default_metrics()), None
-    if not cfg.store_root().is_dir():
+    if not cfg.layout.store.is_dir():
         raise FileNotFoundError(
-            f"no sequence store at {cfg.store_root()} (run `lumstream worker`, or pass --log FILE)"
+            f"no sequence store at {cfg.layout.store} (run `lumstream worker`, or pass --log FILE)"
         )
-    reader = StoreReader(cfg.store_root(), cfg.store, scratch)
+    reader = StoreReader(cfg.layout.store, cfg.store, scratch)
     reader.refresh()
     return reader, reader
 
@@ -137,7 +138,7 @@ def _refresh(cfg: Config, args: argparse.Namespace, paths: RefreshPaths) -> int:
 
     metrics = default_metrics()
     server = serve_metrics(cfg.metrics, metrics.registry) if not args.once else None
-    bootstrap = cfg.kafka.bootstrap_servers or running_broker(cfg.broker_run_file())
+    bootstrap = cfg.kafka.bootstrap_servers or running_broker(cfg.layout.broker_run_file)
     producer = None
     if cfg.refresh.publish_cq and bootstrap:
         producer = Producer(cfg.kafka, bootstrap, metrics=metrics)

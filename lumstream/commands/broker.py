@@ -52,9 +52,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     }
     metrics = default_metrics()
     server = serve_metrics(cfg.metrics, metrics.registry)
-    run_file = cfg.broker_run_file()
+    run_file = cfg.layout.broker_run_file
     try:
-        with EmbeddedBroker(broker_cfg, metrics, log_dir=cfg.paths.data_dir / "logs") as broker:
+        with EmbeddedBroker(broker_cfg, metrics, log_dir=cfg.layout.logs) as broker:
             print(
                 f"embedded broker at {broker.bootstrap} (tansu pid {broker.pid}, "
                 f"log {broker.log_path})",

@@ -309,7 +309,9 @@ def _backbone(cfg: Config, root: Path, metrics: Metrics, bootstrap: str) -> str 
         "version, computing condition-query vectors ...",
         flush=True,
     )
-    paths = RefreshPaths(root / "store", root / "backbone", root / "vectors")
+    paths = RefreshPaths(
+        root / "store", root / "backbone", root / "vectors", root / "backbone" / "vectors"
+    )
     with Producer(cfg.kafka, bootstrap, metrics=metrics) as producer:
         result = refresh_once(
             cfg.backbone,

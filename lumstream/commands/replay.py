@@ -299,7 +299,7 @@ def _execute(
     if needs_kafka and not cfg.kafka.bootstrap_servers and args.mode == "backfill":
         from streams.kafka.broker import running_broker
 
-        if running_broker(cfg.broker_run_file()) is None:
+        if running_broker(cfg.layout.broker_run_file) is None:
             raise ReplayError(
                 "no Kafka cluster: set kafka.bootstrap_servers or start `lumstream broker`, "
                 "or backfill to files with --samples-out FILE --deadletters-out FILE"

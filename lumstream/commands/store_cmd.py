@@ -45,7 +45,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from streams.contracts.ids import stable_id
     from streams.worker.store import StoreError, StoreReader
 
-    root = Path(args.store) if args.store else cfg.store_root()
+    root = Path(args.store) if args.store else cfg.layout.store
     if not root.is_dir() or not any(root.glob("p[0-9]*")):
         print(
             f"lumstream store: no store at {root} (run `lumstream worker` first)", file=sys.stderr

@@ -36,7 +36,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from streams.kafka.broker import running_broker
 
     bootstrap = (
-        args.bootstrap or cfg.kafka.bootstrap_servers or running_broker(cfg.broker_run_file())
+        args.bootstrap or cfg.kafka.bootstrap_servers or running_broker(cfg.layout.broker_run_file)
     )
     if not bootstrap:
         print(

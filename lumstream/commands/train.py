@@ -131,10 +131,8 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
     rank, _ = world()
     rcfg: RankerConfig = cfg.ranker
     ecfg: EmbeddingsConfig = cfg.embeddings
-    data = cfg.paths.data_dir
-    ckpt_dir = Path(rcfg.checkpoint_dir) if rcfg.checkpoint_dir else data / "ranker" / "ckpt"
-    versions = Path(rcfg.versions_dir) if rcfg.versions_dir else data / "ranker" / "versions"
-    vec_root = Path(args.vectors or rcfg.vectors_dir or data / "backbone" / "vectors")
+    ckpt_dir, versions = cfg.layout.ranker_checkpoints, cfg.layout.ranker_versions
+    vec_root = Path(args.vectors) if args.vectors else cfg.layout.vector_sets
     metrics = default_metrics()
     watcher = None
     lum_dim, lum_n = 1, 1

@@ -51,7 +51,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         worker_cfg = build(
             type(worker_cfg), {"group_id": args.group}, source="--group", base=worker_cfg
         )
-    root = Path(args.store) if args.store else cfg.store_root()
+    root = Path(args.store) if args.store else cfg.layout.store
     metrics = default_metrics()
     server = serve_metrics(cfg.metrics, metrics.registry)
     stop = threading.Event()

@@ -139,8 +139,8 @@ class RefreshConfig:
     )
     eval_users: int = setting(2_000, "held-out users evaluated per version", minimum=1)
     vector_batch_users: int = setting(256, "users per group-query pass", minimum=1)
-    versions_path: str = setting("", "backbone versions; empty = <paths.data_dir>/backbone")
-    vectors_path: str = setting(
-        "", "condition-query vector store; empty = <paths.data_dir>/vectors"
+    versions_dir: str = setting("", "backbone versions vN; empty = <paths.data_dir>/backbone")
+    vector_store_dir: str = setting(
+        "", "per-user condition-query vector store (RocksDB); empty = <paths.data_dir>/vectors"
     )
     publish_cq: bool = setting(True, "also produce the vectors to the compacted lum.cq topic")

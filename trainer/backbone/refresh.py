@@ -68,16 +68,20 @@ class RefreshResult:
 
 @dataclass(frozen=True)
 class RefreshPaths:
-    """Where the job reads and writes."""
+    """Where the job reads and writes.
 
-    store: Path  # the sequence store (read-only)
-    versions: Path  # backbone versions v1, v2, ...
-    vectors: Path  # the condition-query vector store (this job is its only writer)
+    Args:
+        store: the sequence store (read-only).
+        versions: backbone versions v1, v2, ...
+        vectors: the condition-query vector store (this job is its only writer).
+        vector_sets: whole vector sets per version (``LumVectors`` files) for the ranker
+            trainer.
+    """
 
-    @property
-    def vector_sets(self) -> Path:
-        """Whole vector sets per version (``LumVectors`` files) for the ranker trainer."""
-        return self.versions / "vectors"
+    store: Path
+    versions: Path
+    vectors: Path
+    vector_sets: Path
 
 
 def refresh_once(

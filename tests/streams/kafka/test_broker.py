@@ -167,12 +167,13 @@ def test_broker_command_runs_until_sigterm(tmp_path: Path) -> None:
     env = dict(
         os.environ, LUMSTREAM_PATHS_DATA_DIR=str(tmp_path), LUMSTREAM_METRICS_ENABLED="false"
     )
+    log = (tmp_path / "stderr.log").open("w")  # the logs; stdout is what users read
     proc = subprocess.Popen(
         [sys.executable, "-m", "lumstream.cli", "broker"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=log,
         text=True,
     )
     try:
@@ -195,3 +196,4 @@ def test_broker_command_runs_until_sigterm(tmp_path: Path) -> None:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+        log.close()

@@ -47,7 +47,12 @@ def _feed(root: Path, records: list[bytes], start: int) -> None:
 def test_refresh_publishes_skips_and_warm_starts(tmp_path: Path) -> None:
     gen = GeneratorConfig(events=40_000, users=150, seed=5, base_ctr=0.2)
     records = [v for batch in ClickStream(gen).pair_batches() for _, v in batch]
-    paths = RefreshPaths(tmp_path / "store", tmp_path / "versions", tmp_path / "vectors")
+    paths = RefreshPaths(
+        tmp_path / "store",
+        tmp_path / "versions",
+        tmp_path / "vectors",
+        tmp_path / "versions" / "vectors",
+    )
     metrics = Metrics(CollectorRegistry())
     sent: list[tuple[bytes, bytes]] = []
     _feed(paths.store, records[:30_000], 0)
@@ -97,7 +102,12 @@ def test_refresh_reads_a_store_that_a_worker_is_writing(tmp_path: Path) -> None:
     and sees exactly what was committed, not the batch still in flight."""
     gen = GeneratorConfig(events=20_000, users=100, seed=9, base_ctr=0.2)
     records = [v for batch in ClickStream(gen).pair_batches() for _, v in batch]
-    paths = RefreshPaths(tmp_path / "store", tmp_path / "versions", tmp_path / "vectors")
+    paths = RefreshPaths(
+        tmp_path / "store",
+        tmp_path / "versions",
+        tmp_path / "vectors",
+        tmp_path / "versions" / "vectors",
+    )
     proc = open_processor(
         paths.store, 0, StoreConfig(), WorkerConfig(), EventConfig(), Metrics(CollectorRegistry())
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from support.ranker import CFG, EMB, blocks, truth_vectors
 
 from core.paths import PathsConfig
 from lumstream.commands import train
+from lumstream.config import Config, load
 from monitoring.config import MetricsConfig
 from streams.sinks.samples import write_sample_file
 from trainer.ranker.checkpoint import load_ranker
@@ -21,9 +21,10 @@ from trainer.ranker.checkpoint import load_ranker
 torch.set_num_threads(1)
 
 
-def config(tmp: Path, **ranker: object) -> SimpleNamespace:
+def config(tmp: Path, **ranker: object) -> Config:
     rcfg = dataclasses.replace(CFG, checkpoint_every_s=0, checkpoint_every_batches=5, **ranker)
-    return SimpleNamespace(
+    return dataclasses.replace(
+        load(env={}),
         ranker=rcfg,
         embeddings=EMB,
         paths=PathsConfig(data_dir=tmp),
