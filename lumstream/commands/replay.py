@@ -254,7 +254,7 @@ def _backfill(
 
 
 def _check(cfg: Config, args: argparse.Namespace) -> tuple[int | None, int | None]:
-    from streams.replay.base import parse_time
+    from core.times import parse_time
     from streams.replay.sources import ReplayError
 
     if args.mode == "backfill" and (args.topic or args.checkpoint or args.restart):

@@ -14,7 +14,6 @@ name.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -45,22 +44,6 @@ def user_key(value: bytes) -> bytes | None:
     if isinstance(user, int) and not isinstance(user, bool):
         return str(user).encode()
     return None
-
-
-def parse_time(text: str) -> int:
-    """``--from-ts``/``--to-ts``: ms since the epoch, or ISO 8601 (no offset = UTC)."""
-    text = text.strip()
-    try:
-        return int(text.replace("_", ""))
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        raise ReplayError(
-            f"{text!r} is neither ms since the epoch nor ISO 8601 (2026-01-31T12:00:00Z)"
-        ) from None
-    return round((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp() * 1000)
 
 
 class SourceReader(Protocol):

@@ -9,7 +9,7 @@ from support.replay import T0, event
 
 from streams.config import EventConfig
 from streams.contracts.events import Event, decode, encode
-from streams.replay.base import parse_time, user_key
+from streams.replay.base import user_key
 from streams.replay.sources import EventLogSource, ReplayError, expand_paths, open_source
 from streams.sinks.events import open_sink
 
@@ -32,16 +32,6 @@ def test_user_key_is_the_event_key_of_the_importers() -> None:
         assert user_key(raw) == want
     for bad in (b"{not json", b"[1,2]", b'{"user_id": true}', b'{"user_id": 1.5}', b"\xff\xfe"):
         assert user_key(bad) is None
-
-
-def test_parse_time_takes_ms_and_iso_8601() -> None:
-    assert parse_time("1767225600000") == T0
-    assert parse_time("1_767_225_600_000") == T0
-    assert parse_time("2026-01-01T00:00:00Z") == T0
-    assert parse_time("2026-01-01T00:00:00") == T0  # no offset: UTC
-    assert parse_time("2026-01-01T01:00:00+01:00") == T0
-    with pytest.raises(ReplayError, match="ISO 8601"):
-        parse_time("yesterday")
 
 
 # -- files -------------------------------------------------------------------------------
