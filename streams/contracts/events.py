@@ -42,12 +42,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import orjson
 
 from streams.config import EventConfig
 
 FeatureValue = str | int | float | bool
 
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what the wire format (orjson) writes exactly
 REQUIRED = ("event_id", "user_id", "item_id", "action", "condition", "ts")
 FIELDS = frozenset((*REQUIRED, "features"))
 
@@ -196,6 +198,10 @@ def _bad_feature(key: object, value: object, limit: int) -> EventError:
         )
     if isinstance(value, float):
         return EventError(Reason.NON_FINITE, f"{name}: {value!r}")
+    if type(value) is int:
+        return EventError(
+            Reason.WRONG_TYPE, f"{name}: integer of {len(str(value))} digits is beyond 64 bits"
+        )
     return EventError(
         Reason.WRONG_TYPE,
         f"{name}: expected str, int, float or bool, got {_got(value)}",
@@ -223,6 +229,7 @@ def _features(value: object, cfg: EventConfig, from_json: bool) -> dict[str, Fea
             if (
                 (t is str and len(v) > limit)  # type: ignore[arg-type]
                 or (t is not str and t is not int and t is not float and t is not bool)
+                or (t is int and not _INT_MIN <= v <= _INT_MAX)  # type: ignore[operator]
                 or not 0 < len(key) <= limit
             ):
                 raise _bad_feature(key, v, limit)
@@ -233,8 +240,10 @@ def _features(value: object, cfg: EventConfig, from_json: bool) -> dict[str, Fea
                 ok = len(v) <= limit  # type: ignore[arg-type]
             elif t is float:
                 ok = math.isfinite(v)  # type: ignore[arg-type]
+            elif t is int:
+                ok = _INT_MIN <= v <= _INT_MAX  # type: ignore[operator]
             else:
-                ok = t is int or t is bool
+                ok = t is bool
             if not ok or type(key) is not str or not 0 < len(key) <= limit:
                 raise _bad_feature(key, v, limit)
             if not key.isascii() or (t is str and not v.isascii()):  # type: ignore[union-attr]
@@ -369,13 +378,38 @@ def _json_error(raw: bytes, exc: orjson.JSONDecodeError) -> EventError:
     return EventError(Reason.MALFORMED_JSON, f"{msg} at char {exc.pos}")
 
 
+BOM = b"\xef\xbb\xbf"
+_ID_FIELDS = ("event_id", "user_id", "item_id", "condition")
+_BIG = float(2**63)
+
+
 def loads(raw: bytes) -> object:
-    """``orjson.loads`` with the contract's error reasons (non_utf8, non_finite,
-    malformed_json); no size limit and no schema check."""
+    """Parse one JSON value as the contract reads it; raises EventError (non_utf8,
+    non_finite, malformed_json); no size limit and no schema check.
+
+    - A leading UTF-8 byte-order mark is ignored (RFC 8259 allows parsers to).
+    - An integer beyond 64 bits keeps its exact digits: orjson reads such a literal as a
+      float, so the value is read again with msgspec, which keeps big integers exact (an id
+      becomes its decimal string; a feature is then rejected as beyond 64 bits).
+    """
+    if raw[:3] == BOM:
+        raw = raw[3:]
     try:
-        return orjson.loads(raw)
+        obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise _json_error(raw, exc) from None
+    if type(obj) is dict and _maybe_big(obj):
+        obj = msgspec.json.decode(raw)  # valid JSON (orjson said so): exact integers
+    return obj
+
+
+def _maybe_big(obj: dict[str, Any]) -> bool:
+    """A float that may stand for an integer literal beyond 64 bits (orjson's reading)."""
+    values = [obj.get(k) for k in _ID_FIELDS]
+    features = obj.get("features")
+    if type(features) is dict:
+        values.extend(features.values())
+    return any(type(v) is float and abs(v) >= _BIG and v.is_integer() for v in values)
 
 
 def decode(raw: bytes, cfg: EventConfig, now_ms: int | None = None) -> Event:
@@ -389,12 +423,8 @@ def decode(raw: bytes, cfg: EventConfig, now_ms: int | None = None) -> Event:
         raise EventError(
             Reason.OVERSIZED, f"{len(raw)} bytes, at most {cfg.max_event_bytes} (max_event_bytes)"
         )
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise _json_error(raw, exc) from None
     # orjson rejects non-UTF-8 input and lone surrogates, so strings need no re-check.
-    return _build(obj, cfg, now_ms, from_json=True)
+    return _build(loads(raw), cfg, now_ms, from_json=True)
 
 
 def to_dict(event: Event) -> dict[str, Any]:

@@ -3,16 +3,20 @@
 Raw ids on the wire are strings (integers are accepted and normalised to their decimal
 string). Downstream (sequence store, embedding tables) works with int64:
 
-- a decimal string of a non-negative integer below 2**62 maps to that integer, so
-  numeric ids (MovieLens, most production systems) stay readable;
+- the canonical decimal string of a non-negative integer below 2**62 (no sign, no
+  leading zero: ``"42"``, ``"0"``) maps to that integer, so numeric ids (MovieLens, most
+  production systems) stay readable;
 - anything else maps to a keyed-free BLAKE2b hash in [2**62, 2**63), so it can never
-  collide with a numeric id. The mapping is the same in every process and release.
+  collide with a numeric id. That includes ``"042"``: it is a different string, so a
+  different key on lum.events (another partition), so it must be a different id — one
+  stable id never has state in two partition stores. The mapping is the same in every
+  process and release.
 
 Example:
     >>> stable_id("42"), stable_id("42") == stable_id("42")
     (42, True)
-    >>> stable_id("Comedy") >= 2**62
-    True
+    >>> stable_id("Comedy") >= 2**62, stable_id("042") == stable_id("42")
+    (True, False)
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ _HASH_MASK = NUMERIC_LIMIT - 1
 
 def stable_id(raw: str) -> int:
     """Map a raw id or condition string to a stable non-negative int64."""
-    if raw.isdigit() and raw.isascii() and len(raw) <= 19:
+    if raw.isdigit() and raw.isascii() and len(raw) <= 19 and (raw[0] != "0" or raw == "0"):
         value = int(raw)
         if value < NUMERIC_LIMIT:
             return value

@@ -17,9 +17,8 @@ from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-import orjson
-
 from streams.contracts.deadletters import SourceRef
+from streams.contracts.events import EventError, loads
 
 Origin = tuple[int, int]  # (file index, line or row) or (partition, offset)
 
@@ -30,11 +29,11 @@ class ReplayError(RuntimeError):
 
 def user_key(value: bytes) -> bytes | None:
     """The Kafka key of a raw event: its ``user_id`` as ``streams.contracts.events.event_key`` gives
-    it (an integer id as its decimal string); None when the bytes do not say. (orjson
-    parses a whole event in about as long as a substring search takes in Python.)"""
+    it (an integer id as its decimal string, a leading byte-order mark ignored: the contract's
+    own parse); None when the bytes do not say."""
     try:
-        obj = orjson.loads(value)
-    except orjson.JSONDecodeError:
+        obj = loads(value)
+    except EventError:
         return None
     if not isinstance(obj, dict):
         return None

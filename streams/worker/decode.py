@@ -98,7 +98,9 @@ def _decoder(cfg: EventConfig) -> msgspec.json.Decoder[Any]:
     """A msgspec decoder that checks the contract's types and limits in C."""
     text = Annotated[str, Meta(min_length=1, max_length=cfg.max_id_chars)]
     finite = Annotated[float, Meta(ge=-_FLOAT_MAX, le=_FLOAT_MAX)]  # no inf from 1e999
-    value = text | int | finite | bool
+    # int64 here (msgspec bounds are int64); the reference decides 2**63..2**64-1
+    int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+    value = text | int64 | finite | bool
     features = Annotated[dict[text, value], Meta(max_length=cfg.max_features)]
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [
         ("event_id", text),

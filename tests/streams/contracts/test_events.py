@@ -196,6 +196,30 @@ def test_int_ids_are_normalised_to_decimal_strings() -> None:
     assert (ev.user_id, ev.item_id, ev.event_id, ev.condition) == ("7", "-3", "0", "12")
 
 
+def test_integer_ids_beyond_64_bits_keep_their_exact_digits() -> None:
+    digits = "123456789012345678901"  # 21 digits: orjson alone would read a float
+    raw = with_().replace(b'"u1"', digits.encode()).replace(b'"e-1"', (digits + "9").encode())
+    ev = decode(raw, CFG, now_ms=NOW)
+    assert (ev.user_id, ev.event_id) == (digits, digits + "9")
+    long = "9" * (CFG.max_id_chars + 1)
+    with pytest.raises(EventError) as info:
+        decode(with_().replace(b'"u1"', long.encode()), CFG, now_ms=NOW)
+    assert info.value.reason == Reason.FIELD_TOO_LONG
+    big_feature = with_().replace(b'"page":2', b'"page":' + digits.encode())
+    with pytest.raises(EventError, match="beyond 64 bits") as info:
+        decode(big_feature, CFG, now_ms=NOW)
+    assert info.value.reason == Reason.WRONG_TYPE
+
+
+def test_a_leading_byte_order_mark_is_ignored() -> None:
+    raw = with_()
+    assert decode(b"\xef\xbb\xbf" + raw, CFG, now_ms=NOW) == decode(raw, CFG, now_ms=NOW)
+    assert loads(b"\xef\xbb\xbf[1]") == [1]
+    with pytest.raises(EventError) as info:  # a BOM in the middle is still not JSON
+        decode(raw[:1] + b"\xef\xbb\xbf" + raw[1:], CFG, now_ms=NOW)
+    assert info.value.reason == Reason.MALFORMED_JSON
+
+
 def test_integral_float_ts_is_accepted_as_int() -> None:
     ev = decode(with_(ts=float(NOW)), CFG, now_ms=NOW)
     assert ev.ts == NOW

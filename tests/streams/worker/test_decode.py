@@ -30,6 +30,11 @@ EXTRA_BAD = [
     _event(tail=b',"features":{"category":" "}'),
     _event(user=b"7", ts=b"1767225600000.0"),  # normalised by the reference: accepted
     _event(tail=b',"features":{"category":5}'),  # normalised by the reference: accepted
+    _event(tail=b',"features":{"n":123456789012345678901}'),  # beyond 64 bits: wrong_type
+    _event(tail=b',"features":{"n":18446744073709551615}'),  # 2**64 - 1: accepted
+    b"\xef\xbb\xbf" + _event(),  # a byte-order mark: accepted
+    _event(user=b"123456789012345678901"),  # a 21-digit integer id: its digits
+    _event(user=b'"0900000001"'),
 ]
 
 
