@@ -12,11 +12,32 @@ The writers are the file sinks of :mod:`streams.sinks.events`.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
+
+
+class CorruptFile(OSError):
+    """A compressed file that ends early or does not decompress; says where reading stopped."""
+
+
+@contextlib.contextmanager
+def decompressing(path: Path, where: Callable[[], int]) -> Iterator[None]:
+    """Turn a truncated or corrupt gzip stream met while reading ``path`` into
+    :class:`CorruptFile` naming the last line read (``where()``), instead of an
+    ``EOFError`` or ``zlib.error`` traceback."""
+    try:
+        yield
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise CorruptFile(
+            f"{path}: truncated or corrupt compressed data after line {where()} ({exc}); "
+            "the lines before it were read"
+        ) from None
+
 
 PARQUET_COLUMNS = ("event_id", "user_id", "item_id", "action", "condition", "ts", "features")
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
@@ -25,7 +46,8 @@ LOG_SUFFIXES = (*JSONL_SUFFIXES, ".parquet")
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, bytes]]:
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as fh:
+    lineno = 0
+    with opener(path, "rb") as fh, decompressing(path, lambda: lineno):
         for lineno, line in enumerate(fh, 1):
             line = line.rstrip(b"\r\n")
             if line.strip():

@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from streams.contracts.events import Reason
 from streams.importers.readers import RowSource, read_rows
 from streams.importers.rows import ImportRun, ImportSetupError, RowError, RowReason, short
 
@@ -205,7 +206,27 @@ def parse_ts(value: object, unit: str) -> int:
     return number if isinstance(number, int) else round(number)
 
 
+def _check_utf8(name: str, value: object) -> None:
+    """Undecodable input bytes arrive as lone surrogates: a ``non_utf8`` row error."""
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RowError(Reason.NON_UTF8, f"{name}: not valid UTF-8 in the input") from None
+
+
 def _content_id(obj: Mapping[str, Any]) -> str:
+    """``g-<hash>`` of the event's content (the same row gives the same id in any format).
+
+    Raises:
+        RowError: a cell holds bytes that are not UTF-8 (they arrive as lone surrogates):
+            ``non_utf8``, naming the field, as the event contract would.
+    """
+    for name in ("user_id", "item_id", "condition"):
+        _check_utf8(name, obj[name])
+    for key_, value in (obj.get("features") or {}).items():
+        _check_utf8(f"features.{key_}", key_)
+        _check_utf8(f"features.{key_}", value)
     key = [
         str(obj["user_id"]),
         str(obj["item_id"]),

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from streams.contracts.eventlog import decompressing
 from streams.contracts.events import EventError, loads
 from streams.importers.rows import ImportSetupError, RowError, RowReason
 
@@ -95,11 +96,13 @@ def _csv_rows(path: Path, columns: list[str], delimiter: str, encoding: str) -> 
     except BaseException:
         fh.close()
         raise
-    return _csv_body(fh, reader, [(c, index[c]) for c in columns], len(header))
+    return _csv_body(path, fh, reader, [(c, index[c]) for c in columns], len(header))
 
 
-def _csv_body(fh: IO[str], reader: Any, wanted: list[tuple[str, int]], width: int) -> RowGen:
-    with fh:
+def _csv_body(
+    path: Path, fh: IO[str], reader: Any, wanted: list[tuple[str, int]], width: int
+) -> RowGen:
+    with fh, decompressing(path, lambda: reader.line_num):
         while True:
             try:
                 fields = next(reader)
@@ -124,7 +127,8 @@ def _csv_body(fh: IO[str], reader: Any, wanted: list[tuple[str, int]], width: in
 
 def _jsonl_rows(path: Path, columns: list[str]) -> RowGen:
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as fh:
+    lineno = 0
+    with opener(path, "rb") as fh, decompressing(path, lambda: lineno):
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
