@@ -241,14 +241,16 @@ def _merge(a: EventColumns, b: EventColumns) -> EventColumns:
 
 
 def decode_batch(
-    values: Sequence[bytes], cfg: EventConfig, now_ms: int | Sequence[int] | None = None
+    values: Sequence[bytes],
+    cfg: EventConfig,
+    now_ms: int | Sequence[int] | np.ndarray | None = None,
 ) -> tuple[EventColumns, list[BadRecord]]:
     """Raw event payloads -> (columns of the valid ones in input order, the rejected).
 
     Args:
         now_ms: the time the future bound on ``ts`` counts from: one value, or one per
-            record (the worker passes each record's Kafka timestamp, so a re-run decides
-            exactly as the first run did); default the wall clock.
+            record (the processor passes the earlier of each record's Kafka timestamp and
+            its clock); default the wall clock.
     """
     n = len(values)
     if now_ms is None:

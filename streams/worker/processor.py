@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,13 @@ from streams.worker.join import PENDING_DTYPE, LabelJoin
 from streams.worker.store import PartitionStore, StoreError
 
 log = logging.getLogger(__name__)
+
+
+def wall_clock_ms() -> int:
+    """This worker's clock, ms since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
 OPEN_WAIT_S = 60.0  # how long a new owner waits for a revoked owner to release a store
 
 
@@ -58,9 +65,15 @@ class PartitionProcessor:
     """
 
     def __init__(
-        self, store: PartitionStore, cfg: WorkerConfig, events: EventConfig, metrics: Metrics
+        self,
+        store: PartitionStore,
+        cfg: WorkerConfig,
+        events: EventConfig,
+        metrics: Metrics,
+        clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self.store = store
+        self.clock_ms = clock_ms
         self.cfg = cfg
         self.events = events
         self.metrics = metrics
@@ -105,8 +118,13 @@ class PartitionProcessor:
         Args:
             values: the record values; a null value (a Kafka tombstone) is rejected as
                 malformed, with an empty original.
-            now_ms: what the future bound on ``ts`` counts from: one value or one per
-                record (the workers pass the records' Kafka timestamps); default now.
+            now_ms: the records' Kafka timestamps (one value or one per record), if any.
+                The future bound on ``ts`` counts from the earlier of a record's timestamp
+                and this worker's clock: the record timestamp keeps a re-run's decisions
+                the same as the first run's (it is part of the record), and the clock stops
+                a producer whose clock is ahead, or forged, from poisoning the partition
+                with a far-future event (its watermark would then jump ahead and every
+                later event be late).
         """
         if None in values:
             values = [b"" if v is None else v for v in values]
@@ -118,7 +136,14 @@ class PartitionProcessor:
         result = BatchResult(self.partition, state.next_offset, skipped=start)
         if start == len(offsets):
             return result
-        now = now_ms if now_ms is None or isinstance(now_ms, int) else now_ms[start:]
+        wall = self.clock_ms()
+        now: int | np.ndarray
+        if now_ms is None:
+            now = wall
+        elif isinstance(now_ms, int):
+            now = min(now_ms, wall)
+        else:
+            now = np.minimum(np.asarray(now_ms[start:], np.int64), wall)
         cols, rejected = decode_batch(payloads[start:], self.events, now)
         dead = result.dead_letters
         for r in rejected:
