@@ -177,7 +177,10 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     if args.action == "produce" and args.rate is not None:
         rcfg = build(type(rcfg), {"rate": args.rate}, source="--rate", base=rcfg)
     bar = _Bar(args.action, enabled=not args.quiet and sys.stderr.isatty())
-    with serving_metrics(cfg, ROLE) as (metrics, _), stop_on_signals(NOTICE) as stop:
+    with (
+        serving_metrics(cfg, ROLE) as (metrics, _),
+        stop_on_signals(notice=NOTICE, second_aborts=True) as stop,
+    ):
         try:
             if args.action == "produce":
                 stats = run_produce(
