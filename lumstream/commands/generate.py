@@ -79,8 +79,10 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from core.settings import build
     from core.signals import stop_on_signals
     from lumstream.cluster import cluster
-    from lumstream.commands.base import serving_metrics
+    from lumstream.commands.base import fail, serving_metrics
     from streams.generator.pump import generate
+    from streams.kafka.broker import BrokerError
+    from streams.kafka.producer import ProduceError
 
     overrides = {
         field: getattr(args, dest)
@@ -107,6 +109,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                         stop=stop,
                         progress=bar,
                     )
+        except (BrokerError, ProduceError) as exc:
+            return fail("generate", exc)
         finally:
             bar.close()
     print(result.summary())

@@ -190,6 +190,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from lumstream.commands.base import fail, serving_metrics
     from streams.importers.rows import ImportAborted, ImportInterrupted, ImportSetupError
     from streams.importers.run import run_import
+    from streams.kafka.broker import BrokerError
+    from streams.kafka.producer import ProduceError
 
     with serving_metrics(cfg, ROLE) as (metrics, _), stop_on_signals() as stop:
         import_into = functools.partial(
@@ -209,7 +211,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                     stats = import_into(what, cfg.events, kafka=cfg.kafka, bootstrap=bootstrap)
         except (ImportSetupError, OSError) as exc:
             return fail("import", exc, 2)
-        except ImportAborted as exc:
+        except (ImportAborted, BrokerError, ProduceError) as exc:
             return fail("import", exc)
         except ImportInterrupted as exc:
             kept = f"they are in {cfg.kafka.topic_events}" if args.kafka else "no log written"

@@ -165,6 +165,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from core.signals import stop_on_signals
     from core.times import TimeError, time_range
     from lumstream.commands.base import fail, serving_metrics
+    from streams.kafka.broker import BrokerError
     from streams.kafka.producer import ProduceError
     from streams.replay.base import ReplayError
     from streams.replay.run import run_backfill, run_produce
@@ -221,6 +222,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             return fail("replay", exc, 2)
         except ProduceError as exc:
             return fail("replay", f"{exc}; run the same command again to resume")
+        except BrokerError as exc:
+            return fail("replay", exc)
         finally:
             bar.close()
     if args.json:

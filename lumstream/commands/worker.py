@@ -42,9 +42,11 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from core.settings import build
     from core.signals import stop_on_signals
     from lumstream.cluster import cluster
-    from lumstream.commands.base import serving_metrics
+    from lumstream.commands.base import fail, serving_metrics
+    from streams.kafka.broker import BrokerError
     from streams.worker.applier import WorkerStats
     from streams.worker.engine import run_worker
+    from streams.worker.store import StoreError
 
     worker_cfg = cfg.worker
     if args.group:
@@ -65,29 +67,32 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    with (
-        serving_metrics(cfg, ROLE) as (metrics, _),
-        stop_on_signals() as stop,
-        cluster(cfg, metrics) as bootstrap,
-    ):
-        print(
-            f"worker: group {worker_cfg.group_id!r} ({worker_cfg.engine} engine) on "
-            f"{bootstrap}, store {root}",
-            file=sys.stderr,
-            flush=True,
-        )
-        stats = run_worker(
-            cfg.kafka,
-            cfg.store,
-            worker_cfg,
-            cfg.events,
-            bootstrap,
-            root,
-            metrics,
-            stop=stop,
-            idle_exit_s=args.idle_exit,
-            on_batch=None if args.quiet else progress,
-        )
+    try:
+        with (
+            serving_metrics(cfg, ROLE) as (metrics, _),
+            stop_on_signals() as stop,
+            cluster(cfg, metrics) as bootstrap,
+        ):
+            print(
+                f"worker: group {worker_cfg.group_id!r} ({worker_cfg.engine} engine) on "
+                f"{bootstrap}, store {root}",
+                file=sys.stderr,
+                flush=True,
+            )
+            stats = run_worker(
+                cfg.kafka,
+                cfg.store,
+                worker_cfg,
+                cfg.events,
+                bootstrap,
+                root,
+                metrics,
+                stop=stop,
+                idle_exit_s=args.idle_exit,
+                on_batch=None if args.quiet else progress,
+            )
+    except (BrokerError, StoreError) as exc:
+        return fail("worker", exc)
     print(
         f"\nworker stopped: applied {stats.applied:,} events, {stats.samples:,} samples, "
         f"{stats.dead_letters:,} dead letters, {stats.skipped:,} redelivered records skipped",
