@@ -3,21 +3,21 @@
 Prints the bootstrap address, creates the lumstream topics (unless ``--no-topics``),
 serves /metrics, records its address in ``<data_dir>/broker.json`` (so ``lumstream
 topics`` and other commands on this machine find it) and stops cleanly on Ctrl-C or
-SIGTERM. Storage is in memory: topics and records are gone when it stops.
+SIGTERM. Storage is in memory: topics and records are gone when it stops. The work is
+:func:`streams.kafka.broker.serve_broker`.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lumstream.config import Config
 
 HELP = "run the embedded Kafka-protocol broker (tansu, in memory) in the foreground"
+ROLE = "broker"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,10 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     from core.settings import build
-    from monitoring.metrics import default_metrics
-    from monitoring.server import serve_metrics
-    from streams.kafka.broker import BrokerError, EmbeddedBroker, write_run_file
-    from streams.kafka.topics import ensure_topics
+    from core.signals import stop_on_signals
+    from lumstream.commands.base import fail, serving_metrics
+    from streams.kafka.broker import BrokerError, EmbeddedBroker, serve_broker
 
     broker_cfg = cfg.broker
     if args.port is not None:
@@ -46,24 +45,15 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             "lumstream commands will use that cluster, not this broker",
             file=sys.stderr,
         )
-    stop = threading.Event()
-    previous = {
-        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    metrics = default_metrics()
-    server = serve_metrics(cfg.metrics, metrics.registry)
-    run_file = cfg.layout.broker_run_file
-    try:
-        with EmbeddedBroker(broker_cfg, metrics, log_dir=cfg.layout.logs) as broker:
+    with serving_metrics(cfg, ROLE) as (metrics, server), stop_on_signals() as stop:
+
+        def ready(broker: EmbeddedBroker, topics: dict[str, str]) -> None:
             print(
                 f"embedded broker at {broker.bootstrap} (tansu pid {broker.pid}, "
-                f"log {broker.log_path})",
-                flush=True,
+                f"log {broker.log_path})"
             )
-            if not args.no_topics:
-                for name, status in ensure_topics(cfg.kafka, broker.bootstrap).items():
-                    print(f"  topic {name:<24} {status}")
-            write_run_file(run_file, broker)
+            for name, status in topics.items():
+                print(f"  topic {name:<24} {status}")
             if server is not None:
                 print(f"metrics at {server.url}")
             print(
@@ -71,21 +61,18 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                 "(Ctrl-C stops; storage is in memory)",
                 flush=True,
             )
-            while not stop.wait(0.5):
-                if not broker.running:
-                    print(
-                        f"lumstream broker: tansu exited unexpectedly; see {broker.log_path}",
-                        file=sys.stderr,
-                    )
-                    return 1
-            print("stopping", flush=True)
-    except BrokerError as exc:
-        print(f"lumstream broker: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        run_file.unlink(missing_ok=True)
-        if server is not None:
-            server.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+
+        try:
+            serve_broker(
+                broker_cfg,
+                stop,
+                run_file=cfg.layout.broker_run_file,
+                kafka=None if args.no_topics else cfg.kafka,
+                metrics=metrics,
+                log_dir=cfg.layout.logs,
+                on_ready=ready,
+            )
+        except BrokerError as exc:
+            return fail("broker", exc)
+    print("stopped", flush=True)
     return 0

@@ -5,13 +5,13 @@
     lumstream import movielens DIR --kafka        # produce to lum.events instead
 
 Bad rows are printed as ``file:line: reason: detail`` (the first --show-bad of them) and
-counted; the import carries on unless --strict. See docs/importers.md.
+counted; the import carries on unless --strict. See docs/importers.md. The work is
+:func:`streams.importers.run.run_import`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,11 +20,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from lumstream.config import Config
-    from monitoring.metrics import Metrics
-    from streams.importers.rows import BadRow, ImportRun, ImportStats
-    from streams.sinks.events import EventSink
+    from streams.importers.rows import BadRow
+    from streams.importers.run import GenericInput, MovieLensInput
 
 HELP = "import MovieLens ratings or a CSV/JSONL/Parquet log as events (to a file or Kafka)"
+ROLE = "import"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -158,18 +158,13 @@ def _bad_printer(args: argparse.Namespace) -> Callable[[BadRow], None]:
     return on_bad
 
 
-def _import(run: ImportRun, args: argparse.Namespace) -> None:
-    if args.importer == "movielens":
-        from streams.importers.movielens import import_movielens
+def _input(args: argparse.Namespace) -> MovieLensInput | GenericInput:
+    """What to import, from the flags; ImportSetupError names a bad one."""
+    from streams.importers.run import GenericInput, MovieLensInput
 
-        import_movielens(args.directory, run, click_threshold=args.click_threshold)
-        return
-    from streams.importers.generic import (
-        ColumnMap,
-        GenericOptions,
-        import_generic,
-        parse_action_map,
-    )
+    if args.importer == "movielens":
+        return MovieLensInput(args.directory, click_threshold=args.click_threshold)
+    from streams.importers.generic import ColumnMap, GenericOptions, parse_action_map
 
     opts = GenericOptions(
         columns=ColumnMap.parse(args.columns),
@@ -182,80 +177,45 @@ def _import(run: ImportRun, args: argparse.Namespace) -> None:
         delimiter=args.delimiter,
         encoding=args.encoding,
     )
-    import_generic(args.file, opts, run)
-
-
-def _run_into(
-    sink: EventSink, cfg: Config, args: argparse.Namespace, metrics: Metrics
-) -> ImportStats:
-    """Import into ``sink``; a file sink is aborted on any failure, others closed."""
-    from streams.importers.rows import ImportRun
-
-    run = ImportRun(
-        args.importer,
-        sink,
-        cfg.events,
-        metrics=metrics,
-        strict=args.strict,
-        on_bad=_bad_printer(args),
-        progress=not args.quiet,
-    )
-    try:
-        _import(run, args)
-    except BaseException:
-        abort = getattr(sink, "abort", None)  # file sinks drop their partial output
-        with contextlib.suppress(Exception):  # the first error is the one to report
-            (abort or sink.close)()
-        raise
-    sink.close()
-    return run.finish()
-
-
-def _execute(cfg: Config, args: argparse.Namespace, metrics: Metrics) -> ImportStats:
-    source = f"import-{args.importer}"
-    if not args.kafka:
-        from streams.importers.rows import ImportSetupError
-        from streams.sinks.events import open_sink
-
-        try:
-            sink = open_sink(args.out, metrics=metrics, source=source)
-        except ValueError as exc:  # an unknown output suffix
-            raise ImportSetupError(str(exc)) from None
-        return _run_into(sink, cfg, args, metrics)
-    from lumstream.cluster import cluster
-    from streams.kafka.producer import make_producer
-    from streams.kafka.topics import ensure_topics
-    from streams.sinks.events import KafkaEventSink
-
-    with cluster(cfg, metrics, note_if_embedded=True) as bootstrap:
-        ensure_topics(cfg.kafka, bootstrap)
-        producer = make_producer(cfg.kafka, bootstrap, metrics=metrics)
-        kafka_sink = KafkaEventSink(
-            producer, cfg.kafka.topic_events, source=source, owns_producer=True
-        )
-        return _run_into(kafka_sink, cfg, args, metrics)
+    return GenericInput(args.file, opts)
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
+    import functools
+
     import orjson
 
-    from monitoring.metrics import default_metrics
-    from monitoring.server import serve_metrics
-    from streams.importers.rows import ImportAborted, ImportSetupError
+    from core.signals import stop_on_signals
+    from lumstream.cluster import cluster
+    from lumstream.commands.base import fail, serving_metrics
+    from streams.importers.rows import ImportAborted, ImportInterrupted, ImportSetupError
+    from streams.importers.run import run_import
+    from streams.kafka.broker import BrokerError
+    from streams.kafka.producer import ProduceError
 
-    metrics = default_metrics()
-    server = serve_metrics(cfg.metrics, metrics.registry)
-    try:
-        stats = _execute(cfg, args, metrics)
-    except (ImportSetupError, OSError) as exc:
-        print(f"lumstream import: {exc}", file=sys.stderr)
-        return 2
-    except ImportAborted as exc:
-        print(f"lumstream import: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if server is not None:
-            server.close()
+    with serving_metrics(cfg, ROLE) as (metrics, _), stop_on_signals() as stop:
+        import_into = functools.partial(
+            run_import,
+            metrics=metrics,
+            strict=args.strict,
+            on_bad=_bad_printer(args),
+            progress=not args.quiet,
+            stop=stop,
+        )
+        try:
+            what = _input(args)
+            if not args.kafka:
+                stats = import_into(what, cfg.events, out=args.out)
+            else:
+                with cluster(cfg, metrics, note_if_embedded=True) as bootstrap:
+                    stats = import_into(what, cfg.events, kafka=cfg.kafka, bootstrap=bootstrap)
+        except (ImportSetupError, OSError) as exc:
+            return fail("import", exc, 2)
+        except (ImportAborted, BrokerError, ProduceError) as exc:
+            return fail("import", exc)
+        except ImportInterrupted as exc:
+            kept = f"they are in {cfg.kafka.topic_events}" if args.kafka else "no log written"
+            return fail("import", f"{exc}; {kept}", 130)
     where = f"topic {cfg.kafka.topic_events}" if args.kafka else str(args.out)
     if args.json:
         print(orjson.dumps({**stats.to_dict(), "out": where}).decode())

@@ -1,27 +1,29 @@
 """``lumstream store stats|get USER``: inspect the RocksDB sequence store.
 
-Opens every partition as a RocksDB secondary instance, so it works while workers write
-(what it shows lags the writers by at most one catch-up).
+Opens every partition as a RocksDB secondary instance
+(:func:`streams.worker.store.read_store`), so it works while workers write (what it shows
+lags the writers by at most one catch-up). ``--store DIR`` goes before or after the action.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lumstream.config import Config
+    from streams.worker.store import StoreReader
 
 HELP = "inspect the sequence store: per-partition stats, or one user's sequence"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", metavar="DIR", help="store directory (default: the configured one)")
+    store_help = "store directory (default: store.path or <paths.data_dir>/store)"
+    p.add_argument("--store", metavar="DIR", help=store_help)
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    sub.add_parser("stats", help="per-partition offsets, watermark, counters, users")
+    stats = sub.add_parser("stats", help="per-partition offsets, watermark, counters, users")
     get = sub.add_parser("get", help="one user's counters and sequence (newest last)")
     get.add_argument("user", help="the raw user id (as in events)")
     get.add_argument(
@@ -31,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="show the last N events (default 20; 0 = all)",
     )
+    for action in (stats, get):  # also after the action; SUPPRESS keeps one given before
+        action.add_argument("--store", metavar="DIR", default=argparse.SUPPRESS, help=store_help)
 
 
 def _time(ms: int) -> str:
@@ -40,35 +44,21 @@ def _time(ms: int) -> str:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    import sys
-
+    from lumstream.commands.base import fail
     from streams.contracts.ids import stable_id
-    from streams.worker.store import StoreError, StoreReader
+    from streams.worker.store import StoreError, read_store
 
     root = Path(args.store) if args.store else cfg.layout.store
-    if not root.is_dir() or not any(root.glob("p[0-9]*")):
-        print(
-            f"lumstream store: no store at {root} (run `lumstream worker` first)", file=sys.stderr
-        )
-        return 1
-    with tempfile.TemporaryDirectory(prefix="lumstream-reader-") as scratch:
-        try:
-            reader = StoreReader(root, cfg.store, Path(scratch))
-        except StoreError as exc:
-            print(f"lumstream store: {exc}", file=sys.stderr)
-            return 1
-        try:
+    try:
+        with read_store(root, cfg.store) as reader:
             if args.action == "stats":
                 return _stats(reader)
             return _get(reader, cfg, args.user, stable_id(args.user), args.last)
-        finally:
-            reader.close()
+    except StoreError as exc:
+        return fail("store", exc)
 
 
-def _stats(reader: object) -> int:
-    from streams.worker.store import StoreReader
-
-    assert isinstance(reader, StoreReader)
+def _stats(reader: StoreReader) -> int:
     users_by_part: dict[int, int] = {}
     lengths: list[int] = []
     for part, _user, meta in reader.users():
@@ -98,14 +88,12 @@ def _stats(reader: object) -> int:
     return 0
 
 
-def _get(reader: object, cfg: Config, raw_user: str, user: int, last: int) -> int:
-    from streams.worker.store import StoreReader
+def _get(reader: StoreReader, cfg: Config, raw_user: str, user: int, last: int) -> int:
+    from lumstream.commands.base import fail
 
-    assert isinstance(reader, StoreReader)
     found = reader.meta(user)
     if found is None:
-        print(f"user {raw_user!r} (id {user}) is not in the store")
-        return 1
+        return fail("store", f"user {raw_user!r} (id {user}) is not in the store")
     part, meta = found
     counts = {a: meta[3 + i] for i, a in enumerate(cfg.events.actions) if meta[3 + i]}
     print(

@@ -8,7 +8,6 @@ so they are created in a running one).
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -33,19 +32,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
+    from lumstream.commands.base import fail
     from streams.kafka.broker import running_broker
 
     bootstrap = (
         args.bootstrap or cfg.kafka.bootstrap_servers or running_broker(cfg.layout.broker_run_file)
     )
     if not bootstrap:
-        print(
-            "lumstream topics: no Kafka cluster: pass --bootstrap HOST:PORT, set "
-            "kafka.bootstrap_servers, or start `lumstream broker` first (the embedded "
-            "broker keeps topics in memory while it runs)",
-            file=sys.stderr,
+        return fail(
+            "topics",
+            "no Kafka cluster: pass --bootstrap HOST:PORT, set kafka.bootstrap_servers, or "
+            "start `lumstream broker` first (the embedded broker keeps topics in memory while "
+            "it runs)",
+            2,
         )
-        return 2
     from kafka.errors import KafkaError
 
     from streams.kafka.topics import ensure_topics, list_topics
@@ -58,6 +58,5 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             for name, partitions in list_topics(cfg.kafka, bootstrap).items():
                 print(f"{name:<32} {partitions:>5} partitions")
     except KafkaError as exc:
-        print(f"lumstream topics: {bootstrap}: {exc}", file=sys.stderr)
-        return 1
+        return fail("topics", f"{bootstrap}: {exc}")
     return 0

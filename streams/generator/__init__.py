@@ -9,6 +9,9 @@
 - :mod:`streams.generator.batch`: a chunk as columns, encoded as :class:`Event` objects or
   pre-encoded Kafka records (the fast path).
 - :mod:`streams.generator.pacing`: a token bucket for producing at a target rate.
+- :mod:`streams.generator.pump`: the stream written to an event log or a topic, paced,
+  time-bounded and stoppable (:func:`~streams.generator.pump.generate`, ``lumstream
+  generate``).
 
 docs/generator.md explains what is learnable and why a condition-aware model wins.
 

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import enum
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from streams.sinks.events import EventSink
 
 T = TypeVar("T")
+_STOP_CHECK = 1024  # input items between looks at the stop flag
 
 
 class RowReason(enum.StrEnum):
@@ -94,6 +96,10 @@ class ImportAborted(Exception):
     def __init__(self, bad_row: BadRow) -> None:
         super().__init__(f"stopped at the first bad row (--strict): {bad_row}")
         self.bad_row = bad_row
+
+
+class ImportInterrupted(Exception):
+    """The run's ``stop`` was set: the import ended before its input did."""
 
 
 @dataclass
@@ -155,6 +161,8 @@ class ImportRun:
         on_bad: called with each :class:`BadRow` (e.g. to print the first few).
         progress: show tqdm progress bars (on stderr) in :meth:`progress`.
         now_ms: the wall clock for the contract's future bound (default: now, fixed at start).
+        stop: when set, the input loops (those wrapped by :meth:`progress`) raise
+            :class:`ImportInterrupted`.
     """
 
     def __init__(
@@ -168,6 +176,7 @@ class ImportRun:
         on_bad: Callable[[BadRow], None] | None = None,
         progress: bool = False,
         now_ms: int | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.importer = importer
         self.sink = sink
@@ -176,6 +185,7 @@ class ImportRun:
         self.strict = strict
         self.on_bad = on_bad
         self.show_progress = progress
+        self.stop = stop
         self.now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
         self.stats = ImportStats(importer)
         self._t0 = time.perf_counter()
@@ -236,7 +246,10 @@ class ImportRun:
     def progress(
         self, items: Iterable[T], desc: str, total: int | None = None, unit: str = " rows"
     ) -> Iterable[T]:
-        """``items`` wrapped in a tqdm bar when progress is on and stderr is a terminal."""
+        """An importer's input loop: ``items``, checked for ``stop`` every so many, in a tqdm
+        bar when progress is on and stderr is a terminal."""
+        if self.stop is not None:
+            items = self._stoppable(items, self.stop)
         if not self.show_progress or not sys.stderr.isatty():
             return items
         from tqdm import tqdm
@@ -250,6 +263,15 @@ class ImportRun:
             leave=False,
             mininterval=0.5,
         )
+
+    def _stoppable(self, items: Iterable[T], stop: threading.Event) -> Iterator[T]:
+        for i, item in enumerate(items):
+            if i % _STOP_CHECK == 0 and stop.is_set():
+                raise ImportInterrupted(
+                    f"interrupted after {self.stats.rows_read:,} rows "
+                    f"({self.stats.events:,} events written)"
+                )
+            yield item
 
     def finish(self) -> ImportStats:
         """Stop the clock and return the stats."""

@@ -17,7 +17,8 @@ this process, even when this process is SIGKILLed:
 
 tansu 0.6.0 shuts down on SIGINT and ignores SIGTERM, so :meth:`EmbeddedBroker.stop` sends
 SIGINT, then SIGKILL after ``kill_after_s``. Its output goes to a log file, never the
-terminal.
+terminal. :func:`serve_broker` runs one in the foreground until told to stop (``lumstream
+broker``), recorded in a run file that :func:`running_broker` reads.
 
 Example:
     >>> with EmbeddedBroker(BrokerConfig()) as broker:  # doctest: +SKIP
@@ -42,13 +43,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
 from monitoring.metrics import Metrics
-from streams.config import BrokerConfig
+from streams.config import BrokerConfig, KafkaConfig
 
 log = logging.getLogger(__name__)
 
@@ -400,3 +401,42 @@ def running_broker(path: Path) -> str | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return bootstrap
+
+
+def serve_broker(
+    cfg: BrokerConfig,
+    stop: threading.Event,
+    *,
+    run_file: Path,
+    kafka: KafkaConfig | None = None,
+    metrics: Metrics | None = None,
+    log_dir: Path | None = None,
+    on_ready: Callable[[EmbeddedBroker, dict[str, str]], None] | None = None,
+    poll_s: float = 0.5,
+) -> None:
+    """Run an embedded broker until ``stop`` is set (what ``lumstream broker`` does).
+
+    Starts tansu, creates the lumstream topics of ``kafka`` (when given), records the
+    address in ``run_file`` (so other commands on this machine find it, see
+    :func:`running_broker`), calls ``on_ready(broker, {topic: status})``, then waits. The
+    run file is removed and the broker stopped however this returns.
+
+    Raises:
+        BrokerError: tansu cannot be started, or it exited while serving (the message
+            names its log).
+    """
+    with EmbeddedBroker(cfg, metrics, log_dir=log_dir) as broker:
+        try:
+            topics: dict[str, str] = {}
+            if kafka is not None:
+                from streams.kafka.topics import ensure_topics
+
+                topics = ensure_topics(kafka, broker.bootstrap)
+            write_run_file(run_file, broker)
+            if on_ready is not None:
+                on_ready(broker, topics)
+            while not stop.wait(poll_s):
+                if not broker.running:
+                    raise BrokerError(f"tansu exited unexpectedly; see {broker.log_path}")
+        finally:
+            run_file.unlink(missing_ok=True)

@@ -48,16 +48,19 @@ class TopicSpec:
     configs: dict[str, str] = field(default_factory=dict)
 
 
-def topic_specs(cfg: KafkaConfig) -> list[TopicSpec]:
-    """The five lumstream topics with the configured names and partition counts."""
+def topic_specs(cfg: KafkaConfig, *extra: str | None) -> list[TopicSpec]:
+    """The five lumstream topics with the configured names and partition counts, plus the
+    topics named in ``extra`` that are not among them (e.g. a ``--topic``; None skipped),
+    with the same partition count."""
     compact = {"cleanup.policy": "compact"}
-    names = (
+    names: tuple[str, ...] = (
         cfg.topic_events,
         cfg.topic_samples,
         cfg.topic_cq,
         cfg.topic_deadletter,
         cfg.topic_model_updates,
     )
+    names += tuple(n for n in dict.fromkeys(extra) if n and n not in names)
     return [
         TopicSpec(
             n, cfg.partitions, cfg.replication_factor, dict(compact) if n == cfg.topic_cq else {}

@@ -59,7 +59,7 @@ class KafkaRangeSource:
         poll_records: int = 5_000,
     ) -> None:
         if from_ts is not None and to_ts is not None and to_ts < from_ts:
-            raise ReplayError(f"--to-ts {to_ts} is before --from-ts {from_ts}")
+            raise ReplayError(f"--to {to_ts} is before --from {from_ts}")
         self.kafka, self.bootstrap, self.topic = kafka, bootstrap, topic
         self.from_ts, self.to_ts = from_ts, to_ts
         self.poll_records = poll_records

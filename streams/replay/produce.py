@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 import time
 import uuid
@@ -62,6 +63,7 @@ class ReplayStats:
     seconds: float = 0.0
     resumed: bool = False
     complete: bool = False
+    output: str = ""  # where the records went, for messages (set by streams.replay.run)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,6 +83,8 @@ class ReplayStats:
                 f"  applied {self.applied:,} events in {self.batches:,} batches, "
                 f"{self.samples:,} samples, {self.rejected:,} dead letters"
             )
+        if self.output:
+            lines.append(f"  output: {self.output}")
         return "\n".join(lines)
 
 
@@ -97,6 +101,13 @@ def read_json(path: Path) -> dict[str, Any] | None:
     if not isinstance(obj, dict):
         raise ReplayError(f"{path}: not a replay checkpoint")
     return obj
+
+
+def default_checkpoint(directory: Path, source: EventSource, topic: str) -> Path:
+    """The checkpoint of replaying ``source`` into ``topic``: one file per pair in
+    ``directory`` (``Layout.replay_checkpoints``), so rerunning a command finds its own."""
+    digest = hashlib.sha256(f"{source.key()}>{topic}".encode()).hexdigest()[:12]
+    return directory / f"produce-{digest}.json"
 
 
 def delivered_numbers(
@@ -146,19 +157,22 @@ def replay_produce(
     metrics: Metrics | None = None,
     stop: threading.Event | None = None,
     progress: Progress | None = None,
+    restart: bool = False,
 ) -> ReplayStats:
     """Re-produce ``source`` into ``topic`` (default ``kafka.topic_events``), resumably.
 
     Args:
         source: what to replay.
         kafka / bootstrap: the cluster and client settings.
-        checkpoint: the checkpoint file (created, or resumed from when it exists).
+        checkpoint: the checkpoint file (created, or resumed from when it exists;
+            :func:`default_checkpoint` names one).
         topic: the target topic.
         cfg: rate and checkpoint spacing.
         metrics: counts ``replay_records{mode="produce"}`` and, through the producer,
             ``events_produced{source="replay"}``.
         stop: set it to stop after the current chunk (flushed and checkpointed).
         progress: called with the source units done so far.
+        restart: forget the checkpoint and replay everything again.
     Returns:
         the run's stats; ``complete`` is False when ``stop`` ended it.
     """
@@ -174,6 +188,8 @@ def replay_produce(
         raise ReplayError(f"{source.name}: a topic cannot be replayed into itself; use --topic")
     started = time.perf_counter()
     stats = ReplayStats("produce", source.name)
+    if restart:
+        checkpoint.unlink(missing_ok=True)
     state = read_json(checkpoint)
     delivered: set[int] = set()
     if state is not None:

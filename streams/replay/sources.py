@@ -25,6 +25,11 @@ if TYPE_CHECKING:
     from streams.config import KafkaConfig
 
 
+def is_kafka(spec: str) -> bool:
+    """Whether ``spec`` names a Kafka source (``kafka:TOPIC``), which needs a cluster."""
+    return spec.startswith("kafka:")
+
+
 def open_source(
     spec: str,
     *,
@@ -42,7 +47,7 @@ def open_source(
             (filter a log by time with the importers instead).
     """
     scheme, sep, rest = spec.partition(":")
-    if sep and scheme == "kafka":
+    if is_kafka(spec):
         if not rest:
             raise ReplayError("kafka: source needs a topic, e.g. kafka:lum.events")
         if kafka is None or bootstrap is None:
@@ -51,6 +56,6 @@ def open_source(
 
         return KafkaRangeSource(kafka, bootstrap, rest, from_ts, to_ts)
     if from_ts is not None or to_ts is not None:
-        raise ReplayError("--from-ts/--to-ts select a time range of a kafka:TOPIC source only")
+        raise ReplayError("--from/--to select a time range of a kafka:TOPIC source only")
     path = rest if sep and scheme == "file" else spec
     return EventLogSource(expand_paths(path))

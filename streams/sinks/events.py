@@ -5,6 +5,8 @@ File sinks are atomic: they write ``<path>.tmp`` and rename it to ``path`` on
 temporary file, so a half-written log never looks complete. :class:`KafkaEventSink`
 produces to a topic. File formats are those of :mod:`streams.contracts.eventlog`, chosen by
 suffix (:func:`open_sink`); Parquet rows go in row groups of ``batch_rows``.
+:func:`event_output` is the one way a run (generator, importers) opens either, and finishes
+or abandons it.
 
 Example:
     >>> import tempfile, pathlib
@@ -20,9 +22,10 @@ Example:
 from __future__ import annotations
 
 import abc
+import contextlib
 import gzip
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Protocol, Self
@@ -34,6 +37,7 @@ from streams.contracts.events import Event, encode, event_key
 
 if TYPE_CHECKING:
     from monitoring.metrics import Metrics
+    from streams.config import KafkaConfig
     from streams.kafka.producer import Producer
 
 
@@ -282,3 +286,57 @@ class KafkaEventSink:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def event_output(
+    out: str | Path | None = None,
+    *,
+    kafka: KafkaConfig | None = None,
+    bootstrap: str | None = None,
+    topic: str | None = None,
+    metrics: Metrics | None = None,
+    source: str,
+) -> contextlib.AbstractContextManager[JsonlSink | ParquetSink | KafkaEventSink]:
+    """The sink a run writes its events to, opened now, for a ``with`` block (enter it at
+    once).
+
+    Either the event log ``out`` (:func:`open_sink`: published when the block ends, removed
+    when it raises) or ``topic`` (default ``kafka.topic_events``) on ``bootstrap``, through
+    a producer of its own that is flushed and closed at the end: what was queued before an
+    exception is still delivered, and the block's exception is the one raised.
+
+    Args:
+        source: the ``events_produced{source}`` label (``generator``, ``import-movielens``).
+    Raises:
+        ValueError: ``out`` has an unknown suffix; or neither ``out`` nor ``kafka`` and
+            ``bootstrap`` are given.
+        ProduceError: on leaving the block, events were not delivered.
+    """
+    if out is not None:
+        log = open_sink(out, metrics=metrics, source=source)
+        return _finished(log, finish=log.close, drop=log.abort)
+    if kafka is None or bootstrap is None:
+        raise ValueError("event_output: give a file (out) or a cluster (kafka and bootstrap)")
+    from streams.kafka.producer import make_producer
+
+    producer = make_producer(kafka, bootstrap, metrics=metrics)
+    topic_sink = KafkaEventSink(
+        producer, topic or kafka.topic_events, source=source, owns_producer=True
+    )
+    return _finished(topic_sink, finish=topic_sink.close, drop=topic_sink.close)
+
+
+@contextlib.contextmanager
+def _finished(
+    sink: JsonlSink | ParquetSink | KafkaEventSink,
+    *,
+    finish: Callable[[], None],
+    drop: Callable[[], None],
+) -> Iterator[JsonlSink | ParquetSink | KafkaEventSink]:
+    try:
+        yield sink
+    except BaseException:
+        with contextlib.suppress(Exception):  # the first error is the one to report
+            drop()
+        raise
+    finish()

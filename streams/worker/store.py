@@ -23,9 +23,11 @@ O(chunk) bytes, not O(sequence).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import struct
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -419,3 +421,25 @@ class StoreReader:
         for db in self.dbs.values():
             db.close()
         shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def read_store(root: Path, cfg: StoreConfig) -> Iterator[StoreReader]:
+    """A :class:`StoreReader` of the partition stores under ``root`` for the ``with`` block,
+    on a scratch directory of its own (removed after); works while workers write.
+
+    Raises:
+        StoreError: ``root`` holds no partition store, or one cannot be opened.
+    """
+    if not root.is_dir() or not any(root.glob("p[0-9]*")):
+        raise StoreError(f"no store at {root} (a worker or a backfill writes one)")
+    scratch = Path(tempfile.mkdtemp(prefix="lumstream-reader-"))
+    try:
+        reader = StoreReader(root, cfg, scratch)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    try:
+        yield reader
+    finally:
+        reader.close()

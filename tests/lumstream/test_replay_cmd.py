@@ -49,9 +49,8 @@ def test_backfill_to_files_then_a_no_op_rerun(
         "--set",
         "store.sync_writes=false",
         "replay",
-        str(log),
-        "--mode",
         "backfill",
+        str(log),
         "--samples-out",
         str(tmp_path / "s.lsb"),
         "--deadletters-out",
@@ -75,29 +74,57 @@ def test_backfill_to_files_then_a_no_op_rerun(
 
 
 @pytest.mark.parametrize(
-    ("extra", "needle"),
+    ("argv", "needle"),
     [
-        (["--from-ts", "2026-01-01"], "time range of a kafka:TOPIC source"),
-        (["--mode", "backfill", "--topic", "x"], "are for --mode produce"),
-        (["--store", "x"], "are for --mode backfill"),
-        (["--mode", "backfill"], "no Kafka cluster"),
-        (["--mode", "backfill", "--partitions", "0"], "--partitions must be >= 1"),
+        (["produce", "{log}", "--from", "2026-01-01"], "time range of a kafka:TOPIC source"),
+        (["produce", "kafka:t", "--from", "yesterday"], "neither ms since the epoch nor ISO"),
+        (["backfill", "kafka:t", "--from", "2026-02-01", "--to", "2026-01-01"], "is before"),
+        (["backfill", "{log}"], "no Kafka cluster"),
+        (["backfill", "{log}", "--partitions", "0"], "--partitions must be >= 1"),
+        (["backfill", "{none}", "--samples-out", "s", "--deadletters-out", "d"], "no such file"),
     ],
 )
-def test_usage_errors_exit_2_with_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], needle: str
+def test_bad_input_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
 ) -> None:
     log = write_jsonl(tmp_path / "events.jsonl", generated(10))
-    assert main([*base_args(tmp_path), "replay", str(log), *extra]) == 2
+    argv = [a.format(log=log, none=tmp_path / "none.jsonl") for a in argv]
+    assert main([*base_args(tmp_path), "replay", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lumstream replay: ")
     assert needle in err
+    assert len(err.strip().splitlines()) == 1
 
 
-def test_a_missing_source_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = [*base_args(tmp_path), "replay", str(tmp_path / "none.jsonl"), "--mode", "backfill"]
-    assert main([*argv, "--samples-out", "s", "--deadletters-out", "d"]) == 2
-    assert "no such file" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["backfill", "{log}", "--topic", "x"],
+        ["backfill", "{log}", "--checkpoint", "c.json"],
+        ["backfill", "{log}", "--restart"],
+        ["backfill", "{log}", "--rate", "10"],
+        ["produce", "{log}", "--store", "x"],
+        ["produce", "{log}", "--samples-out", "s"],
+        ["produce", "{log}", "--partitions", "2"],
+        ["produce", "{log}", "--from-ts", "1"],  # the old spelling
+    ],
+)
+def test_the_flags_of_the_other_mode_are_refused_by_the_parser(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    log = write_jsonl(tmp_path / "events.jsonl", generated(10))
+    with pytest.raises(SystemExit) as exit_:
+        main([*base_args(tmp_path), "replay", *(a.format(log=log) for a in argv)])
+    assert exit_.value.code == 2
+    assert f"unrecognized arguments: {' '.join(argv[2:])}" in capsys.readouterr().err
+
+
+def test_the_mode_is_required(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = write_jsonl(tmp_path / "events.jsonl", generated(10))
+    with pytest.raises(SystemExit) as exit_:
+        main([*base_args(tmp_path), "replay", str(log)])
+    assert exit_.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
 
 
 def _topic_args(kafka_cfg: KafkaConfig) -> list[str]:
@@ -114,20 +141,20 @@ def test_produce_then_backfill_a_time_range_of_the_topic(
     values = generated(800)
     log = write_jsonl(tmp_path / "events.jsonl", values)
     common = [*base_args(tmp_path), *_topic_args(kafka_cfg)]
-    assert main([*common, "replay", str(log), "--rate", "50000", "--quiet", "--json"]) == 0
+    argv = [*common, "replay", "produce", str(log), "--rate", "50000", "--quiet", "--json"]
+    assert main(argv) == 0
     produced = orjson.loads(capsys.readouterr().out)
     assert (produced["produced"], produced["complete"]) == (len(values), True)
     now = int(time.time() * 1000)
     argv = [
         *common,
         "replay",
-        f"kafka:{kafka_cfg.topic_events}",
-        "--from-ts",
-        str(now - 3_600_000),
-        "--to-ts",
-        str(now + 3_600_000),
-        "--mode",
         "backfill",
+        f"kafka:{kafka_cfg.topic_events}",
+        "--from",
+        str(now - 3_600_000),
+        "--to",
+        str(now + 3_600_000),
         "--samples-out",
         str(tmp_path / "s.lsb"),
         "--quiet",
@@ -170,9 +197,8 @@ def test_sigterm_and_sigkill_then_resume_give_the_uninterrupted_store(tmp_path: 
         "--set",
         "worker.batch_max=200",
         "replay",
-        str(log),
-        "--mode",
         "backfill",
+        str(log),
         "--store",
         str(store),
         "--samples-out",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -17,9 +18,10 @@ from lumstream.cli import main
 from streams.config import EventConfig, GeneratorConfig, KafkaConfig
 from streams.contracts.eventlog import iter_event_log
 from streams.contracts.events import Event, EventError, decode, encode, to_dict, validate
-from streams.generator import EXPECTED_REASON, ClickStream, Malformed, World
+from streams.generator import EXPECTED_REASON, ClickStream, Malformed, StreamStats, World
 from streams.generator.draws import Draws, dedupe
 from streams.generator.pacing import TokenBucket, batch_size_for
+from streams.generator.pump import generate
 from streams.generator.world import child_rng
 from streams.kafka.consumer import read_topic
 
@@ -315,6 +317,34 @@ def test_token_bucket_holds_the_rate_with_a_fake_clock() -> None:
         TokenBucket(rate=0)
 
 
+def test_generate_stops_after_the_batch_and_keeps_what_was_written(tmp_path: Path) -> None:
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def progress(stats: StreamStats) -> None:
+        seen.append(stats.events)
+        if len(seen) == 3:
+            stop.set()
+
+    out = tmp_path / "events.jsonl"
+    result = generate(replace(SMALL, events=100_000), out=out, stop=stop, progress=progress)
+    assert result.interrupted
+    assert seen == sorted(seen)
+    assert result.stats.events == seen[-1] == len(list(iter_event_log(out)))
+    assert f"interrupted: {seen[-1]:,} events -> {out}" in result.summary()
+    assert not generate(replace(SMALL, events=500), out=tmp_path / "all.jsonl").interrupted
+
+
+def test_generate_leaves_no_log_when_writing_fails(tmp_path: Path) -> None:
+    def fail(stats: StreamStats) -> None:
+        raise RuntimeError("disk full")
+
+    out = tmp_path / "events.jsonl"
+    with pytest.raises(RuntimeError, match="disk full"):
+        generate(replace(SMALL, events=10_000), out=out, progress=fail)
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("name", ["events.jsonl", "events.jsonl.gz", "events.parquet"])
 def test_generate_command_writes_the_stream_to_a_log(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
@@ -336,7 +366,7 @@ def test_generate_command_writes_the_stream_to_a_log(
         "3000",
         "--seed",
         "5",
-        "--no-progress",
+        "--quiet",
     ]
     assert main(argv) == 0
     summary = capsys.readouterr().out
@@ -354,7 +384,7 @@ def test_generate_command_writes_the_stream_to_a_log(
 def test_generate_command_rejects_bad_flags(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    base = ["--set", "metrics.enabled=false", "generate", "--no-progress"]
+    base = ["--set", "metrics.enabled=false", "generate", "--quiet"]
     assert main([*base, "--out", str(tmp_path / "x.jsonl"), "--malformed-fraction", "0.1"]) == 2
     assert "generator.malformed_fraction" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "x.csv"), "--events", "5"]) == 2
@@ -376,7 +406,7 @@ def test_generate_command_produces_to_kafka(
         "--set", "generator.users=300", "--set", "generator.items=1000",
         "--set", "generator.categories=8",
         "generate", "--topic", topic, "--events", "3000", "--malformed-fraction", "0.05",
-        "--rate", "20000", "--no-progress",
+        "--rate", "20000", "--quiet",
     ]  # fmt: skip
     assert main(argv) == 0
     assert f"done: 3,000 events -> {topic}" in capsys.readouterr().out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,12 +16,20 @@ from prometheus_client import CollectorRegistry
 
 from lumstream.cli import main
 from monitoring.metrics import Metrics
-from streams.config import EventConfig
+from streams.config import EventConfig, KafkaConfig
 from streams.contracts.eventlog import iter_event_log
 from streams.contracts.events import Event, decode, encode, to_dict, validate
 from streams.importers.generic import ColumnMap, GenericOptions, import_generic, parse_ts
 from streams.importers.movielens import detect_flavour, import_movielens
-from streams.importers.rows import BadRow, ImportAborted, ImportRun, ImportSetupError
+from streams.importers.rows import (
+    BadRow,
+    ImportAborted,
+    ImportInterrupted,
+    ImportRun,
+    ImportSetupError,
+)
+from streams.importers.run import MovieLensInput, run_import
+from streams.kafka.consumer import read_topic
 
 CFG = EventConfig()
 NOW = 1_767_225_600_000
@@ -398,6 +407,49 @@ def test_parse_ts_units() -> None:
     assert parse_ts("1700000000123", "ms") == 1_700_000_000_123
     assert parse_ts("1970-01-01T00:00:01+01:00", "iso") == -3_599_000
     assert parse_ts(datetime(1970, 1, 1, 0, 0, 2), "ms") == 2000  # naive = UTC
+
+
+# -- one import, end to end ------------------------------------------------------------------
+
+
+def test_run_import_stopped_leaves_no_log(tmp_path: Path) -> None:
+    d = write_latest(tmp_path)
+    stop = threading.Event()
+    stop.set()
+    out = tmp_path / "o.jsonl"
+    with pytest.raises(ImportInterrupted, match="interrupted after"):
+        run_import(MovieLensInput(d), CFG, out=out, stop=stop)
+    assert not out.exists()
+    assert not (tmp_path / "o.jsonl.tmp").exists()
+    with pytest.raises(ImportSetupError, match="unknown event-log format"):
+        run_import(MovieLensInput(d), CFG, out=tmp_path / "o.csv")
+
+
+@pytest.mark.integration
+def test_run_import_into_kafka_gives_the_events_of_the_log(
+    tmp_path: Path, kafka_cfg: KafkaConfig, metrics: Metrics
+) -> None:
+    d = write_latest(tmp_path)
+    stats = run_import(MovieLensInput(d), CFG, out=tmp_path / "o.jsonl")
+    produced = run_import(
+        MovieLensInput(d),
+        CFG,
+        kafka=kafka_cfg,
+        bootstrap=kafka_cfg.bootstrap_servers,
+        metrics=metrics,
+    )
+    assert produced.events == stats.events == 5
+    records = read_topic(kafka_cfg, kafka_cfg.bootstrap_servers, kafka_cfg.topic_events)
+    logged = [raw for _, raw in iter_event_log(tmp_path / "o.jsonl")]
+    assert sorted(r.value for r in records) == sorted(logged)
+    assert {r.key for r in records} == {b"1", b"2"}
+    assert (
+        metrics.registry.get_sample_value(
+            "lumstream_events_produced_total",
+            {"topic": kafka_cfg.topic_events, "source": "import-movielens"},
+        )
+        == 5
+    )
 
 
 # -- the command -------------------------------------------------------------------------

@@ -39,6 +39,9 @@ def test_specs_follow_the_config() -> None:
     assert {s.partitions for s in specs.values()} == {6}
     assert specs["my.cq"].configs == {"cleanup.policy": "compact"}
     assert all(not s.configs for n, s in specs.items() if n != "my.cq")
+    extra = topic_specs(cfg, "replayed", None, "lum.events", "replayed")
+    assert [s.name for s in extra][5:] == ["replayed"]  # once; None and known names skipped
+    assert (extra[5].partitions, extra[5].configs) == (6, {})
 
 
 @pytest.mark.integration

@@ -31,6 +31,7 @@ from streams.kafka.topics import ensure_topics, with_topics
 from streams.replay.backfill import MANIFEST, Backfill, partition_of
 from streams.replay.kafka_range import KafkaRangeSource
 from streams.replay.produce import read_json, replay_produce
+from streams.replay.run import run_backfill
 from streams.replay.sources import EventLogSource, ReplayError, expand_paths
 from streams.sinks.deadletters import (
     DeadLetterFile,
@@ -250,6 +251,44 @@ def test_a_store_of_another_source_or_layout_is_refused(tmp_path: Path) -> None:
     PartitionStore(live, 0, STORE).close()  # a worker's store: no manifest
     with pytest.raises(ReplayError, match="not a backfill store"):
         backfill(src, live, other)
+
+
+def test_run_backfill_to_files_needs_no_cluster(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    ref = reference(tmp_path_factory)
+    log_file = write_jsonl(tmp_path / "events.jsonl", VALUES)
+
+    def connect() -> Any:
+        raise AssertionError("a backfill to files reaches no cluster")
+
+    def run(partitions: int = PARTS) -> Any:
+        return run_backfill(
+            str(log_file),
+            tmp_path / "store",
+            partitions,
+            store=STORE,
+            worker=WORKER,
+            events=EventConfig(),
+            kafka=KafkaConfig(),
+            connect=connect,
+            samples_out=tmp_path / "samples.lsb",
+            deadletters_out=tmp_path / "dead.jsonl",
+            metrics=Metrics(CollectorRegistry()),
+        )
+
+    with pytest.raises(ReplayError, match="--partitions must be >= 1"):
+        run(0)
+    stats = run()
+    assert stats.complete
+    assert result(tmp_path / "store", tmp_path) == ref
+    assert stats.output == (
+        f"store {tmp_path / 'store'}, samples {tmp_path / 'samples.lsb'}, "
+        f"dead letters {tmp_path / 'dead.jsonl'}"
+    )
+    assert f"output: {stats.output}" in stats.summary()
+    again = run()  # complete: nothing left to read
+    assert (again.complete, again.read, again.skipped) == (True, 0, stats.read)
 
 
 def test_bad_lines_are_dead_lettered_with_their_line(tmp_path: Path) -> None:

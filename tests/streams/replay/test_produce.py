@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from streams.replay.produce import (
     replay_produce,
     write_json_atomic,
 )
+from streams.replay.run import run_produce
 from streams.replay.sources import EventLogSource, ReplayError, expand_paths
 
 pytestmark = pytest.mark.integration
@@ -200,3 +204,33 @@ def test_a_topic_is_not_replayed_into_itself(
     src = KafkaRangeSource(kafka_cfg, broker.bootstrap, kafka_cfg.topic_events)
     with pytest.raises(ReplayError, match="into itself"):
         replay_produce(src, kafka_cfg, broker.bootstrap, tmp_path / "ck.json")
+
+
+def test_run_produce_keeps_a_checkpoint_per_source_and_topic(
+    tmp_path: Path, kafka_cfg: KafkaConfig, broker: Any
+) -> None:
+    log_file = write_jsonl(tmp_path / "events.jsonl", values())
+    checkpoints = tmp_path / "replay"
+
+    @contextlib.contextmanager
+    def connect() -> Iterator[str]:
+        yield broker.bootstrap
+
+    def produce(**kw: Any) -> ReplayStats:
+        kw.setdefault("metrics", Metrics(CollectorRegistry()))
+        return run_produce(str(log_file), kafka_cfg, connect, checkpoint_dir=checkpoints, **kw)
+
+    first = produce()
+    assert (first.produced, first.complete) == (N, True)
+    [checkpoint] = checkpoints.iterdir()
+    assert checkpoint.name.startswith("produce-")
+    assert first.output == f"topic {kafka_cfg.topic_events} (checkpoint {checkpoint})"
+    assert produce().produced == 0  # complete: found by its default name
+    copy = f"{kafka_cfg.topic_events}.copy"  # created on the way
+    assert produce(topic=copy).produced == N
+    assert len(list(checkpoints.iterdir())) == 2
+    assert produce(topic=copy, restart=True).produced == N
+    assert (
+        len(topic_records(dataclasses.replace(kafka_cfg, topic_events=copy), broker.bootstrap))
+        == 2 * N
+    )
