@@ -58,6 +58,7 @@ class Layout:
         logs: broker logs.
         metrics_discovery: one discovery file per process serving /metrics.
         store: the partition stores (``store.path``).
+        store_snapshots: their durable snapshots (``store.snapshot_dir``).
         backfill_store: the stores a backfill writes (``replay.store``).
         replay_checkpoints: resume points of ``replay produce``.
         backbone_versions: backbone versions vN (``refresh.versions_dir``).
@@ -74,6 +75,7 @@ class Layout:
     logs: Path
     metrics_discovery: Path
     store: Path
+    store_snapshots: Path
     backfill_store: Path
     replay_checkpoints: Path
     backbone_versions: Path
@@ -97,6 +99,7 @@ class Layout:
             logs=data / "logs",
             metrics_discovery=data / "run" / "metrics",
             store=pick(cfg.store.path, data / "store"),
+            store_snapshots=pick(cfg.store.snapshot_dir, data / "store-snapshots"),
             backfill_store=pick(cfg.replay.store, data / "backfill" / "store"),
             replay_checkpoints=data / "replay",
             backbone_versions=versions,

@@ -144,6 +144,18 @@ class Metrics:
             ["partition"],
             registry=registry,
         )
+        self.store_snapshots = Counter(
+            "lumstream_store_snapshots_total",
+            "Partition-store snapshots: published, failed, invalid (skipped), restored",
+            ["outcome"],
+            registry=registry,
+        )
+        self.store_snapshot_time = Gauge(
+            "lumstream_store_snapshot_timestamp_seconds",
+            "When the newest published snapshot of a partition store was taken (unix time)",
+            ["partition"],
+            registry=registry,
+        )
         self.sequence_length = Histogram(
             "lumstream_store_sequence_length",
             "Sequence length of users touched by a batch",

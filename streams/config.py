@@ -134,6 +134,15 @@ class StoreConfig:
     reader_refresh_s: float = setting(
         1.0, "how often read-only (secondary) readers catch up", minimum=0.0
     )
+    snapshot_dir: str = setting(
+        "",
+        "durable snapshots of the partition stores, restored when a store is missing or "
+        "older (put it on shared storage); empty = <paths.data_dir>/store-snapshots",
+    )
+    snapshot_every_s: float = setting(
+        300.0, "seconds between snapshots of a partition store (0 = take none)", minimum=0.0
+    )
+    snapshot_keep: int = setting(2, "snapshots kept per partition", minimum=1)
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
                 stop=stop,
                 idle_exit_s=args.idle_exit,
                 on_batch=None if args.quiet else progress,
+                snapshot_root=cfg.layout.store_snapshots,
             )
     except (BrokerError, StoreError) as exc:
         return fail("worker", exc)

@@ -23,6 +23,7 @@ from streams.kafka.producer import Producer
 from streams.sinks.deadletters import DeadLetterSink, DeadLetterWriter, KafkaDeadLetterSink
 from streams.sinks.samples import KafkaSampleSink, SampleSink
 from streams.worker.processor import BatchResult, PartitionProcessor
+from streams.worker.snapshots import Snapshots
 
 _LATENCY_SAMPLES = 256  # event-to-store latencies observed per batch (evenly strided)
 _SIZE_EVERY = 50  # batches between RocksDB size estimates (a property read, not free)
@@ -63,6 +64,7 @@ class BatchApplier:
         metrics / stats: where to count.
         source_topic: the topic dead letters point back to when no origin is given.
         keep_latencies: keep every event-to-store latency in ``latencies_ms`` (benchmarks).
+        snapshots: snapshot a partition's store after a commit when its interval passed.
     """
 
     def __init__(
@@ -75,10 +77,12 @@ class BatchApplier:
         *,
         source_topic: str,
         keep_latencies: bool = False,
+        snapshots: Snapshots | None = None,
     ) -> None:
         self.cfg, self.samples, self.dead = worker, samples, dead
         self.metrics, self.stats = metrics, stats
         self.source_topic = source_topic
+        self.snapshots = snapshots
         self.keep_latencies = keep_latencies
         self.latencies_ms: list[np.ndarray] = []
 
@@ -112,6 +116,9 @@ class BatchApplier:
         self.dead.flush()
         for b in batches:
             b.proc.commit()
+        if self.snapshots is not None:
+            for b in batches:
+                self.snapshots.maybe_take(b.proc.store)
         done_ms = time.time() * 1000.0
         seconds = time.perf_counter() - t0
         for b, result in zip(batches, results, strict=True):
@@ -179,6 +186,7 @@ def kafka_applier(
     stats: WorkerStats,
     *,
     keep_latencies: bool = False,
+    snapshots: Snapshots | None = None,
 ) -> BatchApplier:
     """The live workers' applier: samples and dead letters to the configured topics."""
     samples, dead = kafka_outputs(producer, kafka, metrics, stage="worker")
@@ -190,6 +198,7 @@ def kafka_applier(
         stats,
         source_topic=kafka.topic_events,
         keep_latencies=keep_latencies,
+        snapshots=snapshots,
     )
 
 

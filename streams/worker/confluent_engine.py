@@ -36,6 +36,7 @@ from streams.kafka.consumer import librdkafka_consumer_config
 from streams.kafka.producer import ProduceError, Producer
 from streams.worker.applier import BatchApplier, PartitionBatch, WorkerStats, kafka_applier
 from streams.worker.processor import OPEN_WAIT_S, PartitionProcessor, open_processor
+from streams.worker.snapshots import Snapshots
 
 log = logging.getLogger(__name__)
 _RETRY_BACKOFF_S = 1.0  # pause before re-processing a batch whose delivery failed
@@ -49,6 +50,8 @@ class StreamWorker:
         bootstrap: the cluster.
         root: the store directory (one RocksDB per partition beneath it).
         metrics: where to count.
+        snapshots: durable snapshots of the partition stores: taken after commits, and
+            restored when a partition's store is missing here or older (None: neither).
     Example:
         >>> w = StreamWorker(kafka, store, worker, events, bootstrap, root, m)  # doctest: +SKIP
         >>> w.run(threading.Event(), idle_exit_s=5)  # doctest: +SKIP
@@ -63,8 +66,10 @@ class StreamWorker:
         bootstrap: str,
         root: Path,
         metrics: Metrics,
+        snapshots: Snapshots | None = None,
     ) -> None:
         self.kafka, self.store_cfg, self.cfg, self.events = kafka, store, worker, events
+        self.snapshots = snapshots
         self.bootstrap = bootstrap
         self.root = root
         self.metrics = metrics
@@ -88,11 +93,16 @@ class StreamWorker:
             self.events,
             self.metrics,
             wait_lock_s=OPEN_WAIT_S,
+            snapshots=self.snapshots,
         )
 
     def _close(self, partition: int) -> None:
+        """Close a partition (revoked, or the worker stopping) after snapshotting its last
+        commit, so the next owner, on any host, starts from where this one stopped."""
         proc = self.processors.pop(partition, None)
         if proc is not None:
+            if self.snapshots is not None and self.snapshots.every_s > 0:
+                self.snapshots.take(proc.store)
             proc.close()
         self.metrics.partitions_owned.set(len(self.processors))
 
@@ -133,6 +143,7 @@ class StreamWorker:
             self.metrics,
             self.stats,
             keep_latencies=self.keep_latencies,
+            snapshots=self.snapshots,
         )
         consumer.subscribe(
             [self.kafka.topic_events],
@@ -159,6 +170,8 @@ class StreamWorker:
             for part in list(self.processors):
                 self._close(part)
             producer.close()
+            if self.snapshots is not None:
+                self.snapshots.wait()  # a copy in flight finishes (its checkpoint is on disk)
         return self.stats
 
     def _apply(self, consumer: Consumer, records: list[Any]) -> None:

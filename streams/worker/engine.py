@@ -31,6 +31,7 @@ def run_worker(
     idle_exit_s: float | None = None,
     on_batch: Callable[[WorkerStats], None] | None = None,
     create_topics: bool = True,
+    snapshot_root: Path | None = None,
 ) -> WorkerStats:
     """Consume ``kafka.topic_events`` into the partition stores under ``root`` until
     ``stop`` is set or nothing arrived for ``idle_exit_s`` seconds.
@@ -48,6 +49,9 @@ def run_worker(
         idle_exit_s: return after this many seconds without records (None: never).
         on_batch: called with the running counts after each batch (confluent engine).
         create_topics: create the lumstream topics that are missing first.
+        snapshot_root: durable snapshots of the partition stores (``store.snapshot_every_s``
+            apart): a store missing here or older than its snapshot is restored from it
+            (:mod:`streams.worker.snapshots`); None: no snapshots (confluent engine).
     Returns:
         the counts of this run.
     """
@@ -62,6 +66,12 @@ def run_worker(
             kafka, store, worker, events, bootstrap, root, metrics, idle_exit_s=idle_exit_s
         )
     from streams.worker.confluent_engine import StreamWorker
+    from streams.worker.snapshots import Snapshots
 
-    engine = StreamWorker(kafka, store, worker, events, bootstrap, root, metrics)
+    snapshots = (
+        Snapshots(snapshot_root, store.snapshot_every_s, keep=store.snapshot_keep, metrics=metrics)
+        if snapshot_root is not None
+        else None
+    )
+    engine = StreamWorker(kafka, store, worker, events, bootstrap, root, metrics, snapshots)
     return engine.run(stop, idle_exit_s=idle_exit_s, on_batch=on_batch)

@@ -28,6 +28,7 @@ from streams.contracts.samples import HIST_DTYPE, SAMPLE_DTYPE, SampleBlock
 from streams.worker.decode import EventColumns, decode_batch, event_hashes
 from streams.worker.dedup import DuplicateWindow
 from streams.worker.join import PENDING_DTYPE, LabelJoin
+from streams.worker.snapshots import Snapshots
 from streams.worker.store import PartitionStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -286,6 +287,20 @@ class PartitionProcessor:
         self.store.close()
 
 
+def _open_store(
+    root: Path, partition: int, store_cfg: StoreConfig, wait_lock_s: float
+) -> PartitionStore:
+    deadline = time.monotonic() + wait_lock_s
+    while True:
+        try:
+            return PartitionStore(root, partition, store_cfg)
+        except StoreError as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+                raise
+            log.info("partition %d store still locked by its previous owner; retrying", partition)
+            time.sleep(0.5)
+
+
 def open_processor(
     root: Path,
     partition: int,
@@ -295,26 +310,27 @@ def open_processor(
     metrics: Metrics,
     *,
     wait_lock_s: float = 0.0,
+    snapshots: Snapshots | None = None,
 ) -> PartitionProcessor:
     """Open a partition's store and its processor.
 
     Args:
         wait_lock_s: keep retrying this long while another process still holds the store
             (a revoked owner closing it during a rebalance); 0 = fail at once.
+        snapshots: where durable snapshots are; a store that is missing here (a lost disk,
+            a partition new to this host) or older than the newest snapshot is restored
+            from it first, once this process owns the partition.
     Raises:
         StoreError: the store cannot be opened (locked past the wait, corrupt).
         ValueError: the store was built with settings this processor cannot continue.
     """
-    deadline = time.monotonic() + wait_lock_s
-    while True:
-        try:
-            store = PartitionStore(root, partition, store_cfg)
-            break
-        except StoreError as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
-                raise
-            log.info("partition %d store still locked by its previous owner; retrying", partition)
-            time.sleep(0.5)
+    store = _open_store(root, partition, store_cfg, wait_lock_s)
+    if snapshots is not None:
+        found = snapshots.newer(partition, store.state.next_offset)
+        if found is not None:
+            store.close()
+            snapshots.restore(found[0], root, partition)
+            store = _open_store(root, partition, store_cfg, wait_lock_s)
     try:
         return PartitionProcessor(store, cfg, events, metrics)
     except BaseException:

@@ -13,6 +13,7 @@ import dataclasses
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +44,7 @@ from streams.kafka.topics import ensure_topics
 from streams.sinks.deadletters import read_deadletters
 from streams.worker.confluent_engine import StreamWorker
 from streams.worker.join import LabelJoin
+from streams.worker.snapshots import Snapshots
 from streams.worker.store import PartitionStore, StoreReader
 
 WINDOW_S = 5.0
@@ -116,6 +118,7 @@ class WorkerProcess:
         group: str,
         data_dir: Path,
         idle_exit: float | None = None,
+        settings: tuple[str, ...] = (),
     ) -> None:
         argv = [sys.executable, "-m", "lumstream.cli"]
         for name in (
@@ -126,7 +129,7 @@ class WorkerProcess:
             "topic_model_updates",
         ):
             argv += ["--set", f"kafka.{name}={getattr(cfg, name)}"]
-        for item in WORKER_SETTINGS:
+        for item in (*WORKER_SETTINGS, *settings):
             argv += ["--set", item]
         argv += ["worker", "--store", str(store), "--group", group]
         if idle_exit is not None:
@@ -196,8 +199,10 @@ def spawn(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Any]:
         store: Path,
         group: str,
         idle_exit: float | None = None,
+        settings: tuple[str, ...] = (),
     ) -> WorkerProcess:
-        w = WorkerProcess(broker, cfg, store, group, tmp_path / f"data-{len(started)}", idle_exit)
+        data = tmp_path / f"data-{len(started)}"
+        w = WorkerProcess(broker, cfg, store, group, data, idle_exit, settings)
         started.append(w)
         return w
 
@@ -362,6 +367,52 @@ def test_sigkilled_worker_ends_with_the_store_of_an_uninterrupted_run(
 
     want = read_final(tmp_path / "ref", ref_cfg, bootstrap)
     got = read_final(store, crash_cfg, bootstrap)
+    assert_same_final(got, want, total)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_lost_partition_store_is_restored_from_its_snapshot_and_converges(
+    broker: EmbeddedBroker, kafka_cfg: KafkaConfig, spawn: Any, tmp_path: Path
+) -> None:
+    """Losing a worker's disk loses nothing: a partition's store directory is deleted while
+    the worker is down; the restarted worker restores it from its newest snapshot (taken
+    two thirds of the events ago), re-processes lum.events from the snapshot's offset and
+    ends with the store, samples and dead letters of an uninterrupted run (re-sent samples
+    identical, so none counts twice)."""
+    bootstrap = broker.bootstrap
+    snaps = tmp_path / "snapshots"
+    with_snapshots = ("store.snapshot_every_s=300", f"store.snapshot_dir={snaps}")
+    without = ("store.snapshot_every_s=0", f"store.snapshot_dir={snaps}")
+    lost_cfg = side_topics(kafka_cfg, "lost", bootstrap)
+    store = tmp_path / "lost"
+
+    def run(settings: tuple[str, ...]) -> WorkerProcess:
+        w = spawn(lost_cfg, store, "lost-" + uuid.uuid4().hex[:6], 3, settings)
+        assert w.wait() == 0, w.tail()
+        return w
+
+    produce(kafka_cfg, bootstrap, generated(5_000, seed=21))
+    run(with_snapshots)  # snapshots each partition as it closes
+    snapshot = Snapshots(snaps, 0).newest(1)
+    assert snapshot is not None
+    at = int(snapshot[1]["state"]["next_offset"])
+    produce(kafka_cfg, bootstrap, generated(5_000, seed=22))
+    run(without)  # moves on; its samples of partition 1 will be emitted again
+    assert applied_offsets(store, tmp_path)[1] > at
+    shutil.rmtree(store / "p00001")  # the disk of partition 1 is gone
+
+    produce(kafka_cfg, bootstrap, generated(3_000, seed=23))
+    total = sum(end_offsets(kafka_cfg, bootstrap, kafka_cfg.topic_events).values())
+    w = run(with_snapshots)
+    assert b"restored the store from snapshot" in w.output
+
+    ref_cfg = side_topics(kafka_cfg, "ref", bootstrap)
+    ref = spawn(ref_cfg, tmp_path / "ref", "ref-" + uuid.uuid4().hex[:6], 3)
+    assert ref.wait() == 0, ref.tail()
+    got = read_final(store, lost_cfg, bootstrap)  # asserts re-sent samples are identical
+    want = read_final(tmp_path / "ref", ref_cfg, bootstrap)
+    assert got.sample_messages > want.sample_messages  # partition 1's were sent again
     assert_same_final(got, want, total)
 
 
