@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.metrics import sample
 from support.ranker import CFG, EMB, blocks, set_args, truth_vectors
 
 from monitoring.metrics import Metrics
@@ -56,7 +57,9 @@ def test_train_from_lum_samples_and_announce(
         stats = loop.run()
     source.close()
     assert stats.samples == sum(len(b) for b in bl)
-    assert metrics.ranker_samples_skipped.labels(reason="duplicate")._value.get() == len(bl[3])
+    assert sample(metrics, "lumstream_ranker_samples_skipped_total", reason="duplicate") == len(
+        bl[3]
+    )
     (msg,) = read_topic(kafka_cfg, bootstrap, kafka_cfg.topic_model_updates)
     info = json.loads(msg.value)
     assert msg.key == b"ranker"
@@ -129,7 +132,9 @@ def test_source_latest_start_null_values_and_a_missing_topic(
         assembler = Assembler(metrics=metrics)
         assembler.add(got)
         assert assembler.available() == len(blocks()[0])
-        assert metrics.ranker_samples_skipped.labels(reason="corrupt_block")._value.get() == 1
+        assert (
+            sample(metrics, "lumstream_ranker_samples_skipped_total", reason="corrupt_block") == 1
+        )
     finally:
         source.close()
     with pytest.raises(ConsumerError, match="no such topic"):
