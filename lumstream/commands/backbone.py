@@ -4,24 +4,30 @@
   out each user's last event for evaluation, publish the next version ``vN``.
 - ``refresh``: forever on ``refresh.cadence_s`` (or ``--once``): warm-start from the last
   version on the data since its watermark, publish, recompute the condition-query vectors
-  (changed users first) into the vector store and lum.cq. Serves /metrics.
+  (changed users first) into the vector store and lum.cq. Serves /metrics (not ``--once``).
 - ``eval``: leave-last-out retrieval metrics of a version (HR@10, NDCG@10, MRR) next to
   the popularity baseline, on the store or an event log.
 - ``versions``: the published versions and their manifests.
+
+The work is ``trainer.backbone``'s (``refresh.train_fresh``, ``refresh.refresh_once``,
+``refresh.run_forever``, ``eval.evaluate_version``, ``versions.find_version`` and
+``versions.list_versions``); this module parses, finds the cluster for lum.cq, prints and
+chooses the exit code.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from lumstream.config import Config
-    from trainer.backbone.refresh import RefreshPaths, RefreshResult
+    from monitoring.metrics import Metrics
+    from trainer.backbone.refresh import CqSink, RefreshPaths, RefreshResult
 
 HELP = "the LUM backbone: train, refresh forever (versions + condition-query vectors), eval"
 
@@ -43,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub.add_parser("versions", help="list the published versions")
 
 
-def _paths(cfg: Config) -> RefreshPaths:
+def paths(cfg: Config) -> RefreshPaths:
+    """Where the backbone reads and writes, from ``cfg.layout``."""
     from trainer.backbone.refresh import RefreshPaths
 
     layout = cfg.layout
@@ -56,141 +63,109 @@ def _paths(cfg: Config) -> RefreshPaths:
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    import logging
+    from core.durable import VersionError
+    from lumstream.commands.base import fail
+    from streams.worker.store import StoreError
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    paths = _paths(cfg)
     action = {"train": _train, "refresh": _refresh, "eval": _eval, "versions": _versions}
     try:
-        return action[args.action](cfg, args, paths)
-    except Exception as exc:  # store missing/locked, corrupt version: one clear line
-        from streams.worker.store import StoreError
-        from trainer.backbone.versions import VersionError
-
-        if isinstance(exc, StoreError | VersionError | FileNotFoundError):
-            print(f"lumstream backbone: {exc}", file=sys.stderr)
-            return 1
-        raise
+        return action[args.action](cfg, args, paths(cfg))
+    except (StoreError, VersionError, FileNotFoundError) as exc:
+        # no store (or a locked one), no event log, a missing or corrupt version
+        return fail("backbone", exc)
 
 
-def _source(cfg: Config, log: str | None, scratch: Path) -> tuple[object, object]:
-    """(SequenceSource, something to close or None)."""
+def _log(args: argparse.Namespace) -> Path | None:
+    return Path(args.log) if args.log else None
+
+
+def _train(cfg: Config, args: argparse.Namespace, where: RefreshPaths) -> int:
+    from lumstream.commands.base import fail
     from monitoring.metrics import default_metrics
-    from streams.worker.store import StoreReader
-    from trainer.backbone.data import EventLogSequences
+    from trainer.backbone.data import read_sequences
+    from trainer.backbone.refresh import train_fresh
 
-    if log:
-        return EventLogSequences(log, cfg.events, default_metrics()), None
-    if not cfg.layout.store.is_dir():
-        raise FileNotFoundError(
-            f"no sequence store at {cfg.layout.store} (run `lumstream worker`, or pass --log FILE)"
-        )
-    reader = StoreReader(cfg.layout.store, cfg.store, scratch)
-    reader.refresh()
-    return reader, reader
-
-
-def _train(cfg: Config, args: argparse.Namespace, paths: RefreshPaths) -> int:
-    import tempfile
-
-    from monitoring.metrics import default_metrics
-    from trainer.backbone.data import MemorySequences
-    from trainer.backbone.refresh import train_version
-    from trainer.backbone.versions import latest
-
-    with tempfile.TemporaryDirectory(prefix="lumstream-train-") as scratch:
-        source, closer = _source(cfg, args.log, Path(scratch))
-        try:
-            snapshot = MemorySequences(dict(source.sequences()))  # type: ignore[attr-defined]
-        finally:
-            if closer is not None:
-                closer.close()  # type: ignore[attr-defined]
-    parent = latest(paths.versions)
-    done = train_version(
-        cfg.backbone,
-        cfg.refresh,
-        cfg.events,
-        snapshot,
-        paths.versions,
-        default_metrics(),
-        init=None,
-        watermark=snapshot.watermark(),
-    )
-    if done is None:
-        print("lumstream backbone: no user has two events of the sequence actions", file=sys.stderr)
-        return 1
-    info, _, users = done
+    metrics = default_metrics()
+    source = read_sequences(where.store, cfg.store, cfg.events, log=_log(args), metrics=metrics)
+    result = train_fresh(cfg.backbone, cfg.refresh, cfg.events, source, where.versions, metrics)
+    if result.version is None:
+        return fail("backbone", result.reason)
     print(
-        f"published {info.name} at {info.path} ({users:,} users, "
-        f"{info.manifest['param_count']:,} parameters; previous: "
-        f"{parent.name if parent else 'none'})"
+        f"published {result.version.name} at {result.version.path} "
+        f"({result.users_trained:,} users, {result.version.manifest['param_count']:,} "
+        f"parameters; previous: {result.previous or 'none'})"
     )
-    _print_metrics(info.manifest["metrics"])
+    _print_metrics(result.metrics or {})
     return 0
 
 
-def _refresh(cfg: Config, args: argparse.Namespace, paths: RefreshPaths) -> int:
+def _refresh(cfg: Config, args: argparse.Namespace, where: RefreshPaths) -> int:
+    from lumstream.commands.base import serving_metrics
     from monitoring.metrics import default_metrics
-    from monitoring.server import serve_metrics
-    from streams.kafka.broker import running_broker
-    from streams.kafka.producer import Producer
-    from trainer.backbone.refresh import refresh_once, run_forever
 
-    metrics = default_metrics()
-    server = serve_metrics(cfg.metrics, metrics.registry) if not args.once else None
-    bootstrap = cfg.kafka.bootstrap_servers or running_broker(cfg.layout.broker_run_file)
-    producer = None
-    if cfg.refresh.publish_cq and bootstrap:
-        producer = Producer(cfg.kafka, bootstrap, metrics=metrics)
-    elif cfg.refresh.publish_cq:
-        print(
-            "note: no Kafka cluster configured and no `lumstream broker` running: vectors "
-            "go to the vector store only, not to lum.cq",
-            file=sys.stderr,
-        )
+    if args.once:
+        return _refresh_once(cfg, args, where, default_metrics())
+    from core.signals import stop_on_signals
+    from trainer.backbone.refresh import run_forever
 
-    def cq(records: list[tuple[bytes, bytes]]) -> None:
-        assert producer is not None
-        producer.send_many(cfg.kafka.topic_cq, records, source="backbone")
-        producer.flush()
-
-    sink = cq if producer is not None else None
-    try:
-        if args.once:
-            result = refresh_once(
-                cfg.backbone,
-                cfg.refresh,
-                cfg.store,
-                cfg.events,
-                paths,
-                metrics,
-                cq=sink,
-                retrain=args.retrain,
-            )
-            _report(result)
-            return 0
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
+    notice = "backbone refresh: stopping after the refresh in progress (again: abort)"
+    with (
+        serving_metrics(cfg, "backbone") as (metrics, _),
+        _cq(cfg, metrics) as cq,
+        stop_on_signals(notice) as stop,
+    ):
         print(f"refreshing every {cfg.refresh.cadence_s:.0f} s (Ctrl-C stops)", file=sys.stderr)
         run_forever(
             cfg.backbone,
             cfg.refresh,
             cfg.store,
             cfg.events,
-            paths,
+            where,
             metrics,
             stop,
-            cq=sink,
+            cq=cq,
             retrain=args.retrain,
             on_refresh=_report,
         )
-        return 0
-    finally:
-        if producer is not None:
-            producer.close()
-        if server is not None:
-            server.close()
+    return 0
+
+
+def _refresh_once(
+    cfg: Config, args: argparse.Namespace, where: RefreshPaths, metrics: Metrics
+) -> int:
+    from trainer.backbone.refresh import refresh_once
+
+    with _cq(cfg, metrics) as cq:
+        result = refresh_once(
+            cfg.backbone,
+            cfg.refresh,
+            cfg.store,
+            cfg.events,
+            where,
+            metrics,
+            cq=cq,
+            retrain=args.retrain,
+        )
+    _report(result)
+    return 0
+
+
+def _cq(cfg: Config, metrics: Metrics) -> AbstractContextManager[CqSink | None]:
+    """lum.cq on the configured cluster or a running ``lumstream broker``; none (a note on
+    stderr) without either: a broker started for this command would be gone at exit."""
+    from streams.kafka.broker import running_broker
+    from trainer.backbone.refresh import cq_sink
+
+    bootstrap = None
+    if cfg.refresh.publish_cq:
+        bootstrap = cfg.kafka.bootstrap_servers or running_broker(cfg.layout.broker_run_file)
+        if not bootstrap:
+            print(
+                "note: no Kafka cluster configured and no `lumstream broker` running: vectors "
+                "go to the vector store only, not to lum.cq",
+                file=sys.stderr,
+            )
+    return cq_sink(cfg.kafka, bootstrap, metrics)
 
 
 def _report(result: RefreshResult) -> None:
@@ -210,45 +185,33 @@ def _print_metrics(metrics: dict[str, float]) -> None:
     print("  " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())), flush=True)
 
 
-def _eval(cfg: Config, args: argparse.Namespace, paths: RefreshPaths) -> int:
-    import tempfile
+def _eval(cfg: Config, args: argparse.Namespace, where: RefreshPaths) -> int:
+    from monitoring.metrics import default_metrics
+    from trainer.backbone.data import read_sequences
+    from trainer.backbone.eval import evaluate_version
+    from trainer.backbone.versions import find_version
 
-    from trainer.backbone.data import action_indices, prepare
-    from trainer.backbone.eval import evaluate, leave_last_out, popularity
-    from trainer.backbone.versions import latest, load_model, read_manifest
-
-    info = read_manifest(paths.versions / args.version) if args.version else latest(paths.versions)
-    if info is None:
-        print(f"lumstream backbone: no versions under {paths.versions}", file=sys.stderr)
-        return 1
-    model = load_model(info.path)
-    with tempfile.TemporaryDirectory(prefix="lumstream-eval-") as scratch:
-        source, closer = _source(cfg, args.log, Path(scratch))
-        try:
-            pairs, _ = prepare(
-                source,  # type: ignore[arg-type]
-                action_indices(model.cfg.sequence_actions, cfg.events),
-            )
-        finally:
-            if closer is not None:
-                closer.close()  # type: ignore[attr-defined]
-    history, held = leave_last_out(pairs, model.cfg.condition_fields)
+    version = find_version(where.versions, args.version)  # before reading a whole store
+    source = read_sequences(
+        where.store, cfg.store, cfg.events, log=_log(args), metrics=default_metrics()
+    )
+    ev = evaluate_version(version, source, cfg.events)
     print(
-        f"{info.name} ({model.cfg.objective}, {info.manifest['param_count']:,} parameters) "
-        f"on {len(history):,} users, leave-last-out, full ranking, history excluded"
+        f"{ev.version.name} ({ev.objective}, {ev.version.manifest['param_count']:,} parameters) "
+        f"on {ev.users:,} users, leave-last-out, full ranking, history excluded"
     )
     print(f"  {'model':<12} {'hr@10':>8} {'ndcg@10':>8} {'mrr':>8}")
-    for name, m in (("backbone", evaluate(model, held)), ("popularity", popularity(history, held))):
+    for name, m in (("backbone", ev.backbone), ("popularity", ev.popularity)):
         print(f"  {name:<12} {m['hr@10']:>8.4f} {m['ndcg@10']:>8.4f} {m['mrr']:>8.4f}")
     return 0
 
 
-def _versions(cfg: Config, args: argparse.Namespace, paths: RefreshPaths) -> int:
+def _versions(cfg: Config, args: argparse.Namespace, where: RefreshPaths) -> int:
     from trainer.backbone.versions import list_versions
 
-    versions = list_versions(paths.versions)
+    versions = list_versions(where.versions)
     if not versions:
-        print(f"no versions under {paths.versions}")
+        print(f"no versions under {where.versions}")
         return 0
     print(
         f"{'version':<8} {'created (UTC)':<21} {'parent':<7} {'params':>10} "

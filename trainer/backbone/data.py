@@ -9,26 +9,31 @@ first, and tells its watermark (the newest event time it holds). Backends:
 - the RocksDB sequence store (``streams/``) implements the same two methods.
 
 :func:`prepare` applies the backbone's view (which actions form the sequence) and skips
-sequences too short to train on, counting each reason.
+sequences too short to train on, counting each reason. :func:`read_sequences` reads a
+store or an event log once into memory (what ``lumstream backbone train|eval`` work on).
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from core.settings import ConfigError
 from monitoring.metrics import Metrics
-from streams.config import EventConfig
+from streams.config import EventConfig, StoreConfig
 from streams.contracts.eventlog import iter_event_log
 from streams.contracts.events import Event, EventError, decode
 from streams.contracts.ids import stable_id
 from streams.contracts.records import SEQ_DTYPE
+
+if TYPE_CHECKING:
+    from streams.worker.store import StoreReader
 
 log = logging.getLogger(__name__)
 
@@ -205,3 +210,50 @@ def changed_first(pairs: Pairs, watermark: int) -> Pairs:
     new = [int((seq["ts"] > watermark).sum()) for _, seq in pairs]
     order = sorted(range(len(pairs)), key=lambda i: (-new[i], pairs[i][0]))
     return [pairs[i] for i in order]
+
+
+def open_store(root: Path, cfg: StoreConfig, scratch: Path) -> StoreReader:
+    """The sequence store under ``root`` opened read-only (RocksDB secondaries, beside the
+    workers writing it) and caught up; the caller closes it.
+
+    Raises:
+        StoreError: no store at ``root``, or a partition that cannot be opened.
+    """
+    from streams.worker.store import StoreError, StoreReader
+
+    if not root.is_dir():
+        raise StoreError(f"no sequence store at {root} (`lumstream worker` writes it)")
+    reader = StoreReader(root, cfg, scratch)
+    try:
+        reader.refresh()
+    except BaseException:
+        reader.close()
+        raise
+    return reader
+
+
+def read_sequences(
+    store: Path,
+    cfg: StoreConfig,
+    events: EventConfig,
+    *,
+    log: Path | None = None,
+    metrics: Metrics | None = None,
+) -> MemorySequences:
+    """Every user's sequence, read once into memory: from the event log ``log`` when given
+    (bad and duplicate events skipped and counted), else from the sequence store ``store``.
+
+    Raises:
+        StoreError: no store at ``store`` (see :func:`open_store`).
+        FileNotFoundError: no event log at ``log``.
+    """
+    if log is not None:
+        if not log.exists():
+            raise FileNotFoundError(f"no event log at {log}")
+        return MemorySequences(dict(EventLogSequences(log, events, metrics).sequences()))
+    with tempfile.TemporaryDirectory(prefix="lumstream-sequences-") as scratch:
+        reader = open_store(store, cfg, Path(scratch))
+        try:
+            return MemorySequences(dict(reader.sequences()))
+        finally:
+            reader.close()

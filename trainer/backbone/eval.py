@@ -6,6 +6,8 @@ event's condition as the query, at its time) and ranks every item of the vocabul
 of the user's history are excluded from the ranking; a target the model cannot rank (never
 seen in training, or a repeat of a history item) counts as a miss. Ties are broken by row
 order, so a constant score cannot look good. Metrics: HR@k, NDCG@k, MRR (full ranking).
+:func:`evaluate_version` does all of it for a published version (``lumstream backbone
+eval``).
 
 Example:
     >>> ranks = np.array([1, 3, 20, np.inf])
@@ -21,9 +23,11 @@ import numpy as np
 import torch
 
 from embeddings.vocab import OOV, Vocab
-from trainer.backbone.data import Pairs
+from streams.config import EventConfig
+from trainer.backbone.data import Pairs, SequenceSource, action_indices, prepare
 from trainer.backbone.encoder import LumBackbone
 from trainer.backbone.group_query import compute_vectors, item_embeddings
+from trainer.backbone.versions import VersionInfo, load_model
 
 
 @dataclass
@@ -126,3 +130,42 @@ def popularity(train: Pairs, held: HeldOut, k: int = 10) -> dict[str, float]:
 def unknown_target_share(model: LumBackbone, held: HeldOut) -> float:
     """Share of held-out items the model has no row for (always misses)."""
     return float((model.vocabs.items.lookup(held.items) == OOV).mean()) if len(held.items) else 0.0
+
+
+@dataclass(frozen=True)
+class VersionEval:
+    """Leave-last-out retrieval of one published version next to the popularity baseline.
+
+    Args:
+        version: the version evaluated.
+        objective: its training objective (``cfg.objective``).
+        users: users evaluated (at least two events of the sequence actions).
+        backbone / popularity: ``hr@k``, ``ndcg@k``, ``mrr`` and ``users`` of each.
+    """
+
+    version: VersionInfo
+    objective: str
+    users: int
+    backbone: dict[str, float]
+    popularity: dict[str, float]
+
+
+def evaluate_version(
+    version: VersionInfo, source: SequenceSource, events: EventConfig, k: int = 10
+) -> VersionEval:
+    """Load ``version``, hold out every user's last event of ``source`` and rank all items
+    for it, with the model and with item popularity (full ranking, history excluded).
+
+    Raises:
+        VersionError: the version does not load (see ``versions.load_model``).
+    """
+    model = load_model(version.path)
+    pairs, _ = prepare(source, action_indices(model.cfg.sequence_actions, events))
+    history, held = leave_last_out(pairs, model.cfg.condition_fields)
+    return VersionEval(
+        version,
+        model.cfg.objective,
+        len(history),
+        evaluate(model, held, k),
+        popularity(history, held, k),
+    )

@@ -12,30 +12,34 @@ One refresh (``refresh_once``):
 5. group-query every user's condition-query vectors, users with the most new events
    first, and write them to the vector store and to lum.cq (tagged with vN and the time).
 
-``run_forever`` repeats it every ``refresh.cadence_s`` until stopped.
+``run_forever`` repeats it every ``refresh.cadence_s`` until stopped; ``cq_sink`` sends
+the vectors to lum.cq. ``train_fresh`` trains one version from scratch on given sequences
+and publishes it without vectors (``lumstream backbone train``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from monitoring.metrics import Metrics
-from streams.config import EventConfig, StoreConfig
-from streams.worker.store import StoreReader
+from streams.config import EventConfig, KafkaConfig, StoreConfig
+from streams.worker.store import StoreError
 from trainer.backbone.config import BackboneConfig, RefreshConfig
 from trainer.backbone.data import (
     MemorySequences,
     SequenceSource,
     action_indices,
     changed_first,
+    open_store,
     prepare,
     since,
 )
@@ -55,7 +59,8 @@ CqSink = Callable[[list[tuple[bytes, bytes]]], object]
 
 @dataclass
 class RefreshResult:
-    """What one refresh did (``version`` is None when there was nothing new)."""
+    """What one refresh did (``version`` is None when there was nothing new: ``reason``
+    says why). ``previous`` is the newest version before it (None: the first)."""
 
     version: VersionInfo | None
     users_trained: int = 0
@@ -64,6 +69,7 @@ class RefreshResult:
     conditions: int = 0  # query conditions per user
     seconds: float = 0.0
     reason: str = ""
+    previous: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,9 +104,8 @@ def refresh_once(
     """One refresh; see the module doc. Raises ``StoreError`` when there is no store."""
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lumstream-refresh-") as scratch:
-        reader = StoreReader(paths.store, store_cfg, Path(scratch))
+        reader = open_store(paths.store, store_cfg, Path(scratch))
         try:
-            reader.refresh()
             result = _refresh(cfg, rcfg, events, paths, metrics, reader, cq, retrain)
         finally:
             reader.close()
@@ -115,7 +120,7 @@ def _refresh(
     events: EventConfig,
     paths: RefreshPaths,
     metrics: Metrics,
-    reader: StoreReader,
+    reader: SequenceSource,
     cq: CqSink | None,
     retrain: bool,
 ) -> RefreshResult:
@@ -133,8 +138,11 @@ def _refresh(
     trained = train_version(
         cfg, rcfg, events, source, paths.versions, metrics, init=init, watermark=store_wm
     )
+    previous = last.name if last is not None else None
     if trained is None:
-        return RefreshResult(None, reason="no user has two events of the sequence actions yet")
+        return RefreshResult(
+            None, reason="no user has two events of the sequence actions yet", previous=previous
+        )
     info, model, users = trained
     all_pairs, _ = prepare(snapshot, action_indices(cfg.sequence_actions, events), min_events=1)
     written = write_vectors(
@@ -154,7 +162,43 @@ def _refresh(
         written,
         scores,
     )
-    return RefreshResult(info, users, written, scores, len(query_condition_ids(model)))
+    return RefreshResult(
+        info, users, written, scores, len(query_condition_ids(model)), previous=previous
+    )
+
+
+def train_fresh(
+    cfg: BackboneConfig,
+    rcfg: RefreshConfig,
+    events: EventConfig,
+    source: SequenceSource,
+    versions: Path,
+    metrics: Metrics,
+) -> RefreshResult:
+    """Train a version from scratch on all of ``source`` (each user's last event held out
+    and evaluated) and publish it as the next ``vN``; no vectors are written.
+
+    Returns the result; ``version`` None when no user has two events of the sequence
+    actions.
+    """
+    started = time.perf_counter()
+    last = latest(versions)
+    previous = last.name if last is not None else None
+    trained = train_version(
+        cfg, rcfg, events, source, versions, metrics, init=None, watermark=source.watermark()
+    )
+    seconds = time.perf_counter() - started
+    if trained is None:
+        return RefreshResult(
+            None,
+            seconds=seconds,
+            reason="no user has two events of the sequence actions",
+            previous=previous,
+        )
+    info, _, users = trained
+    return RefreshResult(
+        info, users, metrics=dict(info.manifest["metrics"]), seconds=seconds, previous=previous
+    )
 
 
 def train_version(
@@ -295,6 +339,9 @@ def run_forever(
             result = refresh_once(
                 cfg, rcfg, store_cfg, events, paths, metrics, cq=cq, retrain=retrain and first
             )
+        except StoreError as exc:  # e.g. no store yet: one line, no traceback
+            log.warning("refresh failed: %s; the last published version stays in use", exc)
+            metrics.backbone_refresh_failures.inc()
         except Exception:
             log.exception("refresh failed; the last published version stays in use")
             metrics.backbone_refresh_failures.inc()
@@ -303,3 +350,21 @@ def run_forever(
                 on_refresh(result)
         first = False
         stop.wait(rcfg.cadence_s)
+
+
+@contextlib.contextmanager
+def cq_sink(kafka: KafkaConfig, bootstrap: str | None, metrics: Metrics) -> Iterator[CqSink | None]:
+    """A sink sending vector records to ``kafka.topic_cq`` for the ``with`` block, through
+    a producer on ``bootstrap``; None when there is no cluster (``bootstrap`` None)."""
+    if not bootstrap:
+        yield None
+        return
+    from streams.kafka.producer import Producer
+
+    with Producer(kafka, bootstrap, metrics=metrics) as producer:
+
+        def send(records: list[tuple[bytes, bytes]]) -> None:
+            producer.send_many(kafka.topic_cq, records, source="backbone")
+            producer.flush()
+
+        yield send

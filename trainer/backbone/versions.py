@@ -222,3 +222,17 @@ def latest(root: str | Path) -> VersionInfo | None:
     """The newest valid version, or None."""
     versions = list_versions(root)
     return versions[-1] if versions else None
+
+
+def find_version(root: str | Path, name: str | None = None) -> VersionInfo:
+    """Version ``name`` under ``root`` (its manifest checked), or the newest valid one.
+
+    Raises:
+        VersionError: no version ``name`` (or a corrupt one), or no versions at all.
+    """
+    if name:
+        return read_manifest(Path(root) / name)
+    info = latest(root)
+    if info is None:
+        raise VersionError(f"no versions under {root}")
+    return info

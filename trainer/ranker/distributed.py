@@ -15,6 +15,8 @@ too small.
 from __future__ import annotations
 
 import atexit
+import os
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -26,6 +28,27 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def in_torchrun_group(main: Callable[[], int]) -> int:
+    """``main()`` (an exit code), inside a gloo process group when torchrun started this
+    process (``WORLD_SIZE`` > 1) and no group exists yet.
+
+    Every rank leaves the group together once it is done: a rank whose peer tore its group
+    down first could abort in gloo's destructor and exit non-zero after all its work was
+    saved. Only after a success, which every rank reaches together: a rank that failed (an
+    exception, or a refusal such as a missing vector set) may leave its peers inside a
+    collective, where a barrier would wait for the gloo timeout; it exits instead, and
+    torchrun stops the others.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return main()
+    dist.init_process_group("gloo")
+    code = main()
+    if code == 0:
+        dist.barrier()
+        dist.destroy_process_group()
+    return code
 
 
 def sum_sparse_gradients() -> None:

@@ -8,6 +8,9 @@ adds the scores to a sliding window and exports windowed AUC, GAUC, log-loss and
 calibration every ``log_every`` batches. The backbone version of the vectors used is
 recorded per batch (as change points ``[step, version]`` in the checkpoint and manifest).
 
+:meth:`StreamingTrainer.replay` is the other way to train: every sample of a finite
+source's event-time range, read once, trained for several epochs, then one checkpoint.
+
 Example:
     >>> loop = StreamingTrainer(cfg, engine, source, vectors=watcher)  # doctest: +SKIP
     >>> stats = loop.run(stop_event)  # doctest: +SKIP
@@ -38,6 +41,7 @@ from trainer.ranker.config import RankerConfig
 from trainer.ranker.distributed import broadcast_bytes, world
 from trainer.ranker.engine import RankerEngine, Scored
 from trainer.ranker.metrics import Window
+from trainer.ranker.multi_epoch import EpochResult, collect, train_epochs
 from trainer.ranker.source import Assembler, SampleSource
 from trainer.vectors.sets import LumVectors, VectorsWatcher
 
@@ -50,7 +54,8 @@ class LoopStats:
     """What a run did (rank 0's view).
 
     Args:
-        batches / samples: learned in this run.
+        batches / samples: learned in this run (a replay: the samples of its range, each
+            counted once whatever the epochs; batches stay 0).
         window: the last window summary.
         backbone_versions: ``[step, version]`` change points of the vectors used.
         published: ranker versions written in this run.
@@ -205,6 +210,43 @@ class StreamingTrainer:
         if self.rank == 0:
             self._export(self.stats.samples / max(self.stats.seconds, 1e-9))
         return self.stats
+
+    def replay(self, *, epochs: int, mode: str, inherit: bool = False) -> list[EpochResult]:
+        """Train on every sample of the (finite) source in the loop's ``ts_range``, then
+        checkpoint (and publish); collective.
+
+        Rank 0 reads the whole range (deduplicated), every rank receives it, and
+        :func:`~trainer.ranker.multi_epoch.train_epochs` trains ``epochs`` passes in
+        ``mode``. The checkpoint (the loop needs a checkpointer) holds the range's newest
+        ``seq`` per source partition as high-water marks: a live run resumed from it
+        continues after them.
+
+        Args:
+            epochs / mode: see :func:`~trainer.ranker.multi_epoch.train_epochs`.
+            inherit: start from the newest checkpoint (its tables are θ_s^(0)); the source
+                is still read from its start.
+        Returns:
+            The epochs' results; empty (and nothing saved) when the range holds no sample.
+        """
+        if inherit and self.resume() and self.source is not None:
+            self.source.seek({})  # the replay reads its range from the start
+        samples = collect(self.source, self.assembler.ts_range, self.metrics)
+        if not len(samples):  # the same on every rank
+            return []
+        self.assembler.learned(samples)
+        version = self.vectors.version if self.vectors is not None else None
+        results = train_epochs(
+            self.engine, samples, None, mode=mode, epochs=epochs, vectors=self.vectors
+        )
+        self.stats.samples = len(samples)
+        self.stats.backbone_versions = [[0, version]]
+        self.watermark = int(samples.rows["ts"].max())
+        # nothing pending: a restart resumes after everything learned here
+        self.assembler = Assembler(
+            self.assembler.learned_hwm, {}, self.metrics, self.assembler.ts_range
+        )
+        self.checkpoint()
+        return results
 
     def _follow_vectors(self, path: str) -> None:
         if not path or (self.vectors is not None and self._vec_path == path):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from support.backbone import make_pairs, make_seq
+from support.metrics import sample
 
 from monitoring.metrics import Metrics
 from streams.contracts.ids import stable_id
@@ -66,9 +67,9 @@ def test_unknown_conditions_use_the_oov_row_with_a_count_and_a_warning(
             model, pairs, np.array([1000, stable_id("never-seen")]), metrics=metrics
         )
     assert torch.isfinite(vecs).all()
-    assert metrics.backbone_unknown_conditions._value.get() == len(pairs)
+    assert sample(metrics, "lumstream_backbone_unknown_conditions_total") == len(pairs)
     assert "unknown to this version" in caplog.text
-    assert metrics.backbone_vectors_written._value.get() == 2 * len(pairs)
+    assert sample(metrics, "lumstream_backbone_vectors_written_total") == 2 * len(pairs)
 
 
 def test_empty_sequences_are_skipped_and_counted(metrics: Metrics) -> None:
@@ -77,7 +78,7 @@ def test_empty_sequences_are_skipped_and_counted(metrics: Metrics) -> None:
     users, vecs = compute_vectors(model, mixed, np.array([1000]), metrics=metrics)
     assert users.tolist() == [pairs[0][0], pairs[1][0]]
     assert vecs.shape[0] == 2
-    assert metrics.backbone_sequences_skipped.labels(reason="empty")._value.get() == 1
+    assert sample(metrics, "lumstream_backbone_sequences_skipped_total", reason="empty") == 1
     one_event = [(7, make_seq([3]))]  # a one-event prefix is a valid query
     assert compute_vectors(model, one_event, np.array([1000]))[1].shape == (1, 1, 16)
 

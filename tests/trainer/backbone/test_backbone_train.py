@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from support.backbone import make_pairs, make_seq
+from support.metrics import sample
 
 from core.settings import ConfigError
 from monitoring.metrics import Metrics
@@ -47,9 +48,9 @@ def test_loss_goes_down_and_metrics_are_set(metrics: Metrics) -> None:
     assert result.users == 32
     assert np.mean(result.losses[-4:]) < np.mean(result.losses[:4]) - 0.2
     assert result.tokens == 6 * sum(2 * len(s) for _, s in pairs)
-    assert metrics.backbone_train_tokens._value.get() == result.tokens
-    assert metrics.backbone_train_loss._value.get() == pytest.approx(result.losses[-1])
-    assert metrics.backbone_tokens_per_second._value.get() > 0
+    assert sample(metrics, "lumstream_backbone_train_tokens_total") == result.tokens
+    assert sample(metrics, "lumstream_backbone_train_loss") == pytest.approx(result.losses[-1])
+    assert sample(metrics, "lumstream_backbone_tokens_per_second") > 0
     assert result.watermark == max(int(s["ts"][-1]) for _, s in pairs)
     assert not result.model.training
 
@@ -69,9 +70,8 @@ def test_empty_and_one_event_sequences_are_skipped_with_counts(metrics: Metrics)
     result = train(BackboneConfig(epochs=1, **SMALL), MemorySequences(pairs), metrics=metrics)
     assert result.users == 6
     assert result.skipped == {"empty": 2, "too_short": 1}
-    skipped = metrics.backbone_sequences_skipped
-    assert skipped.labels(reason="empty")._value.get() == 2
-    assert skipped.labels(reason="too_short")._value.get() == 1
+    assert sample(metrics, "lumstream_backbone_sequences_skipped_total", reason="empty") == 2
+    assert sample(metrics, "lumstream_backbone_sequences_skipped_total", reason="too_short") == 1
 
 
 def test_nothing_to_train_on_is_not_a_crash() -> None:
@@ -187,8 +187,10 @@ def test_event_log_source_decodes_dedups_and_counts_bad_events(
     assert u1["cat"].tolist() == u1["cond"].tolist()
     assert u1["action"].tolist() == [0, 1, 1]
     assert source.rejected == {"duplicate": 1, "malformed_json": 1}
-    rejected = metrics.events_rejected
-    assert rejected.labels(stage="backbone", reason="duplicate")._value.get() == 1
+    assert (
+        sample(metrics, "lumstream_events_rejected_total", stage="backbone", reason="duplicate")
+        == 1
+    )
     assert source.watermark() == 1_700_000_003_000
     clicks, skipped = prepare(source, action_indices(("click",), cfg))
     assert [len(s) for _, s in clicks] == [2]  # u2 has one click: too short

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from support.backbone import make_pairs
+from support.metrics import sample
 from support.paths import REPO, TESTS
 
 from core.durable import VersionError, sha256_file
@@ -72,8 +73,8 @@ def test_publish_and_load_round_trip(tmp_path: Path, metrics: Metrics) -> None:
     assert m["parent"] is None
     assert m["metrics"] == {"hr@10": 0.25}
     assert m["config"]["dim"] == 8
-    assert metrics.backbone_version._value.get() == 1
-    assert metrics.backbone_eval.labels(version="v1", metric="hr@10")._value.get() == 0.25
+    assert sample(metrics, "lumstream_backbone_version") == 1
+    assert sample(metrics, "lumstream_backbone_eval", version="v1", metric="hr@10") == 0.25
     loaded = versions.load_model(info.path)
     assert loaded.cfg == model.cfg
     assert loaded.vocabs.items == model.vocabs.items

@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.metrics import sample
 from support.ranker import CFG, EMB, truth_vectors
 
 from embeddings.ids import NEW_ROW
@@ -51,10 +52,9 @@ def test_bad_samples_are_dropped_and_counted(metrics: Metrics) -> None:
     assert out.rows["user"].tolist() == [1, 4]
     assert out.hist["item"].tolist() == [1, 6]
     assert out.hist_lengths.tolist() == [1, 1]
-    skipped = metrics.ranker_samples_skipped
-    assert skipped.labels(reason="bad_id")._value.get() == 1
-    assert skipped.labels(reason="bad_label")._value.get() == 1
-    assert skipped.labels(reason="bad_history")._value.get() == 1
+    assert sample(metrics, "lumstream_ranker_samples_skipped_total", reason="bad_id") == 1
+    assert sample(metrics, "lumstream_ranker_samples_skipped_total", reason="bad_label") == 1
+    assert sample(metrics, "lumstream_ranker_samples_skipped_total", reason="bad_history") == 1
 
 
 @settings(max_examples=40, deadline=None)
@@ -102,7 +102,7 @@ def test_lum_lookups_and_misses(metrics: Metrics) -> None:
     assert batch.lum_item_found.tolist() == [True, True]
     assert batch.cond_index.tolist() == [2, -1]
     assert batch.kjt["user"].values().tolist() == [NEW_ROW, NEW_ROW]  # no admission
-    assert metrics.ranker_vector_misses.labels(kind="condition")._value.get() == 1
+    assert sample(metrics, "lumstream_ranker_vector_misses_total", kind="condition") == 1
     off = BatchBuilder(dataclasses.replace(CFG, lum_features="off"), make_mappers(EMB), v.dim, 4)
     assert not off.local(off.map(s, learn=False), 0, 1, v).lum_user_found.any()
 
@@ -121,5 +121,7 @@ def test_a_vector_set_of_another_layout_is_refused_once_and_counted(metrics: Met
     narrow = truth_vectors(version="v3", dim=v.dim // 2)
     for refused in (other, other, narrow):
         assert not found(refused)  # missing-vector defaults, never mislabelled columns
-    assert metrics.ranker_vector_load_errors._value.get() == 2  # once per refused version
+    assert (
+        sample(metrics, "lumstream_ranker_vector_load_errors_total") == 2
+    )  # once per refused version
     assert found(truth_vectors(version="v4"))  # the learned layout again: used

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support.metrics import sample
 from support.ranker import CFG, EMB, samples, truth_vectors
 
 from monitoring.metrics import Metrics
@@ -51,7 +52,7 @@ def test_restore_continues_exactly(tmp_path: Path, metrics: Metrics) -> None:
         np.testing.assert_array_equal(pa, pb)
     for m in a.mappers:
         assert np.array_equal(a.mappers[m].owner, b.mappers[m].owner)
-    assert metrics.ranker_checkpoints.labels(outcome="saved")._value.get() == 1
+    assert sample(metrics, "lumstream_ranker_checkpoints_total", outcome="saved") == 1
 
 
 def test_truncated_or_corrupt_checkpoints_fall_back(tmp_path: Path, metrics: Metrics) -> None:
@@ -66,7 +67,7 @@ def test_truncated_or_corrupt_checkpoints_fall_back(tmp_path: Path, metrics: Met
     b = engine()
     assert ck.restore(b)["steps"] == 2
     assert b.steps == 2
-    assert metrics.ranker_checkpoints.labels(outcome="load_failed")._value.get() == 1
+    assert sample(metrics, "lumstream_ranker_checkpoints_total", outcome="load_failed") == 1
     (first / "stream.json").write_text("{not json")
     assert ck.restore(engine()) is None  # nothing valid: start fresh
     assert ck.list() == [second, first]

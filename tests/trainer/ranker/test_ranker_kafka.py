@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.metrics import sample
 from support.ranker import CFG, EMB, blocks, set_args, truth_vectors
 
 from monitoring.metrics import Metrics
@@ -56,7 +57,9 @@ def test_train_from_lum_samples_and_announce(
         stats = loop.run()
     source.close()
     assert stats.samples == sum(len(b) for b in bl)
-    assert metrics.ranker_samples_skipped.labels(reason="duplicate")._value.get() == len(bl[3])
+    assert sample(metrics, "lumstream_ranker_samples_skipped_total", reason="duplicate") == len(
+        bl[3]
+    )
     (msg,) = read_topic(kafka_cfg, bootstrap, kafka_cfg.topic_model_updates)
     info = json.loads(msg.value)
     assert msg.key == b"ranker"
@@ -129,7 +132,9 @@ def test_source_latest_start_null_values_and_a_missing_topic(
         assembler = Assembler(metrics=metrics)
         assembler.add(got)
         assert assembler.available() == len(blocks()[0])
-        assert metrics.ranker_samples_skipped.labels(reason="corrupt_block")._value.get() == 1
+        assert (
+            sample(metrics, "lumstream_ranker_samples_skipped_total", reason="corrupt_block") == 1
+        )
     finally:
         source.close()
     with pytest.raises(ConsumerError, match="no such topic"):
@@ -140,8 +145,9 @@ def test_source_latest_start_null_values_and_a_missing_topic(
 def test_train_command_replays_lum_samples_from_the_cluster(
     kafka_cfg: KafkaConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``lumstream train --replay ..`` on a real cluster: every partition read to its end,
-    the re-sent block skipped, every sample learned once, one version published.
+    """``lumstream train --replay`` (no --from/--to: the whole topic) on a real cluster:
+    every partition read to its end, the re-sent block skipped, every sample learned once,
+    one version published.
 
     Blocks of three source partitions, keyed ``p<partition>`` as the worker keys them (so
     each source partition's blocks stay in order in one topic partition)."""
@@ -160,7 +166,7 @@ def test_train_command_replays_lum_samples_from_the_cluster(
         *set_args("embeddings", EMB),
     ]
     argv += ["--set", f"paths.data_dir={tmp_path}", "--set", "metrics.enabled=false"]
-    assert main([*argv, "train", "--replay", ".."]) == 0
+    assert main([*argv, "train", "--replay"]) == 0
     err = capsys.readouterr().err
     assert "epoch 1: progressive auc" in err, err
     (version,) = sorted((tmp_path / "ranker" / "versions").glob("r*"))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from support.metrics import sample
 from support.ranker import CFG, EMB, blocks, samples, truth_vectors
 
 from monitoring.metrics import Metrics
@@ -46,13 +47,13 @@ def test_metrics_versions_and_a_vanishing_backbone(tmp_path: Path, metrics: Metr
     assert stats.backbone_versions == [[0, "v1"], [4, "v2"]]
     assert loop.vectors is not None
     assert loop.vectors.version == "v2"
-    assert metrics.ranker_backbone_missing._value.get() == 1
-    assert metrics.ranker_backbone_version._value.get() == 2
-    assert metrics.ranker_samples.labels(outcome="learned")._value.get() == 12 * 128
-    auc = metrics.ranker_progressive.labels(metric="auc")._value.get()
+    assert sample(metrics, "lumstream_ranker_backbone_missing_total") == 1
+    assert sample(metrics, "lumstream_ranker_backbone_version") == 2
+    assert sample(metrics, "lumstream_ranker_samples_total", outcome="learned") == 12 * 128
+    auc = sample(metrics, "lumstream_ranker_progressive", metric="auc")
     assert 0.0 < auc < 1.0
     assert stats.window["n"] == 12 * 128
-    assert metrics.ranker_ids_used.labels(table="item")._value.get() > 0
+    assert sample(metrics, "lumstream_ranker_ids_used", table="item") > 0
 
 
 def test_stop_and_resume_learn_every_sample_once(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from support.metrics import sample
 from support.ranker import CFG, EMB, samples, truth_vectors
 
 from embeddings.tables import PlainEmbeddingCollection
@@ -94,4 +95,6 @@ def test_nan_vectors_and_poisoned_weights_never_stop_training(metrics: Metrics) 
     out = eng.step(samples().slice(128, 256), bad)
     assert not out.learned
     assert eng.steps == 1
-    assert metrics.ranker_samples_skipped.labels(reason="non_finite")._value.get() == len(out)
+    assert sample(metrics, "lumstream_ranker_samples_skipped_total", reason="non_finite") == len(
+        out
+    )

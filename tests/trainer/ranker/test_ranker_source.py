@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from support.metrics import sample
 from support.ranker import blocks
 
 from monitoring.metrics import Metrics
@@ -45,9 +46,10 @@ def test_resent_samples_and_corrupt_blocks_are_skipped(metrics: Metrics) -> None
     asm.add(Message(0, i, v, i + 1) for i, v in enumerate(values))
     got = ids(asm.take(10_000))
     assert got == [(0, int(s)) for b in bl for s in b.rows["seq"]]
-    skipped = metrics.ranker_samples_skipped
-    assert skipped.labels(reason="duplicate")._value.get() == len(bl[1])
-    assert skipped.labels(reason="corrupt_block")._value.get() == 1
+    assert sample(metrics, "lumstream_ranker_samples_skipped_total", reason="duplicate") == len(
+        bl[1]
+    )
+    assert sample(metrics, "lumstream_ranker_samples_skipped_total", reason="corrupt_block") == 1
 
 
 def test_resuming_at_the_positions_repeats_and_skips_nothing() -> None:

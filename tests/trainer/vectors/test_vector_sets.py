@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from support.backbone import make_pairs
+from support.metrics import sample
 
 from monitoring.metrics import Metrics
 from trainer.backbone import versions
@@ -128,8 +129,8 @@ def test_watcher_follows_new_sets_and_keeps_a_vanished_one(
     assert current is not None
     assert current.version == "v2"
     assert w.missing
-    assert metrics.ranker_backbone_missing._value.get() == 1
-    assert metrics.ranker_vector_load_errors._value.get() == 1
+    assert sample(metrics, "lumstream_ranker_backbone_missing_total") == 1
+    assert sample(metrics, "lumstream_ranker_vector_load_errors_total") == 1
     now[0] = 33
     w.poll()
-    assert metrics.ranker_backbone_missing._value.get() == 1  # counted once
+    assert sample(metrics, "lumstream_ranker_backbone_missing_total") == 1  # counted once
