@@ -299,9 +299,9 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
-        self.ranker_checkpoint_age = Gauge(
-            "lumstream_ranker_checkpoint_age_seconds",
-            "Seconds since the last checkpoint was saved",
+        self.ranker_checkpoint_time = Gauge(
+            "lumstream_ranker_checkpoint_timestamp_seconds",
+            "When the ranker last saved a checkpoint (unix time; time() - this is its age)",
             registry=registry,
         )
         self.ranker_version = Gauge(

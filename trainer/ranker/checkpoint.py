@@ -118,7 +118,7 @@ class Checkpointer:
         self.saved_at = time.time()
         self._count("saved")
         if self.metrics is not None:
-            self.metrics.ranker_checkpoint_age.set(0.0)
+            self.metrics.ranker_checkpoint_time.set(self.saved_at)
         return final
 
     def restore(self, engine: RankerEngine) -> dict[str, Any] | None:

@@ -135,6 +135,8 @@ class StreamingTrainer:
         assert self.source is not None
         b = self.cfg.batch_size
         deadline = time.monotonic() + _HEARTBEAT_S
+        if self.cfg.checkpoint_every_s > 0 and self._batches_since_ckpt:  # an idle stream
+            deadline = min(deadline, self._last_ckpt + self.cfg.checkpoint_every_s)
         while not stop.is_set():
             if self.assembler.available() >= b:
                 return "batch", self.assembler.take(b)
@@ -152,16 +154,22 @@ class StreamingTrainer:
         return "stop", Samples.empty()
 
     def _want_checkpoint(self, op: str) -> bool:
+        """Whether to checkpoint after this step (``op`` batch, wait or stop).
+
+        Decided before the step runs, so a batch counts itself: with
+        ``checkpoint_every_batches`` = 10 the 10th batch is followed by a checkpoint. A
+        wait (no sample for a heartbeat) checkpoints too when the time cadence is due:
+        an idle stream must not leave the newest learning unsaved and unpublished.
+        """
         if self.checkpointer is None:
             return False
+        pending = self._batches_since_ckpt + (op == "batch")
         if op == "stop":
-            return self._batches_since_ckpt > 0
+            return pending > 0
         every_b = self.cfg.checkpoint_every_batches
         every_s = self.cfg.checkpoint_every_s
-        return (every_b > 0 and self._batches_since_ckpt >= every_b) or (
-            every_s > 0
-            and time.monotonic() - self._last_ckpt >= every_s
-            and self._batches_since_ckpt > 0
+        return (every_b > 0 and pending >= every_b) or (
+            every_s > 0 and time.monotonic() - self._last_ckpt >= every_s and pending > 0
         )
 
     def _vectors_on_rank0(self) -> str:
@@ -185,7 +193,7 @@ class StreamingTrainer:
                 header: dict[str, Any] = {
                     "op": op,
                     "vectors": self._vectors_on_rank0(),
-                    "checkpoint": op != "wait" and self._want_checkpoint(op),
+                    "checkpoint": self._want_checkpoint(op),
                 }
                 msg = json.dumps(header).encode() + b"\n" + samples.encode()
             else:
@@ -291,8 +299,6 @@ class StreamingTrainer:
                     self.metrics.ranker_progressive.labels(metric=k).set(v)
             for t, m in self.engine.mappers.items():
                 self.metrics.ranker_ids_used.labels(table=t).set(m.used)
-            if self.checkpointer is not None and self.checkpointer.saved_at is not None:
-                self.metrics.ranker_checkpoint_age.set(time.time() - self.checkpointer.saved_at)
             if self.source is not None:
                 for p, lag in self.source.lag().items():
                     self.metrics.ranker_consumer_lag.labels(partition=str(p)).set(lag)
