@@ -20,6 +20,7 @@ stored offset, both inside the rebalance callbacks).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -113,12 +114,16 @@ class StreamWorker:
             tp.offset = self.processors[tp.partition].next_offset
         consumer.assign(partitions)
         self.metrics.partitions_owned.set(len(self.processors))
+        for tp in partitions:
+            self._lag(consumer, tp.partition, self.processors[tp.partition], cached=False)
         self.stats.last_record_at = time.monotonic()  # idle time counts from here
         log.info("assigned partitions %s", {tp.partition: tp.offset for tp in partitions})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._close(tp.partition)
+            with contextlib.suppress(KeyError):  # its lag is another owner's to report now
+                self.metrics.consumer_lag.remove(self.kafka.topic_events, str(tp.partition))
         consumer.unassign()
         log.info("revoked partitions %s", sorted(tp.partition for tp in partitions))
 
@@ -157,6 +162,8 @@ class StreamWorker:
             while not stop.is_set():
                 records = consumer.consume(num_messages=self.cfg.batch_max, timeout=timeout_s)
                 if not records:
+                    for p, proc in list(self.processors.items()):  # lag moves while idle
+                        self._lag(consumer, p, proc)
                     idle = time.monotonic() - self.stats.last_record_at
                     if idle_exit_s is not None and self.processors and idle > idle_exit_s:
                         break
@@ -231,9 +238,21 @@ class StreamWorker:
         consumer.seek(TopicPartition(self.kafka.topic_events, partition, proc.next_offset))
         time.sleep(_RETRY_BACKOFF_S)
 
-    def _lag(self, consumer: Consumer, partition: int, proc: PartitionProcessor) -> None:
+    def _lag(
+        self, consumer: Consumer, partition: int, proc: PartitionProcessor, cached: bool = True
+    ) -> None:
+        """Set ``consumer_lag`` of an owned partition: records after the stored offset.
+
+        ``cached`` reads the high watermark the last fetch carried (no broker call); on
+        assignment it is asked for, so the series exists before the first record arrives
+        (an alert must see a worker that owns partitions but never consumes).
+        """
         tp = TopicPartition(self.kafka.topic_events, partition)
-        _, high = consumer.get_watermark_offsets(tp, cached=True)
+        try:
+            _, high = consumer.get_watermark_offsets(tp, timeout=5.0, cached=cached)
+        except KafkaException as exc:
+            log.warning("partition %d: no high watermark (%s)", partition, exc)
+            return
         if high >= 0:
             self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(partition)).set(
                 max(0, high - proc.next_offset)
