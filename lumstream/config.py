@@ -62,9 +62,8 @@ class Layout:
         backfill_store: the stores a backfill writes (``replay.store``).
         replay_checkpoints: resume points of ``replay produce``.
         backbone_versions: backbone versions vN (``refresh.versions_dir``).
-        vector_store: the per-user vector store (``refresh.vector_store_dir``).
-        vector_sets: the vector sets the ranker reads (``ranker.vector_sets_dir``; by
-            default where the refresh writes them, under the backbone versions).
+        vector_store: the condition-query vector store (``refresh.vector_store_dir``): the
+            refresh writes it, the ranker and the service read it.
         ranker_checkpoints / ranker_versions: the trainer's (``ranker.checkpoint_dir``,
             ``ranker.versions_dir``).
         demo: everything ``lumstream demo`` writes.
@@ -80,7 +79,6 @@ class Layout:
     replay_checkpoints: Path
     backbone_versions: Path
     vector_store: Path
-    vector_sets: Path
     ranker_checkpoints: Path
     ranker_versions: Path
     demo: Path
@@ -104,7 +102,6 @@ class Layout:
             replay_checkpoints=data / "replay",
             backbone_versions=versions,
             vector_store=pick(cfg.refresh.vector_store_dir, data / "vectors"),
-            vector_sets=pick(cfg.ranker.vector_sets_dir, versions / "vectors"),
             ranker_checkpoints=pick(cfg.ranker.checkpoint_dir, data / "ranker" / "ckpt"),
             ranker_versions=pick(cfg.ranker.versions_dir, data / "ranker" / "versions"),
             demo=data / "demo",

@@ -203,17 +203,38 @@ class Metrics:
         )
         self.backbone_vectors_written = Counter(
             "lumstream_backbone_vectors_written",
-            "Condition-query vectors o_q computed and written",
+            "Users whose condition-query vectors were computed and written, by pass "
+            "(full: a new version; incremental: changed users, frozen version)",
+            ["mode"],
+            registry=registry,
+        )
+        self.backbone_vectors_time = Gauge(
+            "lumstream_backbone_vectors_timestamp_seconds",
+            "When the last pass of each mode finished writing vectors (unix time)",
+            ["mode"],
+            registry=registry,
+        )
+        self.backbone_vector_shift = Gauge(
+            "lumstream_backbone_vector_shift",
+            "Mean cosine distance of users' vectors from their previous version's (the "
+            "newest full pass)",
+            registry=registry,
+        )
+        self.backbone_layout_conditions = Gauge(
+            "lumstream_backbone_layout_conditions",
+            "Query conditions in the vector store's layout (append-only)",
+            registry=registry,
+        )
+        self.backbone_layout_events = Counter(
+            "lumstream_backbone_layout_events",
+            "Layout events: appended (conditions added), left_out (no capacity), "
+            "refused (a refresh that could not keep the layout's contract)",
+            ["event"],
             registry=registry,
         )
         self.backbone_refresh_failures = Counter(
             "lumstream_backbone_refresh_failures",
             "Refreshes that failed (the last good version stays published)",
-            registry=registry,
-        )
-        self.backbone_oldest_vector_age = Gauge(
-            "lumstream_backbone_oldest_vector_age_seconds",
-            "Age of the oldest condition-query vector still served (staleness)",
             registry=registry,
         )
         self.backbone_eval = Gauge(
@@ -272,25 +293,36 @@ class Metrics:
             ["table"],
             registry=registry,
         )
-        self.ranker_vector_misses = Counter(
-            "lumstream_ranker_vector_misses",
-            "Samples without a LUM vector (user, item, condition not queried)",
-            ["kind"],
+        self.vector_lookups = Counter(
+            "lumstream_vectors_lookups",
+            "LUM vector lookups of a consumer by part (user, item, condition) and outcome "
+            "(found, missing, none_before: only records newer than the event, non_finite)",
+            ["consumer", "part", "outcome"],
             registry=registry,
         )
-        self.ranker_backbone_version = Gauge(
-            "lumstream_ranker_backbone_version",
-            "Number N of the backbone version whose vectors the ranker uses (-1: none)",
+        self.vector_age = Histogram(
+            "lumstream_vectors_age_seconds",
+            "Event time of a sample or request minus the newest event its vectors cover",
+            ["consumer"],
+            buckets=(1, 5, 15, 30, 60, 300, 900, 3600, 4 * 3600, 86_400, 7 * 86_400),
             registry=registry,
         )
-        self.ranker_backbone_missing = Counter(
-            "lumstream_ranker_backbone_missing",
-            "Times the vector set in use disappeared from disk (kept in memory)",
+        self.vector_covered_time = Gauge(
+            "lumstream_vectors_covered_timestamp_seconds",
+            "Median event time up to which the vectors a consumer used last cover (unix time)",
+            ["consumer"],
             registry=registry,
         )
-        self.ranker_vector_load_errors = Counter(
-            "lumstream_ranker_vector_load_errors",
-            "Vector sets that could not be loaded",
+        self.vector_version_used = Gauge(
+            "lumstream_vectors_version",
+            "Newest backbone version whose vectors a consumer used last",
+            ["consumer"],
+            registry=registry,
+        )
+        self.vector_layout_refused = Counter(
+            "lumstream_vectors_layout_refused",
+            "Vector store layouts a consumer refused (width or capacity it was not built for)",
+            ["consumer"],
             registry=registry,
         )
         self.ranker_checkpoints = Counter(

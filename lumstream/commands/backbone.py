@@ -23,11 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from contextlib import AbstractContextManager
-
     from lumstream.config import Config
     from monitoring.metrics import Metrics
-    from trainer.backbone.refresh import CqSink, RefreshPaths, RefreshResult
+    from trainer.backbone.refresh import RefreshPaths, RefreshResult
 
 HELP = "the LUM backbone: train, refresh forever (versions + condition-query vectors), eval"
 
@@ -58,7 +56,6 @@ def paths(cfg: Config) -> RefreshPaths:
         store=layout.store,
         versions=layout.backbone_versions,
         vectors=layout.vector_store,
-        vector_sets=layout.vector_sets,
     )
 
 
@@ -66,13 +63,18 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from core.durable import VersionError
     from lumstream.commands.base import fail
     from streams.worker.store import StoreError
+    from trainer.vectors.layout import LayoutError
+    from trainer.vectors.store import VectorStoreError
 
     action = {"train": _train, "refresh": _refresh, "eval": _eval, "versions": _versions}
     try:
         return action[args.action](cfg, args, paths(cfg))
-    except (StoreError, VersionError, FileNotFoundError) as exc:
-        # no store (or a locked one), no event log, a missing or corrupt version
+    except (StoreError, VersionError, FileNotFoundError, VectorStoreError) as exc:
+        # no store (or a locked one), no event log, a missing or corrupt version, the
+        # vector store held by another refresh
         return fail("backbone", exc)
+    except LayoutError as exc:  # the vector store's contract with its consumers
+        return fail("backbone", f"refresh refused, the vector layout would break: {exc}")
 
 
 def _log(args: argparse.Namespace) -> Path | None:
@@ -111,10 +113,14 @@ def _refresh(cfg: Config, args: argparse.Namespace, where: RefreshPaths) -> int:
     notice = "backbone refresh: stopping after the refresh in progress (again: abort)"
     with (
         serving_metrics(cfg, "backbone") as (metrics, _),
-        _cq(cfg, metrics) as cq,
         stop_on_signals(notice) as stop,
     ):
-        print(f"refreshing every {cfg.refresh.cadence_s:.0f} s (Ctrl-C stops)", file=sys.stderr)
+        every = cfg.refresh.incremental_every_s
+        incremental = f", changed users' vectors every {every:g} s" if every > 0 else ""
+        print(
+            f"refreshing every {cfg.refresh.cadence_s:.0f} s{incremental} (Ctrl-C stops)",
+            file=sys.stderr,
+        )
         run_forever(
             cfg.backbone,
             cfg.refresh,
@@ -123,7 +129,6 @@ def _refresh(cfg: Config, args: argparse.Namespace, where: RefreshPaths) -> int:
             where,
             metrics,
             stop,
-            cq=cq,
             retrain=args.retrain,
             on_refresh=_report,
         )
@@ -135,37 +140,11 @@ def _refresh_once(
 ) -> int:
     from trainer.backbone.refresh import refresh_once
 
-    with _cq(cfg, metrics) as cq:
-        result = refresh_once(
-            cfg.backbone,
-            cfg.refresh,
-            cfg.store,
-            cfg.events,
-            where,
-            metrics,
-            cq=cq,
-            retrain=args.retrain,
-        )
+    result = refresh_once(
+        cfg.backbone, cfg.refresh, cfg.store, cfg.events, where, metrics, retrain=args.retrain
+    )
     _report(result)
     return 0
-
-
-def _cq(cfg: Config, metrics: Metrics) -> AbstractContextManager[CqSink | None]:
-    """lum.cq on the configured cluster or a running ``lumstream broker``; none (a note on
-    stderr) without either: a broker started for this command would be gone at exit."""
-    from streams.kafka.broker import running_broker
-    from trainer.backbone.refresh import cq_sink
-
-    bootstrap = None
-    if cfg.refresh.publish_cq:
-        bootstrap = cfg.kafka.bootstrap_servers or running_broker(cfg.layout.broker_run_file)
-        if not bootstrap:
-            print(
-                "note: no Kafka cluster configured and no `lumstream broker` running: vectors "
-                "go to the vector store only, not to lum.cq",
-                file=sys.stderr,
-            )
-    return cq_sink(cfg.kafka, bootstrap, metrics)
 
 
 def _report(result: RefreshResult) -> None:

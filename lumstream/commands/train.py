@@ -68,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--vectors",
         metavar="DIR",
-        help="LUM vector sets (default: ranker.vector_sets_dir, else <backbone versions>/vectors)",
+        help="the LUM vector store (default: refresh.vector_store_dir, else <data_dir>/vectors)",
     )
     p.add_argument("--max-batches", type=int, metavar="N", help="live: stop after N batches")
     p.add_argument("--threads", type=int, default=0, metavar="N", help="torch threads (0: default)")
@@ -117,7 +117,9 @@ def plan(cfg: Config, args: argparse.Namespace) -> TrainPlan:
     return TrainPlan(
         checkpoints=layout.ranker_checkpoints,
         versions=layout.ranker_versions,
-        vector_sets=Path(args.vectors) if args.vectors else layout.vector_sets,
+        vector_store=Path(args.vectors) if args.vectors else layout.vector_store,
+        lum_dim=cfg.backbone.dim,
+        lum_capacity=cfg.refresh.condition_capacity,
         samples_file=Path(args.samples_file) if args.samples_file else None,
         replay=replay,
         max_batches=args.max_batches,
@@ -185,6 +187,7 @@ def _train(cfg: Config, job_plan: TrainPlan) -> int:
         except TrainRefused as exc:
             return fail("train", exc, 2)
         with contextlib.ExitStack() as stack:
+            stack.callback(job.close)
             bootstrap = stack.enter_context(cluster(cfg, metrics)) if job.reads_kafka else None
             stop = None
             if job_plan.replay is None:

@@ -280,7 +280,6 @@ def _stream_summary(
 
 def _backbone(cfg: Config, root: Path, metrics: Metrics, bootstrap: str) -> str | None:
     """One backbone refresh over the demo store: train, publish v1, write the vectors."""
-    from streams.kafka.producer import Producer
     from trainer.backbone.refresh import RefreshPaths, refresh_once
     from trainer.backbone.versions import list_versions
 
@@ -289,19 +288,8 @@ def _backbone(cfg: Config, root: Path, metrics: Metrics, bootstrap: str) -> str 
         "version, computing condition-query vectors ...",
         flush=True,
     )
-    paths = RefreshPaths(
-        root / "store", root / "backbone", root / "vectors", root / "backbone" / "vectors"
-    )
-    with Producer(cfg.kafka, bootstrap, metrics=metrics) as producer:
-        result = refresh_once(
-            cfg.backbone,
-            cfg.refresh,
-            cfg.store,
-            cfg.events,
-            paths,
-            metrics,
-            cq=lambda records: producer.send_many(cfg.kafka.topic_cq, records, source="demo"),
-        )
+    paths = RefreshPaths(root / "store", root / "backbone", root / "vectors")
+    result = refresh_once(cfg.backbone, cfg.refresh, cfg.store, cfg.events, paths, metrics)
     if result.version is None:
         print(f"  no version: {result.reason}")
         return None

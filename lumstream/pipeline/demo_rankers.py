@@ -2,16 +2,18 @@
 lum.samples while the stream runs: once without LUM features, once with them.
 
 Both start with the stream and learn every sample progressively (scored, then learned).
-The LUM one follows the backbone's vector sets (``VectorsWatcher``); until the first set is
-published its LUM inputs are missing (learned defaults), so both see exactly the same
-samples and the comparison is honest: vectors are only ever built from events older than
-the samples they score. It checkpoints, publishes a ranker version and announces it on
-``kafka.topic_model_updates`` when it stops, as the real trainer does.
+The LUM one reads the vector store the backbone refresh writes; until the first vectors
+are written its LUM inputs are missing (learned defaults), so both see exactly the same
+samples, and the comparison is honest: a sample only ever gets vectors built from events
+(and by a version trained on data) older than it. It checkpoints, publishes a ranker
+version and announces it on ``kafka.topic_model_updates`` when it stops, as the real
+trainer does.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -52,9 +54,9 @@ class LiveRankers:
     """The pair of live rankers.
 
     Args:
-        cfg: the effective config (its ``backbone`` must pin ``query_conditions``: the
-            LUM ranker's inputs are sized before the first vector set exists).
-        root: the demo directory (vectors under ``backbone/vectors``, the LUM ranker's
+        cfg: the effective config (the LUM ranker is built for ``backbone.dim`` x
+            ``refresh.condition_capacity`` before the first vector exists).
+        root: the demo directory (the vector store under ``vectors``, the LUM ranker's
             checkpoints and versions under ``ranker/``).
         bootstrap: the broker.
         metrics: the process metrics (the LUM ranker exports to them).
@@ -69,12 +71,13 @@ class LiveRankers:
         from trainer.ranker.checkpoint import Checkpointer, announce
         from trainer.ranker.engine import RankerEngine
         from trainer.ranker.loop import StreamingTrainer
-        from trainer.vectors.sets import VectorsWatcher
+        from trainer.vectors.store import VectorReader
 
-        n_conditions = len(cfg.backbone.query_conditions)
-        if not n_conditions:
-            raise ValueError("the demo's rankers need backbone.query_conditions pinned")
         self.cfg, self.stop = cfg, threading.Event()
+        self._scratch = tempfile.TemporaryDirectory(prefix="lumstream-demo-vectors-")
+        self.vectors = VectorReader(
+            root / "vectors", Path(self._scratch.name), metrics=metrics, consumer="ranker"
+        )
         self.producer = make_producer(cfg.kafka, bootstrap, metrics=metrics)
         self.announced: list[str] = []
 
@@ -88,14 +91,14 @@ class LiveRankers:
 
         self.rankers: list[LiveRanker] = []
         for name, mode in (("without LUM", "off"), ("with LUM", _lum_mode(cfg))):
-            rcfg = replace(cfg.ranker, lum_features=mode)
+            rcfg = replace(cfg.ranker, lum_features=mode, vectors_poll_s=0.5)
             with_lum = mode != "off"
             own = metrics if with_lum else Metrics(CollectorRegistry())
             engine = RankerEngine(
                 rcfg,
                 cfg.embeddings,
                 cfg.backbone.dim if with_lum else 1,
-                n_conditions if with_lum else 1,
+                cfg.refresh.condition_capacity if with_lum else 1,
                 metrics=own,
             )
             source = PositionedConsumer(cfg.kafka, bootstrap, cfg.kafka.topic_samples)
@@ -103,9 +106,7 @@ class LiveRankers:
                 rcfg,
                 engine,
                 source,
-                vectors=VectorsWatcher(root / "backbone" / "vectors", 0.5, own)
-                if with_lum
-                else None,
+                vectors=self.vectors if with_lum else None,
                 checkpointer=Checkpointer(root / "ranker" / "ckpt", rcfg.keep_checkpoints, own)
                 if with_lum
                 else None,
@@ -145,6 +146,7 @@ class LiveRankers:
             for r in self.rankers:
                 r.source.close()
             self.producer.close()
+            self._close_vectors()
         errors = [e for r in self.rankers for e in r.errors]
         if errors:
             raise RuntimeError(f"a demo ranker failed: {errors[0]!r}") from errors[0]
@@ -157,6 +159,11 @@ class LiveRankers:
                 r.thread.join(timeout=30)
             r.source.close()
         self.producer.close()
+        self._close_vectors()
+
+    def _close_vectors(self) -> None:
+        self.vectors.close()
+        self._scratch.cleanup()
 
     # -- the report --------------------------------------------------------------------------
     def report(self) -> bool:

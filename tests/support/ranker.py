@@ -21,7 +21,9 @@ from streams.generator import ClickStream, World
 from streams.worker.processor import open_processor
 from trainer.ranker.batch import Samples
 from trainer.ranker.config import RankerConfig
-from trainer.vectors.sets import LumVectors
+from trainer.vectors.layout import ConditionLayout
+from trainer.vectors.lookup import MemoryVectors
+from trainer.vectors.store import VectorStore
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -76,9 +78,8 @@ def samples(gen: GeneratorConfig = GEN) -> Samples:
     return Samples.concat([Samples.from_block(b) for b in blocks(gen)])
 
 
-def truth_vectors(gen: GeneratorConfig = GEN, version: str = "v1", dim: int = 8) -> LumVectors:
-    """o_q = the generator's true taste t(u, c) and e_i = v_i: what a perfect backbone
-    would export (the query conditions are all categories)."""
+def _truth(gen: GeneratorConfig, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query conditions (N,), o_q (U, N, dim), e_i (I, dim)) from the generator's truth."""
     world = World(gen)
     d = gen.latent_dim
     rng = np.random.default_rng(0)
@@ -99,7 +100,36 @@ def truth_vectors(gen: GeneratorConfig = GEN, version: str = "v1", dim: int = 8)
     o /= np.linalg.norm(o, axis=-1, keepdims=True) + 1e-9
     e /= np.linalg.norm(e, axis=-1, keepdims=True) + 1e-9
     q = np.array([stable_id(World.condition_name(c)) for c in conds], np.int64)
-    return LumVectors(version, q, users, o, np.arange(gen.items), e, ("cond",))
+    return q, o.astype(np.float32), e.astype(np.float32)
+
+
+def truth_vectors(
+    gen: GeneratorConfig = GEN, version: int = 1, dim: int = 8, capacity: int | None = None
+) -> MemoryVectors:
+    """o_q = the generator's true taste t(u, c) and e_i = v_i: what a perfect backbone
+    would write (the query conditions are all categories), valid for every sample (a
+    version with watermark 0, records covering no event)."""
+    q, o, e = _truth(gen, dim)
+    layout = ConditionLayout(("cond",), q, capacity or len(q), dim)
+    mem = MemoryVectors(layout)
+    mem.add_version(version, watermark=0, items=np.arange(gen.items), item_vectors=e)
+    mem.add(version, np.arange(gen.users), np.zeros(gen.users, np.int64), o)
+    return mem
+
+
+def truth_store(path: Path, gen: GeneratorConfig = GEN, version: int = 1, dim: int = 8) -> Path:
+    """:func:`truth_vectors` written to a vector store at ``path`` (what the backbone
+    refresh would leave there)."""
+    q, o, e = _truth(gen, dim)
+    store = VectorStore(path, sync=False)
+    try:
+        store.agree_layout(q[:, None], ("cond",), dim, len(q))
+        store.add_version(version, 0, np.arange(gen.items), e)
+        users = np.arange(gen.users)
+        store.write(version, users, np.zeros(gen.users, np.int64), o, np.ones(gen.users, np.int64))
+    finally:
+        store.close()
+    return path
 
 
 def set_args(section: str, settings: DataclassInstance) -> list[str]:

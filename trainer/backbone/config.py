@@ -143,4 +143,25 @@ class RefreshConfig:
     vector_store_dir: str = setting(
         "", "per-user condition-query vector store (RocksDB); empty = <paths.data_dir>/vectors"
     )
-    publish_cq: bool = setting(True, "also produce the vectors to the compacted lum.cq topic")
+    condition_capacity: int = setting(
+        32,
+        "most query conditions the vector layout holds (fixed when the store is created; "
+        "the ranker is built for it)",
+        minimum=1,
+        maximum=4096,
+    )
+    incremental_every_s: float = setting(
+        5.0,
+        "seconds between incremental passes (users whose sequences grew get fresh vectors "
+        "from the newest version); 0 = full refreshes only",
+        minimum=0.0,
+    )
+    incremental_max_users: int = setting(
+        50_000, "most users recomputed in one incremental pass (the most behind first)", minimum=1
+    )
+    vector_records_kept: int = setting(
+        8, "vector records kept per user: how far back 'user u as of t' can answer", minimum=1
+    )
+    vector_versions_kept: int = setting(
+        8, "versions whose item vectors the vector store keeps", minimum=1
+    )

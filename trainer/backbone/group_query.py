@@ -13,9 +13,7 @@ backbone was trained with (times the temperature).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,14 +22,10 @@ from torch.profiler import record_function
 
 from embeddings.vocab import OOV
 from monitoring.metrics import Metrics
-from streams.config import EventConfig
 from streams.contracts.ids import stable_id
-from trainer.backbone.data import action_indices
 from trainer.backbone.encoder import LumBackbone
 from trainer.backbone.packing import collate_packed, collate_padded
 from trainer.backbone.tokens import TokenBatch, UserTokens
-from trainer.backbone.versions import load_model
-from trainer.vectors.sets import LumVectors
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +150,6 @@ def compute_vectors(
             parts.append(_gather(model, batch, len(chunk), rows.shape[1]))
     d = model.cfg.dim
     vecs = torch.cat(parts) if parts else torch.zeros(0, rows.shape[1], d, device=device)
-    if metrics is not None:
-        metrics.backbone_vectors_written.inc(vecs.shape[0] * vecs.shape[1])
     users = np.array([sequences[i][0] for i in keep], np.int64)
     return users, vecs
 
@@ -209,37 +201,3 @@ def item_embeddings(model: LumBackbone, batch: int = 65_536) -> tuple[np.ndarray
     ]
     emb = torch.cat(embs) if embs else torch.zeros(0, model.cfg.dim, device=device)
     return model.vocabs.items.ids.copy(), emb
-
-
-def vector_set(
-    version_dir: str | Path,
-    sequences: Sequence[tuple[int, np.ndarray]],
-    *,
-    now_ms: int | None = None,
-    metrics: Metrics | None = None,
-) -> LumVectors:
-    """Load a published backbone version (weights-only) and group-query its vector set.
-
-    Args:
-        version_dir: a published backbone version (``.../vN``).
-        sequences: (user id, SEQ_DTYPE sequence oldest first) of the users to cover.
-        now_ms: query time (default: each sequence's last event).
-        metrics: the backbone's counters (skipped sequences, unknown conditions).
-    """
-    model = load_model(version_dir)
-    acts = action_indices(model.cfg.sequence_actions, EventConfig())
-    if acts is not None:
-        sequences = [(u, s[np.isin(s["action"], acts)]) for u, s in sequences]
-    q = query_condition_ids(model)
-    users, o = compute_vectors(model, sequences, q, now_ms=now_ms, metrics=metrics)
-    items, e = item_embeddings(model)
-    return LumVectors(
-        Path(version_dir).name,
-        q,
-        users,
-        o.cpu().numpy(),
-        items,
-        e.cpu().numpy(),
-        model.cfg.condition_fields,
-        time.time_ns() // 1_000_000,
-    )

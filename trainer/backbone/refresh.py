@@ -10,11 +10,14 @@ One refresh (``refresh_once``):
    retraining), evaluate leave-last-out retrieval on the held-out events;
 4. publish ``vN`` atomically (manifest + safetensors), keep ``keep_versions``;
 5. group-query every user's condition-query vectors, users with the most new events
-   first, and write them to the vector store and to lum.cq (tagged with vN and the time).
+   first, and write them to the vector store (trainer/vectors), tagged with vN, the
+   newest event each summarises and vN's data watermark (:mod:`trainer.backbone.vector_pass`).
 
-``run_forever`` repeats it every ``refresh.cadence_s`` until stopped; ``cq_sink`` sends
-the vectors to lum.cq. ``train_fresh`` trains one version from scratch on given sequences
-and publishes it without vectors (``lumstream backbone train``).
+``run_forever`` repeats it every ``refresh.cadence_s`` until stopped and, in between, runs
+an incremental pass every ``refresh.incremental_every_s``: the frozen newest version
+recomputes the vectors of users whose sequences grew. ``train_fresh`` trains one version
+from scratch on given sequences and publishes it without vectors (``lumstream backbone
+train``).
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from monitoring.metrics import Metrics
-from streams.config import EventConfig, KafkaConfig, StoreConfig
-from streams.worker.store import StoreError
+from streams.config import EventConfig, StoreConfig
+from streams.worker.store import StoreError, StoreReader
 from trainer.backbone.config import BackboneConfig, RefreshConfig
 from trainer.backbone.data import (
     MemorySequences,
@@ -45,16 +48,20 @@ from trainer.backbone.data import (
 )
 from trainer.backbone.encoder import LumBackbone
 from trainer.backbone.eval import HeldOut, evaluate, leave_last_out
-from trainer.backbone.group_query import compute_vectors, item_embeddings, query_condition_ids
+from trainer.backbone.group_query import query_condition_ids
 from trainer.backbone.train import train
-from trainer.backbone.versions import VersionInfo, latest, list_versions, publish
-from trainer.vectors.sets import LumVectors
+from trainer.backbone.vector_pass import (
+    IncrementalRefresher,
+    agree_layout,
+    check_layout_before_training,
+    full_pass,
+    open_vectors,
+)
+from trainer.backbone.versions import VersionInfo, latest, publish
+from trainer.vectors.layout import LayoutError
 from trainer.vectors.store import VectorStore
 
 log = logging.getLogger(__name__)
-
-# Receives the (key, value) records of lum.cq (a producer's send_many, or None).
-CqSink = Callable[[list[tuple[bytes, bytes]]], object]
 
 
 @dataclass
@@ -80,14 +87,11 @@ class RefreshPaths:
         store: the sequence store (read-only).
         versions: backbone versions v1, v2, ...
         vectors: the condition-query vector store (this job is its only writer).
-        vector_sets: whole vector sets per version (``LumVectors`` files) for the ranker
-            trainer.
     """
 
     store: Path
     versions: Path
     vectors: Path
-    vector_sets: Path
 
 
 def refresh_once(
@@ -98,15 +102,26 @@ def refresh_once(
     paths: RefreshPaths,
     metrics: Metrics,
     *,
-    cq: CqSink | None = None,
     retrain: bool = False,
+    incremental: IncrementalRefresher | None = None,
 ) -> RefreshResult:
-    """One refresh; see the module doc. Raises ``StoreError`` when there is no store."""
+    """One refresh; see the module doc. Raises ``StoreError`` when there is no store and
+    ``LayoutError`` (before training) when the vector store's layout cannot be kept.
+
+    Args:
+        incremental: the incremental refresher to hand the new version to (it then
+            refreshes changed users with it).
+    """
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="lumstream-refresh-") as scratch:
+    with (
+        tempfile.TemporaryDirectory(prefix="lumstream-refresh-") as scratch,
+        _vectors_of(paths, rcfg, incremental) as vectors,
+    ):
         reader = open_store(paths.store, store_cfg, Path(scratch))
         try:
-            result = _refresh(cfg, rcfg, events, paths, metrics, reader, cq, retrain)
+            result = _refresh(
+                cfg, rcfg, events, paths, metrics, reader, vectors, retrain, incremental
+            )
         finally:
             reader.close()
     result.seconds = time.perf_counter() - started
@@ -120,16 +135,20 @@ def _refresh(
     events: EventConfig,
     paths: RefreshPaths,
     metrics: Metrics,
-    reader: SequenceSource,
-    cq: CqSink | None,
+    reader: StoreReader,
+    vectors: VectorStore,
     retrain: bool,
+    incremental: IncrementalRefresher | None,
 ) -> RefreshResult:
+    check_layout_before_training(vectors, cfg, rcfg, metrics)
     last = latest(paths.versions)
     store_wm = reader.watermark()
     last_wm = int(last.manifest["data_watermark"]) if last is not None else 0
     if last is not None and not retrain and store_wm <= last_wm:
         return RefreshResult(None, reason=f"no events after {last.name}'s watermark")
-    snapshot = MemorySequences(dict(reader.sequences()))  # one consistent read of the store
+    # one consistent read of the store: sequences and how many events each user has
+    counts = {user: int(meta[0]) for _, user, meta in reader.users()}
+    snapshot = MemorySequences(dict(reader.sequences()))
     if last is None or retrain:
         source: SequenceSource = snapshot
         init = None
@@ -145,15 +164,11 @@ def _refresh(
         )
     info, model, users = trained
     all_pairs, _ = prepare(snapshot, action_indices(cfg.sequence_actions, events), min_events=1)
-    written = write_vectors(
-        info,
-        model,
-        changed_first(all_pairs, last_wm),
-        paths,
-        rcfg.vector_batch_users,
-        metrics,
-        cq,
-    )
+    layout = agree_layout(vectors, query_condition_ids(model), cfg, rcfg, metrics)
+    ordered = [(u, seq, counts.get(u, len(seq))) for u, seq in changed_first(all_pairs, last_wm)]
+    written = full_pass(vectors, layout, info, model, ordered, rcfg, metrics)
+    if incremental is not None:
+        incremental.adopt(info.number, model, {u: n for u, _, n in ordered})
     scores = dict(info.manifest["metrics"])
     log.info(
         "refresh: published %s (%d users trained, %d users' vectors), %s",
@@ -162,9 +177,7 @@ def _refresh(
         written,
         scores,
     )
-    return RefreshResult(
-        info, users, written, scores, len(query_condition_ids(model)), previous=previous
-    )
+    return RefreshResult(info, users, written, scores, len(layout), previous=previous)
 
 
 def train_fresh(
@@ -249,75 +262,6 @@ def _sample(held: HeldOut, n: int, seed: int) -> HeldOut:
     )
 
 
-def write_vectors(
-    info: VersionInfo,
-    model: LumBackbone,
-    pairs: list[tuple[int, np.ndarray]],
-    paths: RefreshPaths,
-    batch_users: int,
-    metrics: Metrics,
-    cq: CqSink | None,
-) -> int:
-    """Group-query ``pairs`` in order (changed users first).
-
-    Each chunk goes to the vector store (per-user lookups: serving) and lum.cq as soon as
-    it is computed; the whole set with the item embeddings e_i is then saved as one
-    ``LumVectors`` file under ``<versions>/vectors/vN`` (the ranker trainer's input).
-    """
-    conds = query_condition_ids(model)
-    store = VectorStore(paths.vectors)
-    all_users: list[np.ndarray] = []
-    all_vecs: list[np.ndarray] = []
-    try:
-        started_ms = time.time_ns() // 1_000_000
-        for start in range(0, len(pairs), batch_users):
-            users, vecs = compute_vectors(
-                model, pairs[start : start + batch_users], conds, metrics=metrics
-            )
-            block = vecs.detach().cpu().numpy().astype(np.float32)  # (U, N, D)
-            records = store.write(
-                users,
-                info.number,
-                time.time_ns() // 1_000_000,
-                conds.reshape(len(conds), -1)[:, 0],
-                block,
-            )
-            if cq is not None:
-                cq(records)
-            all_users.append(users)
-            all_vecs.append(block)
-        written = sum(len(u) for u in all_users)
-        store.set_state(version=info.number, full_pass_started_ms=started_ms, users=written)
-    finally:
-        store.close()
-    items, item_vecs = item_embeddings(model)
-    dim = model.cfg.dim
-    LumVectors(
-        info.name,
-        conds,
-        np.concatenate(all_users) if all_users else np.zeros(0, np.int64),
-        np.concatenate(all_vecs) if all_vecs else np.zeros((0, len(conds), dim), np.float32),
-        items,
-        item_vecs.detach().cpu().numpy(),
-        model.cfg.condition_fields,
-        started_ms,
-    ).save(paths.vector_sets / info.name)
-    _prune_sets(paths)
-    metrics.backbone_oldest_vector_age.set((time.time_ns() // 1_000_000 - started_ms) / 1000.0)
-    return written
-
-
-def _prune_sets(paths: RefreshPaths) -> None:
-    """Vector sets follow version retention: a set whose version is gone is removed."""
-    import shutil
-
-    kept = {v.name for v in list_versions(paths.versions)}
-    if paths.vector_sets.is_dir():
-        for d in paths.vector_sets.iterdir():
-            if d.is_dir() and d.name not in kept:
-                shutil.rmtree(d, ignore_errors=True)
-
-
 def run_forever(
     cfg: BackboneConfig,
     rcfg: RefreshConfig,
@@ -327,44 +271,85 @@ def run_forever(
     metrics: Metrics,
     stop: threading.Event,
     *,
-    cq: CqSink | None = None,
     retrain: bool = False,
     on_refresh: Callable[[RefreshResult], None] | None = None,
 ) -> None:
-    """Refresh every ``rcfg.cadence_s`` until ``stop`` is set; a failed refresh is logged
-    and retried at the next tick (the last good version stays published)."""
-    first = True
-    while not stop.is_set():
+    """Refresh every ``rcfg.cadence_s`` and, in between, pass incrementally every
+    ``rcfg.incremental_every_s`` until ``stop`` is set. A failed refresh is logged and
+    retried at the next tick (the last good version and its vectors stay in use)."""
+    with _vectors_of(paths, rcfg, None) as vectors:
+        incremental = IncrementalRefresher(
+            cfg, rcfg, store_cfg, events, paths.store, paths.versions, vectors, metrics
+        )
         try:
-            result = refresh_once(
-                cfg, rcfg, store_cfg, events, paths, metrics, cq=cq, retrain=retrain and first
+            _loop(
+                cfg, rcfg, store_cfg, events, paths, metrics, stop, retrain, on_refresh, incremental
             )
-        except StoreError as exc:  # e.g. no store yet: one line, no traceback
-            log.warning("refresh failed: %s; the last published version stays in use", exc)
-            metrics.backbone_refresh_failures.inc()
-        except Exception:
-            log.exception("refresh failed; the last published version stays in use")
-            metrics.backbone_refresh_failures.inc()
-        else:
-            if on_refresh is not None:
-                on_refresh(result)
-        first = False
-        stop.wait(rcfg.cadence_s)
+        finally:
+            incremental.close()
+
+
+def _loop(
+    cfg: BackboneConfig,
+    rcfg: RefreshConfig,
+    store_cfg: StoreConfig,
+    events: EventConfig,
+    paths: RefreshPaths,
+    metrics: Metrics,
+    stop: threading.Event,
+    retrain: bool,
+    on_refresh: Callable[[RefreshResult], None] | None,
+    incremental: IncrementalRefresher,
+) -> None:
+    first, next_full = True, time.monotonic()
+    while not stop.is_set():
+        if time.monotonic() >= next_full:
+            next_full = time.monotonic() + rcfg.cadence_s
+            try:
+                result = refresh_once(
+                    cfg,
+                    rcfg,
+                    store_cfg,
+                    events,
+                    paths,
+                    metrics,
+                    retrain=retrain and first,
+                    incremental=incremental,
+                )
+            except (StoreError, LayoutError) as exc:  # no store yet, a broken contract
+                log.warning("refresh failed: %s; the last published version stays in use", exc)
+                metrics.backbone_refresh_failures.inc()
+            except Exception:
+                log.exception("refresh failed; the last published version stays in use")
+                metrics.backbone_refresh_failures.inc()
+            else:
+                if on_refresh is not None:
+                    on_refresh(result)
+            first = False
+        elif rcfg.incremental_every_s > 0:
+            try:
+                incremental.step()
+            except StoreError as exc:
+                log.warning("incremental vectors failed: %s", exc)
+            except Exception:
+                log.exception("incremental vectors failed")
+        wait = next_full - time.monotonic()
+        if rcfg.incremental_every_s > 0:
+            wait = min(wait, rcfg.incremental_every_s)
+        stop.wait(max(wait, 0.0))
 
 
 @contextlib.contextmanager
-def cq_sink(kafka: KafkaConfig, bootstrap: str | None, metrics: Metrics) -> Iterator[CqSink | None]:
-    """A sink sending vector records to ``kafka.topic_cq`` for the ``with`` block, through
-    a producer on ``bootstrap``; None when there is no cluster (``bootstrap`` None)."""
-    if not bootstrap:
-        yield None
+def _vectors_of(
+    paths: RefreshPaths, rcfg: RefreshConfig, incremental: IncrementalRefresher | None
+) -> Iterator[VectorStore]:
+    """The vector store for a ``with`` block: the incremental refresher's open one, or
+    opened here (one writer: RocksDB's lock refuses a second)."""
+    if incremental is not None:
+        yield incremental.vectors
         return
-    from streams.kafka.producer import Producer
-
-    with Producer(kafka, bootstrap, metrics=metrics) as producer:
-
-        def send(records: list[tuple[bytes, bytes]]) -> None:
-            producer.send_many(kafka.topic_cq, records, source="backbone")
-            producer.flush()
-
-        yield send
+    store = open_vectors(paths.vectors, rcfg)
+    try:
+        yield store
+    finally:
+        store.close()

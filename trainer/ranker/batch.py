@@ -12,7 +12,8 @@ Bad input is handled here, at the edge, never inside the model:
 - negative condition/category ids map to the shared new-id row (counted as ``new``);
 - negative history ids -> that history event is dropped (``reason=bad_history``);
 - history longer than ``history_len`` keeps the most recent events;
-- a user/item/condition without a LUM vector, or with a non-finite one -> missing flag.
+- a user/item/condition without a LUM vector valid at the sample's time, or with a
+  non-finite one -> missing flag.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from embeddings.tables import FEATURE_ORDER
 from monitoring.metrics import Metrics
 from streams.contracts.samples import HIST_DTYPE, SAMPLE_DTYPE, SampleBlock
 from trainer.ranker.config import RankerConfig
-from trainer.vectors.sets import LumVectors
+from trainer.vectors.layout import ConditionLayout
+from trainer.vectors.lookup import VectorSource, missing
 
 log = logging.getLogger(__name__)
 
@@ -190,15 +192,15 @@ class BatchBuilder:
         cfg: ranker settings (history length, LUM features).
         mappers: table -> :class:`~embeddings.ids.IdMapper` (``user``, ``item``, ``cond``,
             ``cat``).
-        lum_dim / lum_conditions: shape of the LUM inputs.
-        metrics: skip, id and vector-miss counters.
+        lum_dim / lum_conditions: shape of the LUM inputs: the vectors' width and the
+            condition layout's capacity (o_q rows; rows the layout does not use yet are
+            zeros, and learned from once conditions are appended to it).
+        metrics: skip and id counters (the vector source counts its lookups).
 
-    The first usable vector set fixes which query condition each o_q column holds. A set of
-    another shape, or whose query conditions differ from that layout (a backbone retrained
-    from scratch on other top conditions), would feed the model columns that mean something
-    else: it is refused (logged once, counted in ``ranker_vector_load_errors``) and its
-    samples get the missing-vector defaults. Pin ``backbone.query_conditions`` to keep the
-    layout across backbone versions.
+    The vector store's condition layout is append-only (trainer/vectors/layout.py), so a
+    row always means the same condition. A store whose layout was made for another width
+    or capacity is refused (logged once, counted in ``lumstream_vectors_layout_refused``)
+    and its samples get the missing-vector defaults.
     """
 
     def __init__(
@@ -211,8 +213,8 @@ class BatchBuilder:
     ) -> None:
         self.cfg, self.mappers, self.metrics = cfg, mappers, metrics
         self.lum_dim, self.lum_conditions = lum_dim, lum_conditions
-        self.layout: np.ndarray | None = None  # (N, F) query conditions of the o_q columns
-        self._refused: set[str] = set()
+        self.last_version: str | None = None  # newest backbone version of the last batch
+        self._refused: set[tuple[int, int]] = set()
 
     def _skip(self, reason: str, n: int) -> None:
         if n and self.metrics is not None:
@@ -256,7 +258,7 @@ class BatchBuilder:
         rows["hist_cat"] = self.mappers["cat"].map(h["cat"], hist_ts, learn=False).rows
         return Mapped(s, rows, fresh)
 
-    def local(self, m: Mapped, rank: int, world: int, vectors: LumVectors | None) -> RankerBatch:
+    def local(self, m: Mapped, rank: int, world: int, vectors: VectorSource | None) -> RankerBatch:
         """This rank's contiguous share of the global batch as a :class:`RankerBatch`
         (shares differ by at most one sample; an empty share is one weight-0 placeholder)."""
         n = len(m.samples)
@@ -290,7 +292,7 @@ class BatchBuilder:
         sparse: dict[str, np.ndarray],
         hist_len: np.ndarray,
         weights: np.ndarray,
-        vectors: LumVectors | None,
+        vectors: VectorSource | None,
     ) -> RankerBatch:
         bsz = len(s)
         ones = np.ones(bsz, np.int64)
@@ -326,42 +328,32 @@ class BatchBuilder:
         )
 
     def _lum(
-        self, s: Samples, v: LumVectors | None
+        self, s: Samples, v: VectorSource | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        bsz, n, d = len(s), self.lum_conditions, self.lum_dim
-        if v is None or not self.cfg.lum_direct or not self._usable(v):
-            return (
-                np.zeros((bsz, n, d), np.float32),
-                np.zeros(bsz, bool),
-                np.zeros((bsz, d), np.float32),
-                np.zeros(bsz, bool),
-                np.full(bsz, -1, np.int64),
-            )
-        o, o_found = v.lookup_users(s.rows["user"])
-        e, e_found = v.lookup_items(s.rows["item"])
-        ci = v.condition_index(np.stack([s.rows[f] for f in v.condition_fields], axis=1))
-        if self.metrics is not None:
-            self.metrics.ranker_vector_misses.labels(kind="user").inc(int((~o_found).sum()))
-            self.metrics.ranker_vector_misses.labels(kind="item").inc(int((~e_found).sum()))
-            self.metrics.ranker_vector_misses.labels(kind="condition").inc(int((ci < 0).sum()))
-        return o, o_found, e, e_found, ci
+        bsz = len(s)
+        layout = v.layout if v is not None and self.cfg.lum_direct else None
+        if v is None or layout is None or not self._usable(layout):
+            got = missing(bsz, self.lum_conditions, self.lum_dim)
+        else:
+            conds = np.stack([s.rows[f] for f in layout.fields], axis=1)
+            got = v.lookup(s.rows["user"], s.rows["item"], conds, s.rows["ts"])
+        newest = int(got.version.max()) if bsz else -1
+        self.last_version = f"v{newest}" if newest >= 0 else None
+        return got.user, got.user_found, got.item, got.item_found, got.cond_index
 
-    def _usable(self, v: LumVectors) -> bool:
-        why = ""
-        if (v.n_conditions, v.dim) != (self.lum_conditions, self.lum_dim):
-            why = (
-                f"shape {v.n_conditions} conditions x {v.dim}, the ranker was built for "
-                f"{self.lum_conditions} x {self.lum_dim}"
-            )
-        elif self.layout is None:
-            self.layout = v.query_conditions.copy()
-        elif not np.array_equal(v.query_conditions, self.layout):
-            why = "its query conditions differ from the ones the ranker learned"
-        if not why:
+    def _usable(self, layout: ConditionLayout) -> bool:
+        shape = (layout.capacity, layout.dim)
+        if shape == (self.lum_conditions, self.lum_dim):
             return True
-        if v.version not in self._refused:
-            self._refused.add(v.version)
-            log.warning("ranker: not using LUM vector set %s: %s", v.version, why)
+        if shape not in self._refused:
+            self._refused.add(shape)
+            log.warning(
+                "ranker: not using the vector store: its layout holds %d conditions x %d, "
+                "the ranker was built for %d x %d",
+                *shape,
+                self.lum_conditions,
+                self.lum_dim,
+            )
             if self.metrics is not None:
-                self.metrics.ranker_vector_load_errors.inc()
+                self.metrics.vector_layout_refused.labels(consumer="ranker").inc()
         return False

@@ -66,13 +66,11 @@ class RankerConfig:
     keep_versions: int = setting(3, "published ranker versions kept", minimum=1)
     publish: bool = setting(True, "export each checkpoint as a ranker version and announce it")
     # -- LUM vectors -----------------------------------------------------------------------
-    vector_sets_dir: str = setting(
-        "",
-        "LUM vector sets the ranker reads: a directory of sets (<name>/lum_vectors.safetensors) "
-        "or one set; empty = <backbone versions>/vectors, where the refresh writes them",
-    )
     vectors_poll_s: float = setting(
-        30.0, "how often to look for a newer vector set (and a vanished one)", minimum=0.0
+        5.0,
+        "how often the trainer catches up with the vector store (new versions and the "
+        "incremental refresher's records)",
+        minimum=0.0,
     )
 
     @property

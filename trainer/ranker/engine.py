@@ -43,7 +43,7 @@ from trainer.ranker.batch import BatchBuilder, Samples
 from trainer.ranker.config import RankerConfig
 from trainer.ranker.distributed import all_gather_array, any_rank, ensure_process_group, world
 from trainer.ranker.model import RankerModel, model_inputs, weighted_bce
-from trainer.vectors.sets import LumVectors
+from trainer.vectors.lookup import VectorSource
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class RankerEngine:
         assert isinstance(net, RankerModel)
         return net
 
-    def step(self, samples: Samples, vectors: LumVectors | None, learn: bool = True) -> Scored:
+    def step(self, samples: Samples, vectors: VectorSource | None, learn: bool = True) -> Scored:
         """Score the global batch ``samples``, then (with ``learn``) learn from it.
 
         Bad samples are dropped and counted by the builder; a batch whose forward pass gives
@@ -220,7 +220,7 @@ class RankerEngine:
         if self.metrics is not None:
             self.metrics.ranker_loss.set(float(loss.detach()) * self.world)
 
-    def score(self, samples: Samples, vectors: LumVectors | None) -> Scored:
+    def score(self, samples: Samples, vectors: VectorSource | None) -> Scored:
         """Predictions only: no learning, no id admission, no state change."""
         return self.step(samples, vectors, learn=False)
 

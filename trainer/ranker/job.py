@@ -1,7 +1,7 @@
 """One run of the ranker trainer, as ``lumstream train`` starts it.
 
 :class:`RankerJob` owns everything between the parsed command line and the training loop:
-the LUM vectors watcher, the engine and the checkpointer (at construction, on every rank,
+the LUM vector reader, the engine and the checkpointer (at construction, on every rank,
 so a refusal comes before any cluster is contacted), then in :meth:`RankerJob.run` the
 source (a sample file, or ``kafka.topic_samples`` through a
 :class:`~streams.kafka.consumer.PositionedConsumer` on rank 0), the announcement of every
@@ -13,7 +13,7 @@ published).
 Finding the cluster, signals, metrics endpoints and printing are the caller's.
 
 Example:
-    >>> plan = TrainPlan(checkpoints=ck, versions=vs, vector_sets=sets)  # doctest: +SKIP
+    >>> plan = TrainPlan(checkpoints=ck, versions=vs, vector_store=vec)  # doctest: +SKIP
     >>> job = RankerJob(cfg.ranker, cfg.embeddings, cfg.kafka, plan, metrics)  # doctest: +SKIP
     >>> result = job.run(bootstrap, stop)  # doctest: +SKIP
 """
@@ -21,6 +21,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,8 +41,9 @@ from trainer.ranker.engine import RankerEngine
 from trainer.ranker.loop import LoopStats, StreamingTrainer
 from trainer.ranker.multi_epoch import EpochResult
 from trainer.ranker.source import SampleFileSource, SampleSource
-from trainer.vectors.sets import VectorsWatcher
+from trainer.vectors.store import VectorReader
 
+log = logging.getLogger(__name__)
 EPOCH_MODES = ("sparse_reset", "naive")
 _END = 2**63 - 1  # an open upper end of a time range (int64 max)
 
@@ -91,7 +94,10 @@ class TrainPlan:
 
     Args:
         checkpoints / versions: the checkpoint and published-version directories.
-        vector_sets: LUM vector sets (one set, or a directory of sets ``vN``).
+        vector_store: the LUM vector store the backbone refresh writes.
+        lum_dim / lum_capacity: the ranker's LUM input shape: the backbone's width and
+            the vector layout's capacity (``backbone.dim``, ``refresh.condition_capacity``),
+            known before the first vector is written.
         samples_file: read this sample file instead of Kafka.
         replay: a replay (None: live training).
         max_batches: live training stops after this many batches.
@@ -100,7 +106,9 @@ class TrainPlan:
 
     checkpoints: Path
     versions: Path
-    vector_sets: Path
+    vector_store: Path
+    lum_dim: int = 64
+    lum_capacity: int = 32
     samples_file: Path | None = None
     replay: Replay | None = None
     max_batches: int | None = None
@@ -133,7 +141,8 @@ class RankerJob:
             learned by the checkpoint it resumed from, or None when it starts fresh.
         on_publish: rank 0, after each ranker version is published (and announced).
     Raises:
-        TrainRefused: LUM features on but no vector set under ``plan.vector_sets``.
+        TrainRefused: LUM features on and a vector store whose layout was made for another
+            width or capacity than the plan's.
         CheckpointError: (at :meth:`run`) a checkpoint that does not fit the model.
     """
 
@@ -153,16 +162,30 @@ class RankerJob:
         if plan.threads:
             torch.set_num_threads(plan.threads)
         self.rank, _ = world()
-        self.watcher: VectorsWatcher | None = None
+        self.vectors: VectorReader | None = None
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
         lum_dim, lum_n = 1, 1
         if ranker.lum_features != "off":
-            self.watcher = VectorsWatcher(plan.vector_sets, ranker.vectors_poll_s, metrics)
-            if self.watcher.current is None:
-                raise TrainRefused(
-                    f"no LUM vector set under {plan.vector_sets}; publish backbone vectors "
-                    "there, pass --vectors, or set ranker.lum_features=off"
+            lum_dim, lum_n = plan.lum_dim, plan.lum_capacity
+            self._scratch = tempfile.TemporaryDirectory(prefix="lumstream-vectors-")
+            self.vectors = VectorReader(
+                plan.vector_store, Path(self._scratch.name), metrics=metrics, consumer="ranker"
+            )
+            layout = self.vectors.layout
+            if layout is None:
+                log.info(
+                    "no vector store at %s yet: LUM inputs are missing (learned defaults) "
+                    "until the backbone refresh writes it",
+                    plan.vector_store,
                 )
-            lum_dim, lum_n = self.watcher.current.dim, self.watcher.current.n_conditions
+            elif (layout.capacity, layout.dim) != (lum_n, lum_dim):
+                self.close()
+                raise TrainRefused(
+                    f"the vector store {plan.vector_store} holds {layout.capacity} conditions "
+                    f"x {layout.dim}, this ranker is built for {lum_n} x {lum_dim} "
+                    "(refresh.condition_capacity, backbone.dim): use the settings the store "
+                    "was made with, or another store"
+                )
         self.engine = RankerEngine(ranker, embeddings, lum_dim, lum_n, metrics=metrics)
         self.checkpointer = Checkpointer(plan.checkpoints, ranker.keep_checkpoints, metrics)
 
@@ -185,7 +208,7 @@ class RankerJob:
                 self.cfg,
                 self.engine,
                 source,
-                vectors=self.watcher,
+                vectors=self.vectors,
                 checkpointer=self.checkpointer,
                 versions_dir=self.plan.versions if self.cfg.publish else None,
                 announce=self._announcer(send),
@@ -201,6 +224,15 @@ class RankerJob:
                 self.on_start(self.engine.samples_learned if resumed else None)
             stats = loop.run(stop, max_batches=self.plan.max_batches)
             return JobResult(self.rank == 0, stats)
+
+    def close(self) -> None:
+        """Release the vector reader (its secondary instance and scratch directory)."""
+        if self.vectors is not None:
+            self.vectors.close()
+            self.vectors = None
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
 
     def _announcer(self, send: Send | None) -> Callable[[Path, dict[str, Any]], None]:
         def announcer(path: Path, extra: dict[str, Any]) -> None:

@@ -5,14 +5,17 @@ batch when the source is exhausted or idle for ``idle_flush_s``); it broadcasts 
 with what to do (learn it, checkpoint, which vector set, stop) so every rank takes the same
 steps. Every batch is scored before it is learned from (progressive validation); rank 0
 adds the scores to a sliding window and exports windowed AUC, GAUC, log-loss and
-calibration every ``log_every`` batches. The backbone version of the vectors used is
-recorded per batch (as change points ``[step, version]`` in the checkpoint and manifest).
+calibration every ``log_every`` batches. LUM inputs come from a
+:class:`~trainer.vectors.lookup.VectorSource` as of each sample's event time; every rank
+catches up with the vector store at the same step, every ``vectors_poll_s``. The newest
+backbone version used is recorded as change points ``[step, version]`` (checkpoint and
+manifest).
 
 :meth:`StreamingTrainer.replay` is the other way to train: every sample of a finite
 source's event-time range, read once, trained for several epochs, then one checkpoint.
 
 Example:
-    >>> loop = StreamingTrainer(cfg, engine, source, vectors=watcher)  # doctest: +SKIP
+    >>> loop = StreamingTrainer(cfg, engine, source, vectors=reader)  # doctest: +SKIP
     >>> stats = loop.run(stop_event)  # doctest: +SKIP
 """
 
@@ -43,7 +46,7 @@ from trainer.ranker.engine import RankerEngine, Scored
 from trainer.ranker.metrics import Window
 from trainer.ranker.multi_epoch import EpochResult, collect, train_epochs
 from trainer.ranker.source import Assembler, SampleSource
-from trainer.vectors.sets import LumVectors, VectorsWatcher
+from trainer.vectors.lookup import VectorSource
 
 log = logging.getLogger(__name__)
 _HEARTBEAT_S = 5.0  # idle ranks hear from rank 0 at least this often
@@ -77,7 +80,7 @@ class StreamingTrainer:
         cfg: ranker settings (batch size, window, cadences).
         engine: the model and its optimizers.
         source: the samples (read on rank 0 only; None on other ranks).
-        vectors: a :class:`VectorsWatcher`, fixed :class:`LumVectors`, or None (no LUM).
+        vectors: where LUM inputs come from (None: no LUM).
         checkpointer: saves and restores (None: no checkpoints).
         versions_dir: where versions are published on every checkpoint (None: not).
         announce: called with (version path, manifest extra) after publishing (rank 0).
@@ -92,7 +95,7 @@ class StreamingTrainer:
         engine: RankerEngine,
         source: SampleSource | None,
         *,
-        vectors: VectorsWatcher | LumVectors | None = None,
+        vectors: VectorSource | None = None,
         checkpointer: Checkpointer | None = None,
         versions_dir: Path | None = None,
         announce: Callable[[Path, dict[str, Any]], None] | None = None,
@@ -101,8 +104,7 @@ class StreamingTrainer:
         ts_range: tuple[int, int] | None = None,
     ) -> None:
         self.cfg, self.engine, self.source = cfg, engine, source
-        self.watcher = vectors if isinstance(vectors, VectorsWatcher) else None
-        self.vectors = vectors.current if isinstance(vectors, VectorsWatcher) else vectors
+        self.vectors = vectors
         self.checkpointer, self.versions_dir, self.announce = checkpointer, versions_dir, announce
         self.metrics, self.keep_scores = metrics, keep_scores
         self.rank, self.world = world()
@@ -110,7 +112,7 @@ class StreamingTrainer:
         self.stats = LoopStats()
         self.assembler = Assembler(metrics=metrics, ts_range=ts_range)
         self.watermark = 0
-        self._vec_path = ""
+        self._vectors_seen = time.monotonic()
         self._last_ckpt = time.monotonic()
         self._batches_since_ckpt = 0
 
@@ -172,11 +174,15 @@ class StreamingTrainer:
             every_s > 0 and time.monotonic() - self._last_ckpt >= every_s and pending > 0
         )
 
-    def _vectors_on_rank0(self) -> str:
-        if self.watcher is not None:
-            self.vectors = self.watcher.poll()
-            return str(self.watcher.path) if self.watcher.path is not None else ""
-        return ""
+    def _vectors_due(self) -> bool:
+        """Rank 0: time for every rank to catch up with the vector store."""
+        if self.vectors is None:
+            return False
+        now = time.monotonic()
+        if now - self._vectors_seen < self.cfg.vectors_poll_s:
+            return False
+        self._vectors_seen = now
+        return True
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None, max_batches: int | None = None) -> LoopStats:
@@ -192,7 +198,7 @@ class StreamingTrainer:
                     op, samples = self._next_batch(stop)
                 header: dict[str, Any] = {
                     "op": op,
-                    "vectors": self._vectors_on_rank0(),
+                    "vectors": self._vectors_due(),
                     "checkpoint": self._want_checkpoint(op),
                 }
                 msg = json.dumps(header).encode() + b"\n" + samples.encode()
@@ -201,8 +207,8 @@ class StreamingTrainer:
             raw = broadcast_bytes(msg)
             head, _, body = raw.partition(b"\n")
             header = json.loads(head)
-            if self.rank != 0:
-                self._follow_vectors(header["vectors"])
+            if header["vectors"] and self.vectors is not None:
+                self.vectors.refresh()
             if header["op"] == "batch":
                 self._train(Samples.decode(body))
                 if self.rank == 0 and self.stats.batches % self.cfg.log_every == 0:
@@ -242,12 +248,11 @@ class StreamingTrainer:
         if not len(samples):  # the same on every rank
             return []
         self.assembler.learned(samples)
-        version = self.vectors.version if self.vectors is not None else None
         results = train_epochs(
             self.engine, samples, None, mode=mode, epochs=epochs, vectors=self.vectors
         )
         self.stats.samples = len(samples)
-        self.stats.backbone_versions = [[0, version]]
+        self.stats.backbone_versions = [[0, self.engine.builder.last_version]]
         self.watermark = int(samples.rows["ts"].max())
         # nothing pending: a restart resumes after everything learned here
         self.assembler = Assembler(
@@ -256,24 +261,11 @@ class StreamingTrainer:
         self.checkpoint()
         return results
 
-    def _follow_vectors(self, path: str) -> None:
-        if not path or (self.vectors is not None and self._vec_path == path):
-            return
-        try:
-            self.vectors = LumVectors.load(path)
-            self._vec_path = path
-        except Exception as exc:  # keep the loaded set: rank 0 decides, a follower copes
-            log.warning(
-                "rank %d: cannot load vectors %s (%s); keeping the old ones", self.rank, path, exc
-            )
-
     def _train(self, samples: Samples) -> None:
-        version = self.vectors.version if self.vectors is not None else None
-        if not self.stats.backbone_versions or self.stats.backbone_versions[-1][1] != version:
-            self.stats.backbone_versions.append([self.engine.steps, version])
-            if self.metrics is not None:
-                self.metrics.ranker_backbone_version.set(_version_number(version))
         scored = self.engine.step(samples, self.vectors)
+        version = self.engine.builder.last_version
+        if not self.stats.backbone_versions or self.stats.backbone_versions[-1][1] != version:
+            self.stats.backbone_versions.append([self.engine.steps - 1, version])
         self.assembler.learned(samples)
         self._batches_since_ckpt += 1
         self.stats.batches += 1
@@ -313,7 +305,7 @@ class StreamingTrainer:
                 summary["gauc"],
                 summary["logloss"],
                 summary["calibration"],
-                self.vectors.version if self.vectors is not None else "none",
+                self.engine.builder.last_version or "none",
             )
 
     def checkpoint(self) -> None:
@@ -331,7 +323,7 @@ class StreamingTrainer:
         if self.versions_dir is not None:
             extra = {
                 "backbone_versions": self.stats.backbone_versions,
-                "backbone": self.vectors.version if self.vectors is not None else None,
+                "backbone": self.engine.builder.last_version,
                 "data_watermark": self.watermark,
                 "window": {k: v for k, v in self.window.summary().items() if np.isfinite(v)}
                 if len(self.window)
@@ -348,9 +340,3 @@ class StreamingTrainer:
                 self.stats.published.append(path.name)
                 if self.announce is not None:
                     self.announce(path, {"backbone": extra["backbone"], "steps": self.engine.steps})
-
-
-def _version_number(version: str | None) -> int:
-    if version and version[1:].isdigit():
-        return int(version[1:])
-    return -1

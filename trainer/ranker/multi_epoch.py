@@ -33,7 +33,7 @@ from trainer.ranker.distributed import broadcast_bytes, world
 from trainer.ranker.engine import RankerEngine, Scored
 from trainer.ranker.metrics import summary
 from trainer.ranker.source import Assembler, SampleSource
-from trainer.vectors.sets import LumVectors
+from trainer.vectors.lookup import VectorSource
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def _summarise(parts: list[Scored]) -> dict[str, float]:
 
 
 def score_all(
-    engine: RankerEngine, samples: Samples, vectors: LumVectors | None, batch_size: int
+    engine: RankerEngine, samples: Samples, vectors: VectorSource | None, batch_size: int
 ) -> dict[str, float]:
     """Summary of the model's predictions on ``samples`` (no learning)."""
     return _summarise(
@@ -84,7 +84,7 @@ def train_epochs(
     *,
     mode: str,
     epochs: int,
-    vectors: LumVectors | None = None,
+    vectors: VectorSource | None = None,
     batch_size: int | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
 ) -> list[EpochResult]:

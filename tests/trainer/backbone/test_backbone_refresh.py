@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
+from support.metrics import sample
 
 from monitoring.metrics import Metrics
 from streams.config import EventConfig, GeneratorConfig, StoreConfig, WorkerConfig
@@ -15,8 +16,8 @@ from streams.worker.processor import open_processor
 from trainer.backbone.config import BackboneConfig, RefreshConfig
 from trainer.backbone.refresh import RefreshPaths, refresh_once
 from trainer.backbone.versions import list_versions
-from trainer.vectors.sets import LumVectors
-from trainer.vectors.store import VectorReader, decode_vectors
+from trainer.vectors.lookup import LumLookup
+from trainer.vectors.store import VectorReader
 
 torch.set_num_threads(1)
 CFG = BackboneConfig(
@@ -44,27 +45,31 @@ def _feed(root: Path, records: list[bytes], start: int) -> None:
     proc.close()
 
 
+def _lookup(reader: VectorReader, user: int, ts: int) -> LumLookup:
+    layout = reader.layout
+    assert layout is not None
+    conds = layout.conditions[:1]
+    return reader.lookup(np.array([user]), np.array([0]), conds, np.array([ts]))
+
+
 def test_refresh_publishes_skips_and_warm_starts(tmp_path: Path) -> None:
     gen = GeneratorConfig(events=40_000, users=150, seed=5, base_ctr=0.2)
     records = [v for batch in ClickStream(gen).pair_batches() for _, v in batch]
-    paths = RefreshPaths(
-        tmp_path / "store",
-        tmp_path / "versions",
-        tmp_path / "vectors",
-        tmp_path / "versions" / "vectors",
-    )
+    paths = RefreshPaths(tmp_path / "store", tmp_path / "versions", tmp_path / "vectors")
     metrics = Metrics(CollectorRegistry())
-    sent: list[tuple[bytes, bytes]] = []
     _feed(paths.store, records[:30_000], 0)
 
-    first = refresh_once(CFG, RCFG, StoreConfig(), EventConfig(), paths, metrics, cq=sent.extend)
+    first = refresh_once(CFG, RCFG, StoreConfig(), EventConfig(), paths, metrics)
     assert first.version is not None
     assert first.version.name == "v1"
     assert first.version.manifest["parent"] is None
     assert set(first.metrics or {}) >= {"hr@10", "ndcg@10", "mrr"}
     assert first.vectors_written > 0
-    assert len(sent) == first.vectors_written  # every user's record also went to lum.cq
-    assert decode_vectors(sent[0][1]).version == 1
+    assert sample(metrics, "lumstream_backbone_vectors_written_total", mode="full") == (
+        first.vectors_written
+    )
+    assert 0 < first.conditions <= CFG.query_top
+    wm1 = int(first.version.manifest["data_watermark"])
 
     again = refresh_once(CFG, RCFG, StoreConfig(), EventConfig(), paths, metrics)
     assert again.version is None
@@ -74,27 +79,31 @@ def test_refresh_publishes_skips_and_warm_starts(tmp_path: Path) -> None:
     second = refresh_once(CFG, RCFG, StoreConfig(), EventConfig(), paths, metrics)
     assert second.version is not None
     assert second.version.manifest["parent"] == "v1"  # warm start from the last version
-    assert second.version.manifest["data_watermark"] > first.version.manifest["data_watermark"]
+    wm2 = int(second.version.manifest["data_watermark"])
+    assert wm2 > wm1
+    assert sample(metrics, "lumstream_backbone_vector_shift") > 0  # users moved
 
     reader = VectorReader(paths.vectors, tmp_path / "scratch")
     try:
-        user = int(sent[0][0])
-        got = reader.get(user)
-        assert got is not None
-        assert got.version == 2
-        assert got.vectors.shape[1] == CFG.dim
-        assert np.allclose(np.linalg.norm(got.vectors, axis=1), 1.0, atol=1e-4)
+        layout = reader.layout
+        assert layout is not None
+        assert len(layout) == first.conditions  # append-only: what v1 fixed is kept
+        assert sorted(reader.versions()) == [1, 2]
+        recs = next(reader.users())
+        later = _lookup(reader, recs, wm2 + 1)
+        assert later.user_found[0]
+        assert later.version[0] == 2
+        row = later.user[0, : len(layout)]
+        assert np.allclose(np.linalg.norm(row, axis=1), 1.0, atol=1e-4)
+        between = _lookup(reader, recs, wm1 + 1)  # v2's data ends later: v1's vectors
+        assert between.version[0] == 1
+        assert not _lookup(reader, recs, wm1).user_found[0]  # before v1's data ends: none
     finally:
         reader.close()
     third = refresh_once(CFG, RCFG, StoreConfig(), EventConfig(), paths, metrics, retrain=True)
     assert third.version is not None
     assert third.version.manifest["parent"] is None
     assert [v.name for v in list_versions(paths.versions)] == ["v2", "v3"]  # keep_versions=2
-    sets = sorted(d.name for d in paths.vector_sets.iterdir())
-    assert sets == ["v2", "v3"]  # the ranker's vector sets follow version retention
-    loaded = LumVectors.load(paths.vector_sets / "v3")
-    found = loaded.lookup_users(np.array([user], np.int64))[1]
-    assert bool(found[0])
 
 
 def test_refresh_reads_a_store_that_a_worker_is_writing(tmp_path: Path) -> None:
@@ -102,12 +111,7 @@ def test_refresh_reads_a_store_that_a_worker_is_writing(tmp_path: Path) -> None:
     and sees exactly what was committed, not the batch still in flight."""
     gen = GeneratorConfig(events=20_000, users=100, seed=9, base_ctr=0.2)
     records = [v for batch in ClickStream(gen).pair_batches() for _, v in batch]
-    paths = RefreshPaths(
-        tmp_path / "store",
-        tmp_path / "versions",
-        tmp_path / "vectors",
-        tmp_path / "versions" / "vectors",
-    )
+    paths = RefreshPaths(tmp_path / "store", tmp_path / "versions", tmp_path / "vectors")
     proc = open_processor(
         paths.store, 0, StoreConfig(), WorkerConfig(), EventConfig(), Metrics(CollectorRegistry())
     )

@@ -16,7 +16,7 @@ from monitoring.metrics import Metrics
 from streams.contracts.samples import HIST_DTYPE, SAMPLE_DTYPE
 from trainer.ranker.batch import BatchBuilder, Samples
 from trainer.ranker.engine import make_mappers
-from trainer.vectors.sets import LumVectors
+from trainer.vectors.lookup import MemoryVectors
 
 
 def make(rows: list[dict[str, int]], hists: list[list[tuple[int, int]]]) -> Samples:
@@ -89,39 +89,54 @@ def test_encode_decode_and_rank_shares() -> None:
 
 def test_lum_lookups_and_misses(metrics: Metrics) -> None:
     v = truth_vectors()
+    v.metrics = metrics
+    cond = int(v.layout.conditions[2, 0])
     s = make(
         [
-            {"user": 3, "item": 7, "cond": int(v.query_conditions[2, 0])},
-            {"user": 10_000, "item": 7, "cond": 12345},
+            {"user": 3, "item": 7, "cond": cond, "ts": 5},
+            {"user": 10_000, "item": 7, "cond": 12345, "ts": 5},
+            {"user": 3, "item": 7, "cond": cond, "ts": 0},  # not after the records: none
         ],
-        [[], []],
+        [[], [], []],
     )
-    b = BatchBuilder(CFG, make_mappers(EMB), v.dim, v.n_conditions, metrics)
+    b = BatchBuilder(CFG, make_mappers(EMB), v.layout.dim, v.layout.capacity, metrics)
     batch = b.local(b.map(b.clean(s), learn=False), 0, 1, v)
-    assert batch.lum_user_found.tolist() == [True, False]
-    assert batch.lum_item_found.tolist() == [True, True]
-    assert batch.cond_index.tolist() == [2, -1]
-    assert batch.kjt["user"].values().tolist() == [NEW_ROW, NEW_ROW]  # no admission
-    assert sample(metrics, "lumstream_ranker_vector_misses_total", kind="condition") == 1
-    off = BatchBuilder(dataclasses.replace(CFG, lum_features="off"), make_mappers(EMB), v.dim, 4)
+    assert batch.lum_user_found.tolist() == [True, False, False]
+    assert batch.lum_item_found.tolist() == [True, False, False]
+    assert batch.cond_index.tolist() == [2, -1, 2]
+    assert b.last_version == "v1"
+    assert batch.kjt["user"].values().tolist() == [NEW_ROW] * 3  # no admission
+    user = {"consumer": "ranker", "part": "user"}
+    assert sample(metrics, "lumstream_vectors_lookups_total", **user, outcome="found") == 1
+    assert sample(metrics, "lumstream_vectors_lookups_total", **user, outcome="missing") == 1
+    assert sample(metrics, "lumstream_vectors_lookups_total", **user, outcome="none_before") == 1
+    assert (
+        sample(
+            metrics,
+            "lumstream_vectors_lookups_total",
+            consumer="ranker",
+            part="condition",
+            outcome="missing",
+        )
+        == 1
+    )
+    off_cfg = dataclasses.replace(CFG, lum_features="off")
+    off = BatchBuilder(off_cfg, make_mappers(EMB), v.layout.dim, 4)
     assert not off.local(off.map(s, learn=False), 0, 1, v).lum_user_found.any()
 
 
-def test_a_vector_set_of_another_layout_is_refused_once_and_counted(metrics: Metrics) -> None:
+def test_a_store_of_another_shape_is_refused_once_and_counted(metrics: Metrics) -> None:
     v = truth_vectors()
-    s = make([{"user": 3, "item": 7, "cond": int(v.query_conditions[2, 0])}], [[]])
-    b = BatchBuilder(CFG, make_mappers(EMB), v.dim, v.n_conditions, metrics)
+    s = make([{"user": 3, "item": 7, "cond": int(v.layout.conditions[2, 0]), "ts": 5}], [[]])
+    b = BatchBuilder(CFG, make_mappers(EMB), v.layout.dim, v.layout.capacity, metrics)
 
-    def found(vectors: LumVectors) -> bool:
+    def found(vectors: MemoryVectors) -> bool:
         return bool(b.local(b.map(b.clean(s), learn=False), 0, 1, vectors).lum_user_found[0])
 
-    assert found(v)  # the first set fixes the layout
-    shuffled = v.query_conditions[::-1].copy()  # the same conditions, other columns
-    other = LumVectors("v2", shuffled, v.users, v.user_vectors[:, ::-1], v.items, v.item_vectors)
-    narrow = truth_vectors(version="v3", dim=v.dim // 2)
-    for refused in (other, other, narrow):
-        assert not found(refused)  # missing-vector defaults, never mislabelled columns
-    assert (
-        sample(metrics, "lumstream_ranker_vector_load_errors_total") == 2
-    )  # once per refused version
-    assert found(truth_vectors(version="v4"))  # the learned layout again: used
+    assert found(v)
+    wider = truth_vectors(capacity=v.layout.capacity * 2)  # made for another ranker
+    narrow = truth_vectors(dim=v.layout.dim // 2)
+    for refused in (wider, wider, narrow):
+        assert not found(refused)  # missing-vector defaults, never mislabelled rows
+    assert sample(metrics, "lumstream_vectors_layout_refused_total", consumer="ranker") == 2
+    assert found(truth_vectors(version=2))  # the ranker's shape again: used

@@ -36,7 +36,7 @@ def _loop(
     rcfg = dataclasses.replace(CFG, **cfg)  # type: ignore[arg-type]
     return StreamingTrainer(
         rcfg,
-        RankerEngine(rcfg, EMB, V.dim, V.n_conditions),
+        RankerEngine(rcfg, EMB, V.layout.dim, V.layout.capacity),
         source,
         vectors=V,
         checkpointer=Checkpointer(root / "ck", keep=10, metrics=metrics),

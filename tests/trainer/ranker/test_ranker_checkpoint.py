@@ -29,7 +29,7 @@ V = truth_vectors()
 
 
 def engine(metrics: Metrics | None = None) -> RankerEngine:
-    return RankerEngine(CFG, EMB, V.dim, V.n_conditions, metrics=metrics)
+    return RankerEngine(CFG, EMB, V.layout.dim, V.layout.capacity, metrics=metrics)
 
 
 def train(eng: RankerEngine, start: int, stop: int) -> list[np.ndarray]:
@@ -76,7 +76,7 @@ def test_truncated_or_corrupt_checkpoints_fall_back(tmp_path: Path, metrics: Met
 def test_a_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
     ck = Checkpointer(tmp_path)
     ck.save(engine(), {})
-    other = RankerEngine(CFG, EMB, V.dim + 1, V.n_conditions)
+    other = RankerEngine(CFG, EMB, V.layout.dim + 1, V.layout.capacity)
     with pytest.raises(CheckpointError, match="config"):
         ck.restore(other)
 
@@ -92,7 +92,7 @@ def test_published_version_scores_like_the_trainer(tmp_path: Path) -> None:
     assert loaded.manifest["samples_learned"] == 640
     s = samples().slice(640, 768)
     want = a.score(s, V).probs
-    b = BatchBuilder(CFG, loaded.mappers, V.dim, V.n_conditions)
+    b = BatchBuilder(CFG, loaded.mappers, V.layout.dim, V.layout.capacity)
     batch = b.local(b.map(b.clean(s), learn=False), 0, 1, V)
     with torch.no_grad():
         got = torch.sigmoid(loaded.model(*model_inputs(batch))).double().numpy()

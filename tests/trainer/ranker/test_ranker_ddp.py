@@ -35,7 +35,7 @@ if world > 1:
     dist.init_process_group("gloo")
 rank = dist.get_rank() if world > 1 else 0
 v = truth_vectors()
-eng = RankerEngine(CFG, EMB, v.dim, v.n_conditions)
+eng = RankerEngine(CFG, EMB, v.layout.dim, v.layout.capacity)
 source = MemorySampleSource.of_blocks(blocks()[:30]) if rank == 0 else None
 loop = StreamingTrainer(CFG, eng, source, vectors=v, keep_scores=True)
 stats = loop.run()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from support.metrics import sample
-from support.ranker import CFG, EMB, blocks, set_args, truth_vectors
+from support.ranker import CFG, EMB, blocks, set_args, truth_store, truth_vectors
 
 from monitoring.metrics import Metrics
 from streams.config import KafkaConfig
@@ -46,7 +46,7 @@ def test_train_from_lum_samples_and_announce(
 
         loop = StreamingTrainer(
             CFG,
-            RankerEngine(CFG, EMB, v.dim, v.n_conditions, metrics=metrics),
+            RankerEngine(CFG, EMB, v.layout.dim, v.layout.capacity, metrics=metrics),
             source,
             vectors=v,
             checkpointer=Checkpointer(tmp_path / "ck", metrics=metrics),
@@ -158,12 +158,18 @@ def test_train_command_replays_lum_samples_from_the_cluster(
     _produce(kafka_cfg, [(b"p1", encode_block(bl[4]))])  # re-sent after a worker crash
     ends = end_offsets(kafka_cfg, kafka_cfg.bootstrap_servers, kafka_cfg.topic_samples)
     assert sum(1 for e in ends.values() if e) >= 2  # several topic partitions to read
-    truth_vectors().save(tmp_path / "backbone" / "vectors" / "v1")
+    truth_store(tmp_path / "vectors")
     ranker = dataclasses.replace(CFG, checkpoint_every_s=0, checkpoint_every_batches=0)
     argv = [
         *set_args("kafka", kafka_cfg),
         *set_args("ranker", ranker),
         *set_args("embeddings", EMB),
+        "--set",
+        "backbone.dim=8",
+        "--set",
+        "backbone.heads=2",
+        "--set",
+        "refresh.condition_capacity=4",
     ]
     argv += ["--set", f"paths.data_dir={tmp_path}", "--set", "metrics.enabled=false"]
     assert main([*argv, "train", "--replay"]) == 0

@@ -44,7 +44,7 @@ if mode == "die-in-checkpoint":
     os.rename = rename
 v = truth_vectors()
 cfg = dataclasses.replace(CFG, checkpoint_every_batches=2, checkpoint_every_s=0, batch_size=64)
-eng = RankerEngine(cfg, EMB, v.dim, v.n_conditions)
+eng = RankerEngine(cfg, EMB, v.layout.dim, v.layout.capacity)
 ck = Checkpointer(Path(root, "ck"))
 loop = StreamingTrainer(cfg, eng, SampleFileSource(path), vectors=v, checkpointer=ck,
                         versions_dir=Path(root, "versions"))

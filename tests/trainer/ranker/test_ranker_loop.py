@@ -4,7 +4,6 @@ a vanished vector set kept in use, stop + resume learning every sample exactly o
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,42 +16,40 @@ from trainer.ranker.checkpoint import Checkpointer
 from trainer.ranker.engine import RankerEngine
 from trainer.ranker.loop import StreamingTrainer
 from trainer.ranker.source import MemorySampleSource
-from trainer.vectors.sets import VectorsWatcher
 
 torch.set_num_threads(1)
 V = truth_vectors()
 
 
 def engine(metrics: Metrics | None = None) -> RankerEngine:
-    return RankerEngine(CFG, EMB, V.dim, V.n_conditions, metrics=metrics)
+    return RankerEngine(CFG, EMB, V.layout.dim, V.layout.capacity, metrics=metrics)
 
 
-def test_metrics_versions_and_a_vanishing_backbone(tmp_path: Path, metrics: Metrics) -> None:
-    V.save(tmp_path / "v1")
-    watcher = VectorsWatcher(tmp_path, poll_s=0, metrics=metrics)
+def test_metrics_and_the_versions_store_grows(tmp_path: Path, metrics: Metrics) -> None:
+    """Vectors of a newer backbone version are used as soon as the store has them (and
+    they are valid for the samples' times); the change point is recorded."""
+    vectors = truth_vectors()
+    vectors.metrics = metrics
     cfg = dataclasses.replace(CFG, log_every=2)
     loop = StreamingTrainer(
         cfg,
         engine(metrics),
         MemorySampleSource.of_blocks(blocks()[:40]),
-        vectors=watcher,
+        vectors=vectors,
         metrics=metrics,
     )
     loop.run(max_batches=4)
-    v2 = truth_vectors(version="v2")
-    v2.save(tmp_path / "v2")
-    loop.run(max_batches=8)
-    shutil.rmtree(tmp_path / "v2")
-    stats = loop.run(max_batches=12)
+    v2 = truth_vectors(version=2)  # the same vectors, from a second version
+    vectors.add_version(2, watermark=0, items=v2.items[2].ids, item_vectors=v2.items[2].vectors)
+    for user, recs in v2.records.items():
+        vectors.add(2, np.array([user]), np.zeros(1, np.int64), np.stack(recs.vectors))
+    stats = loop.run(max_batches=8)
     assert stats.backbone_versions == [[0, "v1"], [4, "v2"]]
-    assert loop.vectors is not None
-    assert loop.vectors.version == "v2"
-    assert sample(metrics, "lumstream_ranker_backbone_missing_total") == 1
-    assert sample(metrics, "lumstream_ranker_backbone_version") == 2
-    assert sample(metrics, "lumstream_ranker_samples_total", outcome="learned") == 12 * 128
+    assert sample(metrics, "lumstream_vectors_version", consumer="ranker") == 2
+    assert sample(metrics, "lumstream_ranker_samples_total", outcome="learned") == 8 * 128
     auc = sample(metrics, "lumstream_ranker_progressive", metric="auc")
     assert 0.0 < auc < 1.0
-    assert stats.window["n"] == 12 * 128
+    assert stats.window["n"] == 8 * 128
     assert sample(metrics, "lumstream_ranker_ids_used", table="item") > 0
 
 

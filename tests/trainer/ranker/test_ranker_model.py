@@ -16,14 +16,14 @@ from monitoring.metrics import Metrics
 from trainer.ranker.batch import BatchBuilder
 from trainer.ranker.engine import RankerEngine, make_mappers
 from trainer.ranker.model import RankerModel, model_inputs
-from trainer.vectors.sets import LumVectors
+from trainer.vectors.lookup import MemoryVectors
 
 torch.set_num_threads(1)
 
 
-def batch_of(cfg, n: int = 64, vectors: LumVectors | None = None):
+def batch_of(cfg, n: int = 64, vectors: MemoryVectors | None = None):
     v = vectors or truth_vectors()
-    b = BatchBuilder(cfg, make_mappers(EMB), v.dim, v.n_conditions)
+    b = BatchBuilder(cfg, make_mappers(EMB), v.layout.dim, v.layout.capacity)
     s = samples().slice(0, n)
     return b.local(b.map(b.clean(s), learn=True), 0, 1, v)
 
@@ -57,8 +57,8 @@ def test_missing_vectors_use_the_learned_default() -> None:
 def test_fused_engine_matches_the_plain_reference() -> None:
     cfg = dataclasses.replace(CFG, lum_features="full")
     v = truth_vectors()
-    fused = RankerEngine(cfg, EMB, v.dim, v.n_conditions)
-    plain = RankerEngine(cfg, EMB, v.dim, v.n_conditions, fused=False)
+    fused = RankerEngine(cfg, EMB, v.layout.dim, v.layout.capacity)
+    plain = RankerEngine(cfg, EMB, v.layout.dim, v.layout.capacity, fused=False)
     s = samples()
     for i in range(0, 6 * 128, 128):
         a, b = fused.step(s.slice(i, i + 128), v), plain.step(s.slice(i, i + 128), v)
@@ -71,22 +71,25 @@ def test_fused_engine_matches_the_plain_reference() -> None:
 def test_each_batch_is_scored_before_it_is_learned() -> None:
     v = truth_vectors()
     emb = dataclasses.replace(EMB, admit_count=10**6)  # no admissions: same rows either way
-    eng = RankerEngine(CFG, emb, v.dim, v.n_conditions, fused=False)
+    eng = RankerEngine(CFG, emb, v.layout.dim, v.layout.capacity, fused=False)
     s = samples().slice(0, 128)
     scored = eng.step(s, v)
     assert scored.learned
     assert eng.samples_learned == len(scored)
     assert not np.allclose(scored.probs, eng.score(s, v).probs)  # it learned after scoring
-    fresh = RankerEngine(CFG, emb, v.dim, v.n_conditions, fused=False)
+    fresh = RankerEngine(CFG, emb, v.layout.dim, v.layout.capacity, fused=False)
     np.testing.assert_allclose(fresh.score(s, v).probs, scored.probs, atol=1e-6)
 
 
 def test_nan_vectors_and_poisoned_weights_never_stop_training(metrics: Metrics) -> None:
-    v = truth_vectors()
-    o = v.user_vectors.copy()
-    o[: len(o) // 2] = np.nan
-    bad = LumVectors("v9", v.query_conditions, v.users, o, v.items, v.item_vectors)
-    eng = RankerEngine(CFG, EMB, v.dim, v.n_conditions, fused=False, metrics=metrics)
+    bad = truth_vectors()
+    for user in list(bad.records)[: len(bad.records) // 2]:
+        recs = bad.records[user]
+        bad.records[user] = type(recs)(
+            recs.head, tuple(np.full_like(x, np.nan) for x in recs.vectors)
+        )
+    v = bad
+    eng = RankerEngine(CFG, EMB, v.layout.dim, v.layout.capacity, fused=False, metrics=metrics)
     scored = eng.step(samples().slice(0, 128), bad)
     assert scored.learned
     assert np.isfinite(scored.probs).all()

@@ -17,7 +17,7 @@ V = truth_vectors()
 
 
 def engine() -> RankerEngine:
-    return RankerEngine(CFG, EMB, V.dim, V.n_conditions)
+    return RankerEngine(CFG, EMB, V.layout.dim, V.layout.capacity)
 
 
 def dense(e: RankerEngine) -> torch.Tensor:

@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 import torch
 from support.paths import REPO
-from support.ranker import CFG, EMB, blocks, set_args, truth_vectors
+from support.ranker import CFG, EMB, blocks, set_args, truth_store
 
 from streams.contracts.samples import SampleBlock
 from streams.sinks.samples import write_sample_file
@@ -45,7 +45,16 @@ pytestmark = pytest.mark.slow
 TOL = 1e-4
 FIRST_BATCHES = 4  # the first leg; the restart learns the rest
 RANKER = dataclasses.replace(CFG, checkpoint_every_s=0, checkpoint_every_batches=0)
-SETTINGS = [*set_args("ranker", RANKER), *set_args("embeddings", EMB)]
+SETTINGS = [
+    *set_args("ranker", RANKER),
+    *set_args("embeddings", EMB),
+    "--set",
+    "backbone.dim=8",
+    "--set",
+    "backbone.heads=2",
+    "--set",
+    "refresh.condition_capacity=4",
+]
 SETTINGS += ["--set", "metrics.enabled=false"]
 TRAINED = re.compile(r"^train: ([\d,]+) batches, ([\d,]+) samples in", re.M)
 RESUMED = re.compile(r"^train: resumed at (\d+) samples", re.M)
@@ -103,7 +112,7 @@ def train(data: Path, samples: Path, procs: int, *extra: str) -> Leg:
 
 def fresh_data_dir(path: Path) -> Path:
     """``path`` with the test's LUM vector set where the command looks by default."""
-    truth_vectors().save(path / "backbone" / "vectors" / "v1")
+    truth_store(path / "vectors")
     return path
 
 
@@ -227,8 +236,9 @@ def test_a_one_process_checkpoint_resumes_under_two(one: Trained, mixed: Trained
 
 
 def test_a_refusal_under_two_processes_ends_the_run(tmp_path: Path, sample_file: Path) -> None:
-    """No LUM vector set: the ranks refuse (exit 2, the reason on stderr) and torchrun
-    ends with a failure, within seconds."""
+    """A vector store made for another ranker: the ranks refuse (exit 2, the reason on
+    stderr) and torchrun ends with a failure, within seconds."""
+    truth_store(tmp_path / "data" / "vectors", dim=4)
     proc = run_train(tmp_path / "data", sample_file, 2, timeout=120)
     assert proc.returncode != 0
-    assert "no LUM vector set under" in proc.stderr
+    assert "this ranker is built for 4 x 8" in proc.stderr

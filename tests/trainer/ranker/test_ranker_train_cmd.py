@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support.ranker import CFG, EMB, blocks, truth_vectors
+from support.ranker import CFG, EMB, blocks, truth_store
 
 from core.paths import PathsConfig
 from lumstream.commands import train
@@ -25,12 +25,15 @@ torch.set_num_threads(1)
 
 def config(tmp: Path, **ranker: object) -> Config:
     rcfg = dataclasses.replace(CFG, checkpoint_every_s=0, checkpoint_every_batches=5, **ranker)
+    base = load(env={})
     return dataclasses.replace(
-        load(env={}),
+        base,
         ranker=rcfg,
         embeddings=EMB,
         paths=PathsConfig(data_dir=tmp),
         metrics=MetricsConfig(enabled=False),
+        backbone=dataclasses.replace(base.backbone, dim=8, heads=2),
+        refresh=dataclasses.replace(base.refresh, condition_capacity=4),
     )
 
 
@@ -64,7 +67,8 @@ def test_the_replay_grammar(tmp_path: Path) -> None:
     assert (live.replay, live.max_batches) == (None, 5)
     assert live.checkpoints == tmp_path / "ranker" / "ckpt"
     assert live.versions == tmp_path / "ranker" / "versions"
-    assert live.vector_sets == tmp_path / "backbone" / "vectors"
+    assert live.vector_store == tmp_path / "vectors"
+    assert (live.lum_dim, live.lum_capacity) == (8, 4)  # backbone.dim, condition_capacity
 
 
 @pytest.mark.parametrize(
@@ -94,7 +98,7 @@ def test_arguments_that_do_not_go_together_are_refused(
 
 
 def test_live_then_resume_then_replay(tmp_path: Path) -> None:
-    truth_vectors().save(tmp_path / "backbone" / "vectors" / "v1")
+    truth_store(tmp_path / "vectors")
     data = tmp_path / "samples.bin"
     write_sample_file(data, blocks()[:20])
     cfg = config(tmp_path)
@@ -112,24 +116,37 @@ def test_live_then_resume_then_replay(tmp_path: Path) -> None:
             samples_file=str(data),
             epochs=2,
             replay=True,
-            vectors=str(tmp_path / "backbone" / "vectors"),
+            vectors=str(tmp_path / "vectors"),
         ),
     )
     assert ok == 0
     assert (tmp_path / "replay" / "ranker" / "versions" / "r1").is_dir()
 
 
-def test_missing_vectors_is_a_clear_error(
+def test_a_vector_store_of_another_shape_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    truth_store(tmp_path / "vectors", dim=4)  # the ranker is built for 8 wide vectors
     assert train.run(config(tmp_path), args(samples_file="x")) == 2
-    assert "no LUM vector set" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds 4 conditions x 4, this ranker is built for 4 x 8" in err
+    assert err.count("\n") == 1
+
+
+def test_no_vector_store_yet_trains_with_missing_lum_inputs(tmp_path: Path) -> None:
+    """The ranker may start before the backbone has written anything (a deployment's
+    start-up order): LUM inputs are missing until the store appears."""
+    data = tmp_path / "samples.bin"
+    write_sample_file(data, blocks()[:4])
+    assert train.run(config(tmp_path), args(samples_file=str(data))) == 0
+    (version,) = (tmp_path / "ranker" / "versions").iterdir()
+    assert load_ranker(version).manifest["backbone"] is None
 
 
 def test_a_replay_learns_only_the_samples_of_its_range(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    truth_vectors().save(tmp_path / "backbone" / "vectors" / "v1")
+    truth_store(tmp_path / "vectors")
     bl = blocks()[:20]
     data = tmp_path / "samples.bin"
     write_sample_file(data, bl)
@@ -146,6 +163,6 @@ def test_a_replay_learns_only_the_samples_of_its_range(
     assert lo <= manifest["data_watermark"] < hi
     # an empty range: exit 1, one line, nothing new published
     empty = ["--replay", "--to", str(int(ts.min())), "--samples-file", str(data)]
-    empty += ["--vectors", str(tmp_path / "backbone" / "vectors")]
+    empty += ["--vectors", str(tmp_path / "vectors")]
     assert train.run(config(tmp_path / "empty"), parse(*empty)) == 1
     assert "lumstream train: --replay: no samples in the range" in capsys.readouterr().err
