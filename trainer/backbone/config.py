@@ -160,7 +160,14 @@ class RefreshConfig:
         50_000, "most users recomputed in one incremental pass (the most behind first)", minimum=1
     )
     vector_records_kept: int = setting(
-        8, "vector records kept per user: how far back 'user u as of t' can answer", minimum=1
+        16, "vector records kept per user, spread over vector_history_s", minimum=2
+    )
+    vector_history_s: float = setting(
+        900.0,
+        "time span the kept records of a user cover: 'user u as of t' answers for t up to "
+        "this far behind the newest record (keep it above worker.label_window_s plus the "
+        "trainer's lag)",
+        minimum=0.0,
     )
     vector_versions_kept: int = setting(
         8, "versions whose item vectors the vector store keeps", minimum=1

@@ -45,7 +45,12 @@ UserSequence = tuple[int, np.ndarray, int]
 
 
 def open_vectors(root: Path, rcfg: RefreshConfig) -> VectorStore:
-    return VectorStore(root, keep=rcfg.vector_records_kept, keep_versions=rcfg.vector_versions_kept)
+    return VectorStore(
+        root,
+        keep=rcfg.vector_records_kept,
+        horizon_ms=int(rcfg.vector_history_s * 1000),
+        keep_versions=rcfg.vector_versions_kept,
+    )
 
 
 def agree_layout(

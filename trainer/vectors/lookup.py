@@ -161,18 +161,20 @@ class MemoryVectors:
 
     Args:
         layout: the condition layout.
-        keep: records kept per user.
+        keep / horizon_ms: records kept per user and the time they spread over.
         metrics / consumer: count lookups like the store's reader.
     """
 
     def __init__(
         self,
         layout: ConditionLayout,
-        keep: int = 8,
+        keep: int = 16,
         metrics: Metrics | None = None,
         consumer: str = "ranker",
+        horizon_ms: int = 900_000,
     ) -> None:
         self._layout, self.keep, self.metrics, self.consumer = layout, keep, metrics, consumer
+        self.horizon_ms = horizon_ms
         self.records: dict[int, UserRecords] = {}
         self.items: dict[int, ItemTable] = {}
         self.watermarks: dict[int, int] = {}
@@ -201,7 +203,9 @@ class MemoryVectors:
         wm = self.watermarks[version]
         now = time.time_ns() // 1_000_000 if computed_ms is None else computed_ms
         for u, c, v in zip(users.tolist(), covered.tolist(), vectors, strict=True):
-            self.records[u] = append(self.records.get(u), version, c, max(c, wm), now, v, self.keep)
+            self.records[u] = append(
+                self.records.get(u), version, c, max(c, wm), now, v, self.keep, 0, self.horizon_ms
+            )
 
     def lookup(
         self, users: np.ndarray, items: np.ndarray, conds: np.ndarray, ts: np.ndarray

@@ -103,14 +103,46 @@ def append(
     vectors: np.ndarray,
     keep: int,
     events: int = 0,
+    horizon_ms: int = 0,
 ) -> UserRecords:
-    """``recs`` with one more record, the oldest dropped beyond ``keep``."""
+    """``recs`` with one more record, thinned to ``keep`` by :func:`retained`."""
     row = np.array(
         [(version, len(vectors), 0, covered, valid_from, computed_ms, events)], RECORD_DTYPE
     )
     head = row if recs is None else np.concatenate([recs.head, row])
     vecs = (*(() if recs is None else recs.vectors), np.asarray(vectors, np.float32))
-    return UserRecords(head[-keep:], vecs[-keep:])
+    idx = retained(head["valid_from"], keep, horizon_ms)
+    return UserRecords(head[idx], tuple(vecs[i] for i in idx.tolist()))
+
+
+def retained(valid_from: np.ndarray, keep: int, horizon_ms: int) -> np.ndarray:
+    """Which records to keep (indices, in order) so that "as of t" keeps answering for every
+    ``t`` after the oldest kept record, with at most ``keep`` records.
+
+    The newest record always stays; so does the newest one older than the horizon
+    (``horizon_ms`` before the newest), the anchor that answers for older times. Inside the
+    horizon, while there are too many, the record closest in time to its newer neighbour
+    goes: the kept ones spread over the horizon, so a consumer a little behind (a trainer
+    whose samples wait for their label window) still finds vectors valid at its time, at
+    most about ``horizon / keep`` staler than the freshest. ``horizon_ms`` 0 keeps the
+    newest ``keep``.
+    """
+    n = len(valid_from)
+    if n <= keep:
+        return np.arange(n)
+    order = np.argsort(valid_from, kind="stable")
+    if horizon_ms <= 0:
+        return np.sort(order[-keep:])
+    vf = valid_from[order]
+    cutoff = vf[-1] - horizon_ms
+    old = np.flatnonzero(vf < cutoff)
+    recent = list(np.flatnonzero(vf >= cutoff))
+    anchor = [int(old[-1])] if len(old) else []
+    budget = keep - len(anchor)
+    while len(recent) > max(budget, 1):
+        gaps = [vf[recent[k + 1]] - vf[recent[k]] for k in range(len(recent) - 1)]
+        del recent[int(np.argmin(gaps))]  # never the newest: it has no newer neighbour
+    return np.sort(order[np.array(anchor + recent, np.int64)])
 
 
 def pick(recs: UserRecords, t: int) -> int:

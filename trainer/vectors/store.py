@@ -83,13 +83,21 @@ class VectorStore:
 
     Args:
         root: the database directory.
-        keep: records kept per user (how far back "as of t" can answer).
+        keep: records kept per user, spread over ``horizon_ms`` (see
+            :func:`~trainer.vectors.records.retained`): how far back "as of t" answers well.
+        horizon_ms: the time span the kept records cover.
         keep_versions: item tables kept (records of older versions lose their e_i).
         sync: fsync every write batch.
     """
 
     def __init__(
-        self, root: Path, *, keep: int = 8, keep_versions: int = 8, sync: bool = True
+        self,
+        root: Path,
+        *,
+        keep: int = 16,
+        horizon_ms: int = 900_000,
+        keep_versions: int = 8,
+        sync: bool = True,
     ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         opts = Options(raw_mode=True)
@@ -98,7 +106,7 @@ class VectorStore:
             self.db = Rdict(str(root), opts)
         except Exception as exc:  # rocksdict raises plain Exception (lock, corruption)
             raise VectorStoreError(f"cannot open the vector store {root}: {exc}") from None
-        self.keep, self.keep_versions = keep, keep_versions
+        self.keep, self.horizon_ms, self.keep_versions = keep, horizon_ms, keep_versions
         self._wo = WriteOptions()
         self._wo.sync = sync
 
@@ -186,7 +194,9 @@ class VectorStore:
                 other = np.flatnonzero(prev.head["version"] != version)
                 if len(other):
                     moved[i] = _cosine_distance(prev.vectors[int(other[-1])], v)
-            recs = append(prev, version, int(c), max(int(c), wm), now, v, self.keep, int(n))
+            recs = append(
+                prev, version, int(c), max(int(c), wm), now, v, self.keep, int(n), self.horizon_ms
+            )
             wb.put(_user_key(u), encode_records(recs))
         self.db.write(wb, self._wo)
         return moved

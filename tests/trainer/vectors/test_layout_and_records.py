@@ -86,3 +86,27 @@ def test_pick_is_the_newest_version_then_computation_valid_before_t(
     else:
         best = max(valid)[:2]
         assert (int(recs.head["version"][got]), int(recs.head["covered"][got])) == best
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 10_000), min_size=1, max_size=40),
+    st.integers(2, 8),
+    st.integers(0, 5_000),
+)
+def test_retention_keeps_the_newest_the_anchor_and_spreads_the_rest(
+    times: list[int], keep: int, horizon: int
+) -> None:
+    from trainer.vectors.records import retained
+
+    vf = np.array(sorted(times), np.int64)
+    idx = retained(vf, keep, horizon)
+    kept = vf[idx]
+    assert len(idx) <= max(keep, 1) or len(vf) <= keep
+    assert kept[-1] == vf[-1]  # the newest always
+    if horizon and len(vf) > keep:
+        older = vf[vf < vf[-1] - horizon]
+        if len(older):
+            assert older[-1] in kept  # the anchor answers for times before the horizon
+    # every time after the oldest kept record still has a valid record: never "none"
+    assert all((kept < t).any() for t in range(int(kept[0]) + 1, int(vf[-1]) + 2, 97))
