@@ -263,7 +263,7 @@ class VectorReader:
         *,
         metrics: Metrics | None = None,
         consumer: str = "ranker",
-        cache_users: int = 200_000,
+        cache_users: int = 20_000,
     ) -> None:
         self.root, self.scratch = Path(root), Path(scratch)
         self.metrics, self.consumer, self.cache_users = metrics, consumer, cache_users
