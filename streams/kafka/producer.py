@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import threading
 import time
@@ -129,15 +130,17 @@ class Producer:
             size += sum(len(k) + len(v) for k, v in headers)
         if size > self.max_record_bytes:
             self._too_large(topic, size)
-        extra: dict[str, Any] = {}
-        if headers:
-            extra["headers"] = list(headers)
-        if timestamp_ms is not None:
-            extra["timestamp"] = timestamp_ms
         label = (topic, source)
         with self._lock:
             self._check_open()
-            self._produce(topic, value, key, self._callback(label), extra)
+            self._produce(
+                topic,
+                value,
+                key,
+                self._callback(label),
+                timestamp_ms or 0,  # 0: now
+                list(headers) if headers else None,
+            )
             self._sent[label] += 1
 
     def send_many(
@@ -149,44 +152,36 @@ class Producer:
             ProduceError: a record is too large; the pairs before it are queued.
         """
         label = (topic, source)
-        limit = self.max_record_bytes
-        total = 0
-        chunk: list[tuple[bytes | None, bytes]] = []
-        bad: int | None = None
         it = iter(pairs)
+        total = 0
         while True:
-            chunk.clear()
-            for key, value in it:
-                n = len(value) + (len(key) if key else 0)
-                if n > limit:
-                    bad = n
-                    break
-                chunk.append((key, value))
-                if len(chunk) >= _CHUNK:
-                    break
+            chunk = list(itertools.islice(it, _CHUNK))
             if chunk:
                 total += self._send_chunk(topic, label, chunk)
-            if bad is not None:
-                self._too_large(topic, bad)
             if len(chunk) < _CHUNK:
                 return total
 
     def _send_chunk(
         self, topic: str, label: _Label, chunk: list[tuple[bytes | None, bytes]]
     ) -> int:
+        """Produce a chunk under one lock hold: the hot loop, positional arguments only."""
         from confluent_kafka import KafkaException
 
+        limit = self.max_record_bytes
+        done = 0
         with self._lock:
             self._check_open()
             produce = self._rd.produce
             callback = self._callback(label)
-            done = 0
             try:
                 for key, value in chunk:
+                    size = len(value) + (len(key) if key else 0)
+                    if size > limit:
+                        self._too_large(topic, size)
                     try:
-                        produce(topic, value, key, on_delivery=callback)
-                    except (BufferError, KafkaException):  # full queue or refused: the slow path
-                        self._produce(topic, value, key, callback, {})
+                        produce(topic, value, key, -1, callback)
+                    except (BufferError, KafkaException):  # full queue or refused: slow path
+                        self._produce(topic, value, key, callback, 0, None)
                     done += 1
             finally:
                 self._sent[label] += done
@@ -198,14 +193,22 @@ class Producer:
         value: bytes,
         key: bytes | None,
         callback: Callable[[Any, Any], None],
-        extra: dict[str, Any],
+        timestamp_ms: int,
+        headers: list[Any] | None,  # (str, bytes) pairs
     ) -> None:
         """One record, waiting for room while the queue is full (lock held)."""
         from confluent_kafka import KafkaException
 
         while True:
             try:
-                self._rd.produce(topic, value, key, on_delivery=callback, **extra)
+                self._rd.produce(
+                    topic,
+                    value,
+                    key,
+                    on_delivery=callback,
+                    timestamp=timestamp_ms,
+                    headers=headers,
+                )
                 return
             except BufferError:
                 self._rd.poll(_FULL_POLL_S)  # back-pressure: acks make room
