@@ -95,6 +95,7 @@ class Producer:
         self._callbacks: dict[_Label, Callable[[Any, Any], None]] = {}
         self._closed = False
         self._stop = threading.Event()
+        self._refused = KafkaException
         conf = librdkafka_producer_config(cfg, bootstrap)
         conf |= {k.replace("_", "."): v for k, v in overrides.items()}
         conf["logger"] = log  # librdkafka's log lines, served by poll()
@@ -132,15 +133,23 @@ class Producer:
             self._too_large(topic, size)
         label = (topic, source)
         with self._lock:
-            self._check_open()
-            self._produce(
-                topic,
-                value,
-                key,
-                self._callback(label),
-                timestamp_ms or 0,  # 0: now
-                list(headers) if headers else None,
-            )
+            if self._closed:
+                raise ProduceError("send on a closed producer")
+            callback = self._callbacks.get(label) or self._callback(label)
+            if headers or timestamp_ms is not None:
+                self._produce(
+                    topic,
+                    value,
+                    key,
+                    callback,
+                    timestamp_ms or 0,  # 0: now
+                    list(headers) if headers else None,
+                )
+            else:
+                try:  # the hot path: positional arguments only
+                    self._rd.produce(topic, value, key, -1, callback)
+                except (BufferError, self._refused):  # full queue or refused: slow path
+                    self._produce(topic, value, key, callback, 0, None)
             self._sent[label] += 1
 
     def send_many(
