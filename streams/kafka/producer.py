@@ -101,10 +101,15 @@ class Producer:
         conf["logger"] = log  # librdkafka's log lines, served by poll()
         try:
             self._rd = RdProducer(conf)
-            self._rd.list_topics(timeout=cfg.request_timeout_ms / 1000.0)  # connected
-        except (KafkaException, ValueError, TypeError) as exc:
+        except (KafkaException, ValueError, TypeError) as exc:  # a bad property
             self._closed = True
             raise ProduceError(f"cannot start a producer for {bootstrap}: {exc}") from exc
+        try:
+            self._rd.list_topics(timeout=cfg.request_timeout_ms / 1000.0)  # connected
+        except KafkaException as exc:
+            self._closed = True
+            self._rd.close()
+            raise ProduceError(f"cannot reach {bootstrap}: {exc}") from exc
         self._poller = threading.Thread(
             target=self._poll_loop, name="lumstream-producer", daemon=True
         )
@@ -308,10 +313,14 @@ class Producer:
                 self._closed = True
             self._stop.set()
             self._poller.join(timeout=10)
-            if len(self._rd):  # flush gave up: drop the rest (counted as failed) rather
-                self._rd.purge()  # than let close() wait for them
-                self._rd.poll(0)
-            self._rd.close()
+            with self._lock:
+                if len(self._rd):  # flush gave up: drop the rest (counted as failed)
+                    self._rd.purge()  # rather than let close() wait for them
+                    deadline = time.monotonic() + 5.0
+                    while len(self._rd) and time.monotonic() < deadline:
+                        self._rd.poll(0.05)
+                    self._settle()
+                self._rd.close()
 
     def __enter__(self) -> Producer:
         return self
