@@ -95,7 +95,7 @@ class DeadLetter:
 
 
 def decode_deadletter(record: Any) -> DeadLetter:
-    """A kafka-python or aiokafka consumer record from the dead-letter topic -> DeadLetter.
+    """A kafka-python consumer record (or one shaped like it) from lum.deadletter -> DeadLetter.
 
     Missing or foreign headers give empty strings / None rather than an error, so a
     record some other tool wrote there can still be inspected.

@@ -3,8 +3,8 @@
 Consumers for tools and tests use kafka-python (:func:`make_consumer`, :func:`read_topic`)
 with :func:`consumer_options`; the hot consumers (the stream worker, the ranker's sample
 source) use confluent-kafka, whose librdkafka fetches and decodes in C threads, with
-:func:`librdkafka_consumer_config`; :class:`PositionedConsumer` is the one for readers that
-keep their own offsets.
+:func:`streams.kafka.librdkafka.librdkafka_consumer_config`; :class:`PositionedConsumer` is
+the one for readers that keep their own offsets.
 
 Example:
     >>> records = read_topic(cfg.kafka, bootstrap, "lum.deadletter")  # doctest: +SKIP
@@ -18,12 +18,13 @@ from collections import deque
 from typing import Any, NamedTuple
 
 from streams.config import KafkaConfig
+from streams.kafka.librdkafka import librdkafka_consumer_config
 
 log = logging.getLogger(__name__)
 
 
 def consumer_options(cfg: KafkaConfig, group_id: str | None = None) -> dict[str, Any]:
-    """Consumer settings shared by kafka-python and aiokafka consumers.
+    """kafka-python consumer settings (librdkafka's: :mod:`streams.kafka.librdkafka`).
 
     tansu holds a group join for about half the session timeout, so a short session
     (6 s, heartbeat 0.5 s) makes a join take ~3 s instead of the ~20 s seen with the
@@ -40,35 +41,6 @@ def consumer_options(cfg: KafkaConfig, group_id: str | None = None) -> dict[str,
         "request_timeout_ms": max(cfg.request_timeout_ms, 6_500),
         "max_partition_fetch_bytes": cfg.max_message_bytes,
         "fetch_max_wait_ms": 100,
-    }
-
-
-def librdkafka_consumer_config(
-    kafka: KafkaConfig, bootstrap: str, group_id: str, role: str
-) -> dict[str, Any]:
-    """confluent-kafka (librdkafka) consumer settings: manual commits, fast group joins on
-    tansu (as :func:`consumer_options`), fetches large enough for the biggest message.
-
-    Args:
-        kafka: client settings.
-        bootstrap: the cluster.
-        group_id: the consumer group (librdkafka wants one even when partitions are
-            assigned explicitly and nothing is committed).
-        role: ``client.id`` suffix (``worker``, ``ranker``), so brokers can tell them apart.
-    """
-    return {
-        "bootstrap.servers": bootstrap,
-        "client.id": f"{kafka.client_id}-{role}",
-        "group.id": group_id,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "session.timeout.ms": 6_000,
-        "heartbeat.interval.ms": 500,
-        "fetch.max.bytes": 64 * 1024 * 1024,
-        "max.partition.fetch.bytes": 16 * 1024 * 1024,
-        "message.max.bytes": kafka.max_message_bytes + 65_536,
-        "socket.timeout.ms": kafka.request_timeout_ms,
     }
 
 

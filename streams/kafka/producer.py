@@ -1,10 +1,9 @@
-"""A fast, thread-safe, synchronous Kafka producer: aiokafka's batch API on a background loop.
+"""A fast, thread-safe, synchronous Kafka producer over confluent-kafka (librdkafka).
 
-Measured into tansu 0.6.0 on the 2-core dev machine (~170-byte events, 4 partitions):
-kafka-python 3.0 ``send`` ≈ 8k msg/s (it builds records in pure Python), aiokafka ``send``
-≈ 45k msg/s, aiokafka ``create_batch``/``send_batch`` (C record builder) well over 100k
-msg/s. This module wraps the last one so synchronous code (generator, importers, tools)
-gets its speed; docs/broker.md has the numbers.
+librdkafka partitions, batches and sends in C threads; Python only hands it records.
+Measured into tansu 0.6.0 on the 2-core dev machine (~150-byte events, 4 partitions), it
+produces faster than the aiokafka batch-API facade it replaced; docs/broker.md has the
+figures, and :func:`streams.kafka.librdkafka.librdkafka_producer_config` the settings.
 
 Example:
     >>> with Producer(KafkaConfig(), "127.0.0.1:9092") as p:  # doctest: +SKIP
@@ -13,57 +12,57 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import functools
+import itertools
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from monitoring.metrics import Metrics
 from streams.config import KafkaConfig
+from streams.kafka.librdkafka import librdkafka_producer_config
 
 log = logging.getLogger(__name__)
 
 Header = tuple[str, bytes]
-# (key, value, headers or None, timestamp ms or None): one queued record
-_Record = tuple[bytes | None, bytes, list[Header] | None, int | None]
-_BATCH_BYTES = 256 * 1024  # aiokafka batch size: measured as fast as 1 MiB, less latency
-_HASH_CACHE_MAX = 1 << 20
+_Label = tuple[str, str | None]  # (topic, source)
+_CHUNK = 1024  # records of a send_many handed over per lock hold
+_IDLE_POLL_S = 0.05  # how often the background thread serves error reports
+_FULL_POLL_S = 0.005  # how long a sender waits for room in a full queue
 
 
 class ProduceError(RuntimeError):
     """Records were not delivered (also counted in ``produce_errors{topic}``)."""
 
 
-def _murmur2_positive(key: bytes) -> int:
-    from aiokafka.partitioner import murmur2
-
-    return int(murmur2(key)) & 0x7FFFFFFF
-
-
 class Producer:
-    """A thread-safe synchronous producer: aiokafka's batch API on a background loop.
+    """A thread-safe synchronous producer over ``confluent_kafka.Producer``.
 
-    ``send`` only appends to a buffer in the caller's thread; every ``chunk_records``
-    records (or ``linger_ms`` after the first) the buffer is handed to the loop, which
-    partitions it (murmur2 of the key, as the Java client does; records without a key go
-    to one partition per hand-off, round robin), builds record batches in C and sends them
-    with acks=all. At most ``max_inflight`` hand-offs are pending; then ``send`` blocks
-    (back-pressure). Failed deliveries are counted in ``produce_errors{topic}`` and raised
-    by the next :meth:`flush` as :class:`ProduceError`; delivered records with a
-    ``source`` count in ``events_produced{topic, source}``.
+    ``send`` and ``send_many`` hand records to librdkafka, which partitions them like the
+    Java client (murmur2 of the key; keyless records spread at random), batches them and
+    sends them with acks=all, one request in flight per broker connection so a key's
+    records stay in order even when a request is retried. When librdkafka's queue is full
+    (64 MiB) ``send`` waits for room (back-pressure). Failed records are counted in
+    ``produce_errors{topic}`` as librdkafka reports them and raised by the next
+    :meth:`flush` as :class:`ProduceError`; delivered records sent with a ``source`` count
+    in ``events_produced{topic, source}`` once they are acknowledged, settled in bulk
+    (sent - failed) whenever the queue has drained: at every :meth:`flush` and, between
+    flushes, as soon as nothing is in flight (checked every 50 ms).
+
+    Records are counted, produced and reported under one lock, so the counts are exact
+    and the producer can be shared by threads.
 
     Args:
         cfg: client id, request timeout and the largest record (``max_message_bytes``).
         bootstrap: ``host:port[,host:port]``.
         metrics: where to count (default: the process-wide metrics).
-        chunk_records: records per hand-off.
-        max_inflight: hand-offs in flight before ``send`` blocks.
-        linger_ms: longest a buffered record waits for its hand-off.
-        overrides: aiokafka ``AIOKafkaProducer`` options (see :func:`make_producer`).
+        overrides: librdkafka properties over :func:`librdkafka_producer_config`; an
+            underscore stands for a dot (``linger_ms=20`` is ``linger.ms``).
+    Raises:
+        ProduceError: the cluster did not answer within the request timeout.
 
     Example:
         >>> with Producer(KafkaConfig(), "127.0.0.1:9092") as p:  # doctest: +SKIP
@@ -76,11 +75,11 @@ class Producer:
         bootstrap: str,
         *,
         metrics: Metrics | None = None,
-        chunk_records: int = 4096,
-        max_inflight: int = 8,
-        linger_ms: float = 5.0,
         **overrides: Any,
     ) -> None:
+        from confluent_kafka import KafkaException
+        from confluent_kafka import Producer as RdProducer
+
         if metrics is None:
             from monitoring.metrics import default_metrics
 
@@ -88,63 +87,35 @@ class Producer:
         self.metrics = metrics
         self.bootstrap = bootstrap
         self.max_record_bytes = cfg.max_message_bytes
-        self.chunk_records = chunk_records
-        self.chunk_bytes = 4 * _BATCH_BYTES
-        self.max_inflight = max_inflight
-        self.linger_s = linger_ms / 1000.0
-        self._cond = threading.Condition(threading.Lock())
-        self._buffers: dict[tuple[str, str | None], list[_Record]] = {}
-        self._buffered = 0
-        self._buffered_bytes = 0
-        self._inflight = 0
-        self._timer_armed = False
-        self._failed = 0
+        self._lock = threading.Lock()  # produce, poll, flush and the counts
+        self._sent: Counter[_Label] = Counter()  # handed to librdkafka, not settled yet
+        self._lost: Counter[_Label] = Counter()  # of those, reported failed
+        self._failed = 0  # since the last flush
         self._first_error: str | None = None
+        self._callbacks: dict[_Label, Callable[[Any, Any], None]] = {}
         self._closed = False
-        self._hashes: dict[bytes, int] = {}
-        self._partitions: dict[str, int] = {}
-        self._round_robin = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._order = asyncio.Lock()  # binds to the producer's loop on first use
-        # hand-offs in the order their records were taken from the buffer: a delivery task
-        # takes the oldest one under ``_order``, whichever task happens to run first
-        self._handoffs: deque[tuple[str, str | None, list[_Record]]] = deque()
-        options = {
-            "bootstrap_servers": bootstrap,
-            "client_id": f"{cfg.client_id}-producer",
-            "acks": "all",
-            "linger_ms": 0,  # batching happens in the buffer above
-            "max_batch_size": min(_BATCH_BYTES, cfg.max_message_bytes),
-            "max_request_size": cfg.max_message_bytes + 65_536,
-            "request_timeout_ms": cfg.request_timeout_ms,
-            "enable_idempotence": False,
-            "compression_type": None,
-        } | overrides
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="lumstream-producer", daemon=True
-        )
-        self._thread.start()
-        self._aio: Any = None
-        start = asyncio.run_coroutine_threadsafe(self._start(options), self._loop)
+        self._stop = threading.Event()
+        self._refused = KafkaException
+        conf = librdkafka_producer_config(cfg, bootstrap)
+        conf |= {k.replace("_", "."): v for k, v in overrides.items()}
+        conf["logger"] = log  # librdkafka's log lines, served by poll()
         try:
-            start.result(timeout=cfg.request_timeout_ms / 1000.0 + 5.0)
-        except BaseException as exc:
+            self._rd = RdProducer(conf)
+        except (KafkaException, ValueError, TypeError) as exc:  # a bad property
             self._closed = True
-            self._stop_loop()
-            raise ProduceError(f"cannot start a producer for {bootstrap}: {exc!r}") from exc
-
-    async def _start(self, options: dict[str, Any]) -> None:
-        from aiokafka import AIOKafkaProducer
-
-        self._aio = AIOKafkaProducer(**options)
+            raise ProduceError(f"cannot start a producer for {bootstrap}: {exc}") from exc
         try:
-            await self._aio.start()
-        except BaseException:
-            await self._aio.stop()
-            raise
+            self._rd.list_topics(timeout=cfg.request_timeout_ms / 1000.0)  # connected
+        except KafkaException as exc:
+            self._closed = True
+            self._rd.close()
+            raise ProduceError(f"cannot reach {bootstrap}: {exc}") from exc
+        self._poller = threading.Thread(
+            target=self._poll_loop, name="lumstream-producer", daemon=True
+        )
+        self._poller.start()
 
-    # -- caller side -------------------------------------------------------------------
+    # -- sending ---------------------------------------------------------------------------
     def send(
         self,
         topic: str,
@@ -155,15 +126,36 @@ class Producer:
         source: str | None = None,
         timestamp_ms: int | None = None,
     ) -> None:
-        """Queue one record; ``source`` labels ``events_produced`` (None: not counted)."""
+        """Queue one record; ``source`` labels ``events_produced`` (None: not counted).
+
+        Raises:
+            ProduceError: the record is too large, or the producer is closed.
+        """
         size = len(value) + (len(key) if key else 0)
         if headers:
             size += sum(len(k) + len(v) for k, v in headers)
         if size > self.max_record_bytes:
             self._too_large(topic, size)
-        self._enqueue(
-            topic, source, [(key, value, list(headers) if headers else None, timestamp_ms)], size
-        )
+        label = (topic, source)
+        with self._lock:
+            if self._closed:
+                raise ProduceError("send on a closed producer")
+            callback = self._callbacks.get(label) or self._callback(label)
+            if headers or timestamp_ms is not None:
+                self._produce(
+                    topic,
+                    value,
+                    key,
+                    callback,
+                    timestamp_ms or 0,  # 0: now
+                    list(headers) if headers else None,
+                )
+            else:
+                try:  # the hot path: positional arguments only
+                    self._rd.produce(topic, value, key, -1, callback)
+                except (BufferError, self._refused):  # full queue or refused: slow path
+                    self._produce(topic, value, key, callback, 0, None)
+            self._sent[label] += 1
 
     def send_many(
         self, topic: str, pairs: Iterable[tuple[bytes | None, bytes]], *, source: str | None = None
@@ -173,24 +165,76 @@ class Producer:
         Raises:
             ProduceError: a record is too large; the pairs before it are queued.
         """
-        total, size = 0, 0
-        chunk: list[_Record] = []
-        try:
-            for key, value in pairs:
-                n = len(value) + (len(key) if key else 0)
-                if n > self.max_record_bytes:
-                    self._too_large(topic, n)
-                chunk.append((key, value, None, None))
-                size += n
-                if len(chunk) >= self.chunk_records:
-                    total += len(chunk)
-                    self._enqueue(topic, source, chunk, size)
-                    chunk, size = [], 0
-        finally:
+        label = (topic, source)
+        it = iter(pairs)
+        total = 0
+        while True:
+            chunk = list(itertools.islice(it, _CHUNK))
             if chunk:
-                total += len(chunk)
-                self._enqueue(topic, source, chunk, size)
-        return total
+                total += self._send_chunk(topic, label, chunk)
+            if len(chunk) < _CHUNK:
+                return total
+
+    def _send_chunk(
+        self, topic: str, label: _Label, chunk: list[tuple[bytes | None, bytes]]
+    ) -> int:
+        """Produce a chunk under one lock hold: the hot loop, positional arguments only."""
+        from confluent_kafka import KafkaException
+
+        limit = self.max_record_bytes
+        done = 0
+        with self._lock:
+            self._check_open()
+            produce = self._rd.produce
+            callback = self._callback(label)
+            try:
+                for key, value in chunk:
+                    size = len(value) + (len(key) if key else 0)
+                    if size > limit:
+                        self._too_large(topic, size)
+                    try:
+                        produce(topic, value, key, -1, callback)
+                    except (BufferError, KafkaException):  # full queue or refused: slow path
+                        self._produce(topic, value, key, callback, 0, None)
+                    done += 1
+            finally:
+                self._sent[label] += done
+        return done
+
+    def _produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        callback: Callable[[Any, Any], None],
+        timestamp_ms: int,
+        headers: list[Any] | None,  # (str, bytes) pairs
+    ) -> None:
+        """One record, waiting for room while the queue is full (lock held)."""
+        from confluent_kafka import KafkaException
+
+        while True:
+            try:
+                self._rd.produce(
+                    topic,
+                    value,
+                    key,
+                    on_delivery=callback,
+                    timestamp=timestamp_ms,
+                    headers=headers,
+                )
+                return
+            except BufferError:
+                self._rd.poll(_FULL_POLL_S)  # back-pressure: acks make room
+            except KafkaException as exc:
+                self.metrics.produce_errors.labels(topic=topic).inc()
+                raise ProduceError(f"{topic}: record refused: {exc}") from exc
+
+    def _callback(self, label: _Label) -> Callable[[Any, Any], None]:
+        cb = self._callbacks.get(label)
+        if cb is None:
+            cb = self._callbacks[label] = functools.partial(self._on_error, label)
+        return cb
 
     def _too_large(self, topic: str, size: int) -> None:
         self.metrics.produce_errors.labels(topic=topic).inc()
@@ -199,76 +243,84 @@ class Producer:
             f"kafka.max_message_bytes={self.max_record_bytes}"
         )
 
-    def _enqueue(self, topic: str, source: str | None, records: list[_Record], size: int) -> None:
-        with self._cond:
-            if self._closed:
-                raise ProduceError("send on a closed producer")
-            buf = self._buffers.get((topic, source))
-            if buf is None:
-                self._buffers[(topic, source)] = records
-            else:
-                buf.extend(records)
-            self._buffered += len(records)
-            self._buffered_bytes += size
-            full = self._buffered >= self.chunk_records or self._buffered_bytes >= self.chunk_bytes
-            if not full and not self._timer_armed:
-                self._timer_armed = True
-                self._loop.call_soon_threadsafe(
-                    self._loop.call_later, self.linger_s, self._on_linger
-                )
-        if full:
-            self._hand_off(from_loop=False)
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ProduceError("send on a closed producer")
 
-    def _hand_off(self, from_loop: bool) -> None:
-        with self._cond:
-            if not from_loop:  # back-pressure for callers, never for the loop itself
-                self._cond.wait_for(lambda: self._inflight < self.max_inflight)
-            taken, self._buffers = self._buffers, {}
-            self._buffered = self._buffered_bytes = 0
-            self._inflight += len(taken)
-            self._handoffs.extend((topic, source, recs) for (topic, source), recs in taken.items())
-        for _ in taken:
-            if from_loop:
-                task = self._loop.create_task(self._deliver())
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-            else:
-                asyncio.run_coroutine_threadsafe(self._deliver(), self._loop)
+    # -- delivery reports (only failures are reported; run under the lock) ----------------
+    def _on_error(self, label: _Label, err: Any, msg: Any) -> None:
+        if err is None:  # not asked for (delivery.report.only.error), counted as delivered
+            return
+        self._lost[label] += 1
+        self.metrics.produce_errors.labels(topic=label[0]).inc()
+        if self._failed == 0:
+            log.error("records to %s not delivered: %s", label[0], err)
+        self._failed += 1
+        if self._first_error is None:
+            self._first_error = str(err)
 
+    def _settle(self) -> None:
+        """Count the delivered records, if nothing is in flight (lock held).
+
+        With the lock held nobody produces and nobody serves reports, so an empty queue
+        (``len`` counts queued and in-flight records and unserved reports) means every
+        record sent so far is either acknowledged or already counted as failed.
+        """
+        if not self._sent or len(self._rd):
+            return
+        for (topic, source), sent in self._sent.items():
+            delivered = sent - self._lost[(topic, source)]
+            if source is not None and delivered:
+                self.metrics.events_produced.labels(topic=topic, source=source).inc(delivered)
+        self._sent.clear()
+        self._lost.clear()
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(_IDLE_POLL_S):
+            with self._lock:
+                if self._closed:
+                    return
+                self._rd.poll(0)
+                self._settle()
+
+    # -- flushing --------------------------------------------------------------------------
     def flush(self, timeout_s: float | None = None) -> None:
-        """Hand off and wait for everything queued so far.
+        """Wait for everything queued so far.
 
         Raises:
             ProduceError: records failed since the last flush, or ``timeout_s`` passed.
         """
-        self._hand_off(from_loop=False)
-        with self._cond:
-            done = self._cond.wait_for(lambda: self._inflight == 0, timeout=timeout_s)
+        started = time.perf_counter()
+        with self._lock:
+            left = self._rd.flush(-1 if timeout_s is None else timeout_s)
+            self._settle()
             failed, first = self._failed, self._first_error
             self._failed, self._first_error = 0, None
-        if not done:
-            raise ProduceError(f"flush: records still in flight after {timeout_s} s")
+        self.metrics.produce_latency.observe(time.perf_counter() - started)
+        if left:
+            raise ProduceError(f"flush: {left} record(s) still in flight after {timeout_s} s")
         if failed:
             raise ProduceError(f"{failed} record(s) not delivered; first error: {first}")
 
     def close(self, timeout_s: float | None = 60.0) -> None:
-        """Flush, stop the client and its loop (idempotent); raises like :meth:`flush`."""
+        """Flush and stop the client (idempotent); raises like :meth:`flush`."""
         if self._closed:
             return
         try:
             self.flush(timeout_s)
         finally:
-            with self._cond:
+            with self._lock:
                 self._closed = True
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(self._aio.stop(), self._loop).result(timeout_s)
-            self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        if not self._thread.is_alive():
-            self._loop.close()
+            self._stop.set()
+            self._poller.join(timeout=10)
+            with self._lock:
+                if len(self._rd):  # flush gave up: drop the rest (counted as failed)
+                    self._rd.purge()  # rather than let close() wait for them
+                    deadline = time.monotonic() + 5.0
+                    while len(self._rd) and time.monotonic() < deadline:
+                        self._rd.poll(0.05)
+                    self._settle()
+                self._rd.close()
 
     def __enter__(self) -> Producer:
         return self
@@ -276,92 +328,16 @@ class Producer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- loop side ---------------------------------------------------------------------
-    def _on_linger(self) -> None:
-        with self._cond:
-            self._timer_armed = False
-            pending = self._buffered > 0
-        if pending:
-            self._hand_off(from_loop=True)
-
-    def _partition(self, key: bytes | None, n: int) -> int:
-        if key is None:
-            return self._round_robin % n
-        h = self._hashes.get(key)
-        if h is None:
-            if len(self._hashes) >= _HASH_CACHE_MAX:
-                self._hashes.clear()
-            h = self._hashes[key] = _murmur2_positive(key)
-        return h % n
-
-    async def _deliver(self) -> None:
-        """Queue the oldest hand-off's batches, then wait for their acks."""
-        started = time.perf_counter()
-        sends: list[tuple[asyncio.Future[Any], int]] = []
-        failed = 0
-        first: BaseException | None = None
-        # Hand-offs queue their batches one after another, oldest first (a caller's hand-off
-        # and the loop's linger hand-off may start their tasks in either order), so the
-        # records of a key reach its partition in send order; only the acks overlap.
-        async with self._order:
-            with self._cond:
-                topic, source, records = self._handoffs.popleft()
-            try:
-                n = self._partitions.get(topic)
-                if n is None:
-                    n = self._partitions[topic] = len(await self._aio.partitions_for(topic))
-                self._round_robin += 1
-                groups: dict[int, list[_Record]] = {}
-                for rec in records:
-                    groups.setdefault(self._partition(rec[0], n), []).append(rec)
-                for partition, recs in groups.items():
-                    batch = self._aio.create_batch()
-                    for key, value, headers, ts in recs:
-                        if (
-                            batch.append(key=key, value=value, headers=headers, timestamp=ts)
-                            is None
-                        ):
-                            sent = await self._aio.send_batch(batch, topic, partition=partition)
-                            sends.append((sent, batch.record_count()))
-                            batch = self._aio.create_batch()  # an empty batch takes any record
-                            batch.append(key=key, value=value, headers=headers, timestamp=ts)
-                    sent = await self._aio.send_batch(batch, topic, partition=partition)
-                    sends.append((sent, batch.record_count()))
-            except Exception as exc:  # metadata or queueing failed: records not queued are lost
-                failed, first = len(records) - sum(k for _, k in sends), exc
-        results = await asyncio.gather(*(f for f, _ in sends), return_exceptions=True)
-        delivered = 0
-        for (_, k), result in zip(sends, results, strict=True):
-            if isinstance(result, BaseException):
-                failed += k
-                first = first or result
-            else:
-                delivered += k
-        if delivered and source is not None:
-            self.metrics.events_produced.labels(topic=topic, source=source).inc(delivered)
-        if failed:
-            self.metrics.produce_errors.labels(topic=topic).inc(failed)
-            log.error("%d record(s) to %s not delivered: %r", failed, topic, first)
-        self.metrics.produce_latency.observe(time.perf_counter() - started)
-        with self._cond:
-            self._inflight -= 1
-            if failed:
-                self._failed += failed
-                self._first_error = self._first_error or repr(first)
-            self._cond.notify_all()
-
 
 def make_producer(
     cfg: KafkaConfig, bootstrap: str, *, metrics: Metrics | None = None, **overrides: Any
 ) -> Producer:
     """A started :class:`Producer` (acks=all, batched, uncompressed); caller closes it.
 
-    Compression is off: on loopback it only costs CPU, and lz4/zstd/snappy need the
-    ``cramjam`` package, which lumstream does not install.
-
     Args:
-        overrides: aiokafka producer options, e.g. ``enable_idempotence=True`` for a real
-            Kafka cluster (tansu 0.6.0 rejects InitProducerId from aiokafka) or
-            ``compression_type="gzip"`` (lz4/zstd/snappy need the ``cramjam`` package).
+        overrides: librdkafka producer properties, an underscore for a dot, e.g.
+            ``enable_idempotence=True`` for a real Kafka cluster (see
+            :func:`streams.kafka.librdkafka.librdkafka_producer_config` for why it is off
+            on tansu) or ``compression_type="gzip"``.
     """
     return Producer(cfg, bootstrap, metrics=metrics, **overrides)

@@ -51,8 +51,10 @@ _STOP_CHECK = 1024  # records between looks at the stop flag and the clock
 
 
 def murmur2_positive(data: bytes) -> int:
-    """Kafka's key hash as its default partitioner uses it (Java ``Utils.toPositive``)."""
-    from aiokafka.partitioner import murmur2
+    """Kafka's key hash as its default partitioner uses it (Java ``Utils.toPositive``):
+    kafka-python's murmur2, the Java client's; librdkafka's ``murmur2_random``, which the
+    producer uses, agrees (tests/streams/kafka/test_kafka.py)."""
+    from kafka.partitioner.default import murmur2
 
     return int(murmur2(data)) & 0x7FFFFFFF
 

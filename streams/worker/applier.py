@@ -27,6 +27,7 @@ from streams.worker.snapshots import Snapshots
 
 _LATENCY_SAMPLES = 256  # event-to-store latencies observed per batch (evenly strided)
 _SIZE_EVERY = 50  # batches between RocksDB size estimates (a property read, not free)
+RETRY_BACKOFF_S = 1.0  # the workers' pause before re-processing a batch whose delivery failed
 
 
 @dataclass

@@ -33,14 +33,19 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from monitoring.metrics import Metrics
 from streams.config import EventConfig, KafkaConfig, StoreConfig, WorkerConfig
-from streams.kafka.consumer import librdkafka_consumer_config
+from streams.kafka.librdkafka import librdkafka_consumer_config
 from streams.kafka.producer import ProduceError, Producer
-from streams.worker.applier import BatchApplier, PartitionBatch, WorkerStats, kafka_applier
+from streams.worker.applier import (
+    RETRY_BACKOFF_S,
+    BatchApplier,
+    PartitionBatch,
+    WorkerStats,
+    kafka_applier,
+)
 from streams.worker.processor import OPEN_WAIT_S, PartitionProcessor, open_processor
 from streams.worker.snapshots import Snapshots
 
 log = logging.getLogger(__name__)
-_RETRY_BACKOFF_S = 1.0  # pause before re-processing a batch whose delivery failed
 
 
 class StreamWorker:
@@ -236,7 +241,7 @@ class StreamWorker:
         proc = self._open(partition)
         self.processors[partition] = proc
         consumer.seek(TopicPartition(self.kafka.topic_events, partition, proc.next_offset))
-        time.sleep(_RETRY_BACKOFF_S)
+        time.sleep(RETRY_BACKOFF_S)
 
     def _lag(
         self, consumer: Consumer, partition: int, proc: PartitionProcessor, cached: bool = True

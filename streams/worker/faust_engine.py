@@ -7,6 +7,15 @@ engines have the same effect on the store and the topics. Partition stores open 
 faust's ``on_partitions_assigned`` (and the consumer seeks to the store's offset) and
 close on ``on_partitions_revoked``.
 
+A batch whose sample blocks or dead letters could not be delivered is handled as the
+confluent engine handles it: nothing of it was committed, so the partition stores are
+reopened (rebuilding the join and duplicate state from their offsets) and the batch is
+applied again from there, after a pause, until it goes through
+(``worker_batch_failures`` counts each partition's failure). The records are still in
+hand, so no seek is needed: seeking faust's consumer back would race the records it has
+already buffered. ``consumer_lag{topic, partition}`` is set after each batch from the high
+watermark the consumer's last fetch carried.
+
 faust's per-event stream machinery caps this engine well below the confluent-kafka engine
 (bench/ingest.py measures both); it is here for deployments that run their stream
 processing as faust apps.
@@ -21,11 +30,18 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from monitoring.metrics import Metrics
 from streams.config import EventConfig, KafkaConfig, StoreConfig, WorkerConfig
-from streams.kafka.producer import Producer
-from streams.worker.applier import BatchApplier, WorkerStats, kafka_applier
+from streams.kafka.producer import ProduceError, Producer
+from streams.worker.applier import (
+    RETRY_BACKOFF_S,
+    BatchApplier,
+    PartitionBatch,
+    WorkerStats,
+    kafka_applier,
+)
 from streams.worker.processor import OPEN_WAIT_S, PartitionProcessor, open_processor
 
 log = logging.getLogger(__name__)
@@ -89,6 +105,54 @@ def build_app(
             await app.consumer.seek(tp, proc.next_offset)
         metrics.partitions_owned.set(len(processors))
 
+    def reopen(partition: int) -> None:
+        close(partition)
+        processors[partition] = open_processor(
+            root, partition, store, worker, events, metrics, wait_lock_s=OPEN_WAIT_S
+        )
+
+    async def deliver(applier: BatchApplier, todo: dict[int, list[Any]]) -> None:
+        """Apply the partitions' slices of one batch, again and again until their samples
+        and dead letters are delivered (the stores are reopened after a failure)."""
+        while todo:
+            try:
+                applier.apply_many(
+                    [
+                        PartitionBatch(
+                            processors[p],
+                            [m.offset for m in msgs],
+                            [m.key for m in msgs],
+                            [m.value for m in msgs],
+                            [int(m.timestamp * 1000) for m in msgs],
+                        )
+                        for p, msgs in todo.items()
+                    ]
+                )
+                return
+            except ProduceError as exc:
+                for p in todo:
+                    metrics.worker_batch_failures.inc()
+                    log.error(
+                        "partition %d: batch not delivered (%s); retrying from the store offset",
+                        p,
+                        exc,
+                    )
+                    reopen(p)
+            await asyncio.sleep(RETRY_BACKOFF_S)
+            # revoked meanwhile: the new owner re-reads them from its store
+            todo = {p: msgs for p, msgs in todo.items() if p in processors}
+
+    def lag(partition: int) -> None:
+        proc = processors.get(partition)
+        try:
+            high = app.consumer.highwater(TP(kafka.topic_events, partition))
+        except (AssertionError, KeyError, AttributeError):  # not assigned (any more)
+            return
+        if proc is not None and high is not None and high >= 0:
+            metrics.consumer_lag.labels(topic=kafka.topic_events, partition=str(partition)).set(
+                max(0, high - proc.next_offset)
+            )
+
     @app.agent(topic)
     async def ingest(stream: Any) -> None:
         async for batch in stream.take_events(
@@ -97,22 +161,17 @@ def build_app(
             if "applier" not in state:
                 state["producer"] = Producer(kafka, bootstrap, metrics=metrics)
                 state["applier"] = kafka_applier(kafka, worker, state["producer"], metrics, stats)
-            applier: BatchApplier = state["applier"]
             by_partition: dict[int, list[Any]] = {}
             for event in batch:
                 by_partition.setdefault(event.message.partition, []).append(event.message)
-            for partition, msgs in by_partition.items():
-                proc = processors.get(partition)
-                if proc is None:
-                    continue  # revoked meanwhile; the new owner re-reads from its store
-                msgs.sort(key=lambda m: m.offset)
-                applier.apply(
-                    proc,
-                    [m.offset for m in msgs],
-                    [m.key for m in msgs],
-                    [m.value for m in msgs],
-                    [int(m.timestamp * 1000) for m in msgs],
-                )
+            todo = {
+                p: sorted(msgs, key=lambda m: m.offset)
+                for p, msgs in by_partition.items()
+                if p in processors  # else revoked meanwhile; the new owner re-reads them
+            }
+            await deliver(state["applier"], todo)
+            for partition in todo:
+                lag(partition)
             if stop is not None and stop.is_set():
                 await app.stop()
 

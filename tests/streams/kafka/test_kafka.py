@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
+from support.kafka_faults import ProxiedBroker
 
 from monitoring.metrics import Metrics
 from streams.config import BrokerConfig, EventConfig, KafkaConfig
@@ -75,25 +77,78 @@ def test_round_trip_keys_partitions_and_order(kafka_cfg: KafkaConfig, metrics: M
 
 
 @pytest.mark.integration
-def test_hand_offs_keep_send_order_when_linger_and_caller_race(
+def test_threads_sharing_a_producer_keep_each_keys_order_and_count_exactly(
     kafka_cfg: KafkaConfig, metrics: Metrics
 ) -> None:
-    """A caller's full-buffer hand-off and the loop's linger hand-off can run at the same
-    moment; a key's records must still reach the broker in send order (the sample stream's
-    per-partition seq order depends on it)."""
+    """The worker's sinks, or a tool's threads, share one producer: each key's records
+    arrive in send order, and every delivered record is counted once."""
     bootstrap = kafka_cfg.bootstrap_servers
-    n = 20_000
-    with make_producer(
-        kafka_cfg, bootstrap, metrics=metrics, chunk_records=7, linger_ms=0.01, max_inflight=64
-    ) as producer:
-        for i in range(n):
-            producer.send(kafka_cfg.topic_samples, b"p0", b"%d" % i)
-            if i % 97 == 0:
-                time.sleep(0)  # let the loop's linger timer interleave with the caller
-    values = [int(r.value) for r in read_topic(kafka_cfg, bootstrap, kafka_cfg.topic_samples)]
-    assert len(values) == n
-    inversions = sum(b < a for a, b in itertools.pairwise(values))
-    assert inversions == 0, f"{inversions} records arrived before an earlier one"
+    topic, n, threads = kafka_cfg.topic_samples, 6_000, 4
+    with make_producer(kafka_cfg, bootstrap, metrics=metrics) as producer:
+
+        def run(t: int) -> None:
+            key = b"t%d" % t
+            for i in range(0, n, 500):
+                if t % 2:
+                    producer.send_many(
+                        topic, [(key, b"%d" % j) for j in range(i, i + 500)], source="test"
+                    )
+                else:
+                    for j in range(i, i + 500):
+                        producer.send(topic, key, b"%d" % j, source="test")
+                if i % 2000 == 0:
+                    producer.flush()
+
+        workers = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    landed: dict[bytes, list[int]] = defaultdict(list)
+    for rec in read_topic(kafka_cfg, bootstrap, topic, timeout_s=30):
+        landed[rec.key].append(int(rec.value))
+    assert {k: v == list(range(n)) for k, v in landed.items()} == {
+        b"t%d" % t: True for t in range(threads)
+    }
+    assert _sample(metrics, "lumstream_events_produced_total", topic=topic, source="test") == (
+        n * threads
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fault", ["swallow", "drop_answer"])
+def test_a_lost_request_or_answer_loses_nothing_behind_a_high_water_mark(
+    fault: str, tmp_path: Path
+) -> None:
+    """A Produce request lost on the way (retried after the socket timeout) or whose
+    answer is lost (written, then retried: a duplicate) must not let a later record of
+    the key land before it: the trainer drops a sample block whose seq is at or below its
+    high-water mark, so a reordered record is a lost one."""
+    lost = {3}
+    with ProxiedBroker(**{fault: lost}, log_dir=tmp_path) as broker:
+        cfg = KafkaConfig(bootstrap_servers=broker.bootstrap, partitions=1, request_timeout_ms=2000)
+        ensure_topics(cfg, broker.bootstrap)
+        n = 3_000
+        metrics = Metrics(CollectorRegistry())
+        # small batches: several requests, the lost one with others queued behind it
+        with make_producer(cfg, broker.bootstrap, metrics=metrics, batch_num_messages=100) as p:
+            for i in range(n):
+                p.send(cfg.topic_samples, b"user", b"%d" % i, source="test")
+                if i % 100 == 99:
+                    time.sleep(0.002)  # let requests go out one by one
+        assert broker.proxy.lost, "the fault was not injected"
+        landed = [int(r.value) for r in read_topic(cfg, broker.bootstrap, cfg.topic_samples)]
+    kept, high = [], -1
+    for v in landed:  # what a high-water-mark consumer keeps
+        if v > high:
+            kept.append(v)
+            high = v
+    assert kept == list(range(n))
+    assert (len(landed) > n) == (fault == "drop_answer")  # a retried written batch: a copy
+    assert (
+        _sample(metrics, "lumstream_events_produced_total", topic=cfg.topic_samples, source="test")
+        == n
+    )
 
 
 @pytest.mark.integration

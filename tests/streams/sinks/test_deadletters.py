@@ -39,7 +39,7 @@ class FakeProducer:
 
 @dataclass
 class Record:
-    """The attributes of a kafka-python / aiokafka consumer record that are read."""
+    """The attributes of a kafka-python consumer record that are read."""
 
     value: bytes
     key: bytes | None
