@@ -271,7 +271,6 @@ def run_faust_engine(kafka: KafkaConfig, bootstrap: str, total: int, tmp: Path) 
         "topic_events",
         "topic_samples",
         "topic_deadletter",
-        "topic_cq",
         "topic_model_updates",
     ):
         argv += ["--set", f"kafka.{name}={getattr(kafka, name)}"]

@@ -23,7 +23,6 @@ class KafkaConfig:
     replication_factor: int = setting(1, "replication factor of created topics", minimum=1)
     topic_events: str = setting("lum.events", "raw click/impression events, key = user id")
     topic_samples: str = setting("lum.samples", "labelled samples from the label join")
-    topic_cq: str = setting("lum.cq", "condition-query vectors (compacted)")
     topic_deadletter: str = setting("lum.deadletter", "rejected events with their reason")
     topic_model_updates: str = setting("lum.model-updates", "published model versions")
     max_message_bytes: int = setting(

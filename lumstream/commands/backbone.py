@@ -4,15 +4,16 @@
   out each user's last event for evaluation, publish the next version ``vN``.
 - ``refresh``: forever on ``refresh.cadence_s`` (or ``--once``): warm-start from the last
   version on the data since its watermark, publish, recompute the condition-query vectors
-  (changed users first) into the vector store and lum.cq. Serves /metrics (not ``--once``).
+  (changed users first) into the vector store; in between, every
+  ``refresh.incremental_every_s``, recompute the users whose sequences grew. Serves
+  /metrics (not ``--once``).
 - ``eval``: leave-last-out retrieval metrics of a version (HR@10, NDCG@10, MRR) next to
   the popularity baseline, on the store or an event log.
 - ``versions``: the published versions and their manifests.
 
 The work is ``trainer.backbone``'s (``refresh.train_fresh``, ``refresh.refresh_once``,
 ``refresh.run_forever``, ``eval.evaluate_version``, ``versions.find_version`` and
-``versions.list_versions``); this module parses, finds the cluster for lum.cq, prints and
-chooses the exit code.
+``versions.list_versions``); this module parses, prints and chooses the exit code.
 """
 
 from __future__ import annotations

@@ -25,8 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     sub.add_parser(
         "create",
-        help="create the lumstream topics that are missing "
-        "(partitions: kafka.partitions; lum.cq compacted)",
+        help="create the lumstream topics that are missing (partitions: kafka.partitions)",
     )
     sub.add_parser("list", help="list every topic with its partition count")
 

@@ -125,8 +125,7 @@ def _run(cfg: Config, opts: DemoOptions, metrics: Metrics, server: MetricsServer
         ensure_topics(cfg.kafka, broker.bootstrap)
         print(
             f"  topics   {cfg.kafka.topic_events}, {cfg.kafka.topic_samples}, "
-            f"{cfg.kafka.topic_cq}, {cfg.kafka.topic_deadletter}, "
-            f"{cfg.kafka.topic_model_updates}"
+            f"{cfg.kafka.topic_deadletter}, {cfg.kafka.topic_model_updates}"
         )
         if server is not None:
             print(f"  metrics  {server.url}")
@@ -301,7 +300,7 @@ def _backbone(cfg: Config, root: Path, metrics: Metrics, bootstrap: str) -> str 
     )
     print(
         f"  vectors     {result.vectors_written:,} users x {result.conditions} conditions to "
-        f"{paths.vectors} and {cfg.kafka.topic_cq}"
+        f"{paths.vectors}"
     )
     print(
         f"  versions    {', '.join(v.name for v in list_versions(paths.versions))} under "

@@ -1,10 +1,5 @@
 """The lumstream topics: names and settings from KafkaConfig, created idempotently.
 
-``lum.cq`` is created with ``cleanup.policy=compact`` (the newest vector per key is the one
-that counts). tansu 0.6.0 accepts and reports that config, but its in-memory engine never
-compacts: readers of lum.cq must treat it as "last value per key wins" either way (they do
-on real Kafka too, where compaction is lazy). See docs/broker.md.
-
 Example:
     >>> ensure_topics(KafkaConfig(), "127.0.0.1:9092")  # doctest: +SKIP
     {'lum.events': 'created', 'lum.samples': 'created', ...}
@@ -14,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -28,7 +23,7 @@ TOPIC_ALREADY_EXISTS = 36  # Kafka protocol error code
 class TopicStatus(StrEnum):
     CREATED = "created"
     EXISTS = "exists"
-    MISMATCH = "exists, settings differ"  # partition count or cleanup.policy (logged)
+    MISMATCH = "exists, settings differ"  # another partition count (logged)
 
 
 @dataclass(frozen=True)
@@ -39,34 +34,25 @@ class TopicSpec:
         name: the topic name.
         partitions: partition count when created.
         replication_factor: replicas when created.
-        configs: topic configs, e.g. ``{"cleanup.policy": "compact"}``.
     """
 
     name: str
     partitions: int
     replication_factor: int
-    configs: dict[str, str] = field(default_factory=dict)
 
 
 def topic_specs(cfg: KafkaConfig, *extra: str | None) -> list[TopicSpec]:
-    """The five lumstream topics with the configured names and partition counts, plus the
+    """The four lumstream topics with the configured names and partition counts, plus the
     topics named in ``extra`` that are not among them (e.g. a ``--topic``; None skipped),
     with the same partition count."""
-    compact = {"cleanup.policy": "compact"}
     names: tuple[str, ...] = (
         cfg.topic_events,
         cfg.topic_samples,
-        cfg.topic_cq,
         cfg.topic_deadletter,
         cfg.topic_model_updates,
     )
     names += tuple(n for n in dict.fromkeys(extra) if n and n not in names)
-    return [
-        TopicSpec(
-            n, cfg.partitions, cfg.replication_factor, dict(compact) if n == cfg.topic_cq else {}
-        )
-        for n in names
-    ]
+    return [TopicSpec(n, cfg.partitions, cfg.replication_factor) for n in names]
 
 
 def admin_client(cfg: KafkaConfig, bootstrap: str) -> Any:
@@ -100,7 +86,6 @@ def ensure_topics(
                 s.name: {
                     "num_partitions": s.partitions,
                     "replication_factor": s.replication_factor,
-                    "configs": s.configs,
                 }
                 for s in missing
             }
@@ -121,9 +106,6 @@ def ensure_topics(
             existing.update(
                 _partition_counts(admin, [s.name for s in missing if s.name not in status])
             )
-        policies = _cleanup_policies(
-            admin, [s.name for s in specs if s.configs and s.name not in status]
-        )
         for spec in specs:
             if spec.name in status:
                 continue
@@ -135,16 +117,6 @@ def ensure_topics(
                     spec.name,
                     have,
                     spec.partitions,
-                )
-                status[spec.name] = TopicStatus.MISMATCH
-            want = spec.configs.get("cleanup.policy")
-            got = policies.get(spec.name)
-            if want and got is not None and got != want:
-                log.warning(
-                    "topic %s has cleanup.policy=%s, expected %s: left as it is",
-                    spec.name,
-                    got,
-                    want,
                 )
                 status[spec.name] = TopicStatus.MISMATCH
     return {s.name: status[s.name] for s in specs}
@@ -167,33 +139,12 @@ def _partition_counts(admin: Any, names: list[str] | None) -> dict[str, int]:
     return out
 
 
-def _cleanup_policies(admin: Any, names: list[str]) -> dict[str, str]:
-    """``cleanup.policy`` of each named topic, where the broker reports it."""
-    if not names:
-        return {}
-    from kafka.admin import ConfigResource, ConfigResourceType
-
-    resources = [ConfigResource(ConfigResourceType.TOPIC, n, None) for n in names]
-    try:
-        described = admin.describe_configs(resources, config_filter="all")
-    except Exception as exc:  # an old or partial broker: the check is advisory
-        log.info("cannot read topic configs (%s); cleanup.policy not checked", exc)
-        return {}
-    out: dict[str, str] = {}
-    for name, entries in described.get("topic", {}).items():
-        entry = entries.get("cleanup.policy")
-        if entry is not None and entry.get("value") is not None:
-            out[name] = str(entry["value"])
-    return out
-
-
 def with_topics(cfg: KafkaConfig, suffix: str) -> KafkaConfig:
     """``cfg`` with every topic name suffixed (tests and side-by-side runs)."""
     return dataclasses.replace(
         cfg,
         topic_events=f"{cfg.topic_events}{suffix}",
         topic_samples=f"{cfg.topic_samples}{suffix}",
-        topic_cq=f"{cfg.topic_cq}{suffix}",
         topic_deadletter=f"{cfg.topic_deadletter}{suffix}",
         topic_model_updates=f"{cfg.topic_model_updates}{suffix}",
     )

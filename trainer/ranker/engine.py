@@ -103,7 +103,8 @@ class RankerEngine:
     Args:
         cfg: ranker settings.
         emb: table settings.
-        lum_dim / lum_conditions: shape of the LUM inputs (D and N of the vector sets).
+        lum_dim / lum_conditions: shape of the LUM inputs (the vectors' width and the
+            condition layout's capacity).
         fused: TorchRec fused sharded tables (default) or the plain ``nn.Embedding`` reference
             (one process only).
         metrics: counters.

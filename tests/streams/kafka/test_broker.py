@@ -178,9 +178,9 @@ def test_broker_command_runs_until_sigterm(tmp_path: Path) -> None:
     )
     try:
         assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(7)]
+        lines = [proc.stdout.readline() for _ in range(6)]
         assert lines[0].startswith("embedded broker at 127.0.0.1:"), lines
-        assert "topic lum.cq" in "".join(lines)
+        assert "topic lum.model-updates" in "".join(lines)
         bootstrap = running_broker(tmp_path / "broker.json")
         assert bootstrap is not None
         assert bootstrap in lines[0]

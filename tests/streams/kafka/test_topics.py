@@ -1,4 +1,4 @@
-"""Topic creation: the five lumstream topics, idempotent, compaction on lum.cq."""
+"""Topic creation: the four lumstream topics, idempotent, existing ones left as they are."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from streams.config import KafkaConfig
 from streams.kafka.broker import EmbeddedBroker
 from streams.kafka.topics import (
     TopicStatus,
-    admin_client,
     ensure_topics,
     list_topics,
     topic_specs,
@@ -27,21 +26,13 @@ def _fresh(broker: EmbeddedBroker, partitions: int = 3) -> KafkaConfig:
 
 
 def test_specs_follow_the_config() -> None:
-    cfg = KafkaConfig(partitions=6, topic_cq="my.cq")
+    cfg = KafkaConfig(partitions=6, topic_samples="my.samples")
     specs = {s.name: s for s in topic_specs(cfg)}
-    assert set(specs) == {
-        "lum.events",
-        "lum.samples",
-        "my.cq",
-        "lum.deadletter",
-        "lum.model-updates",
-    }
+    assert set(specs) == {"lum.events", "my.samples", "lum.deadletter", "lum.model-updates"}
     assert {s.partitions for s in specs.values()} == {6}
-    assert specs["my.cq"].configs == {"cleanup.policy": "compact"}
-    assert all(not s.configs for n, s in specs.items() if n != "my.cq")
     extra = topic_specs(cfg, "replayed", None, "lum.events", "replayed")
-    assert [s.name for s in extra][5:] == ["replayed"]  # once; None and known names skipped
-    assert (extra[5].partitions, extra[5].configs) == (6, {})
+    assert [s.name for s in extra][4:] == ["replayed"]  # once; None and known names skipped
+    assert extra[4].partitions == 6
 
 
 @pytest.mark.integration
@@ -53,18 +44,6 @@ def test_ensure_topics_twice_creates_once(broker: EmbeddedBroker) -> None:
     listed = list_topics(cfg, broker.bootstrap)
     assert {n: listed[n] for n in names} == dict.fromkeys(names, 3)
     assert list(listed) == sorted(listed)
-
-
-@pytest.mark.integration
-def test_cq_topic_is_compacted(broker: EmbeddedBroker) -> None:
-    from kafka.admin import ConfigResource, ConfigResourceType
-
-    cfg = _fresh(broker)
-    ensure_topics(cfg, broker.bootstrap)
-    with admin_client(cfg, broker.bootstrap) as admin:
-        resources = [ConfigResource(ConfigResourceType.TOPIC, cfg.topic_cq, None)]
-        described = admin.describe_configs(resources, config_filter="all")
-    assert described["topic"][cfg.topic_cq]["cleanup.policy"]["value"] == "compact"
 
 
 @pytest.mark.integration
@@ -89,7 +68,7 @@ def test_topics_command_against_a_bootstrap(
 
     suffix = f".cli-{uuid.uuid4().hex[:8]}"
     sets = ["--set", "kafka.partitions=2"]
-    for name in ("events", "samples", "cq", "deadletter", "model_updates"):
+    for name in ("events", "samples", "deadletter", "model_updates"):
         sets += ["--set", f"kafka.topic_{name}=lum.{name}{suffix}"]
     assert main([*sets, "topics", "--bootstrap", broker.bootstrap, "create"]) == 0
     assert f"lum.events{suffix}" in capsys.readouterr().out

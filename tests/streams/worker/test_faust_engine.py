@@ -67,7 +67,6 @@ def test_faust_engine_matches_the_confluent_engine_through_a_produce_failure(
             "topic_events",
             "topic_samples",
             "topic_deadletter",
-            "topic_cq",
             "topic_model_updates",
         )
     ]

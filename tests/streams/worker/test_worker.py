@@ -125,7 +125,6 @@ class WorkerProcess:
             "topic_events",
             "topic_samples",
             "topic_deadletter",
-            "topic_cq",
             "topic_model_updates",
         ):
             argv += ["--set", f"kafka.{name}={getattr(cfg, name)}"]
