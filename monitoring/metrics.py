@@ -281,6 +281,13 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.ranker_sample_gap = Gauge(
+            "lumstream_ranker_sample_gap",
+            "Samples of a source partition not yet seen although later ones were (a re-send "
+            "after a delivery timeout fills the gap; one that stays means lost samples)",
+            ["partition"],
+            registry=registry,
+        )
         self.ranker_ids = Counter(
             "lumstream_ranker_ids",
             "Id lookups by table and outcome (hit, new, admitted, collision, evicted)",

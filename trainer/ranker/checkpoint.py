@@ -39,6 +39,7 @@ from trainer.ranker.config import RankerConfig
 from trainer.ranker.distributed import barrier, broadcast_bytes, world
 from trainer.ranker.engine import RankerEngine, make_mappers
 from trainer.ranker.model import RankerModel
+from trainer.ranker.seen import SeenSeqs
 
 log = logging.getLogger(__name__)
 
@@ -295,19 +296,25 @@ def announce(
     send(b"ranker", json.dumps(value, sort_keys=True).encode())
 
 
-def stream_state(hwm: dict[int, int], positions: dict[int, int], **extra: Any) -> dict[str, Any]:
-    """The consumer part of a checkpoint (JSON keys are strings)."""
+def stream_state(
+    seen: dict[int, SeenSeqs], positions: dict[int, int], **extra: Any
+) -> dict[str, Any]:
+    """The consumer part of a checkpoint (JSON keys are strings): per source partition the
+    highest learned seq (``hwm``) and the holes below it (``holes``, only where some)."""
     out: dict[str, Any] = {
-        "hwm": {str(k): int(v) for k, v in hwm.items()},
+        "hwm": {str(k): v.top for k, v in seen.items()},
+        "holes": {str(k): [list(h) for h in v.holes] for k, v in seen.items() if v.holes},
         "positions": {str(k): int(v) for k, v in positions.items()},
     }
     out.update(extra)
     return out
 
 
-def parse_stream_state(meta: dict[str, Any]) -> tuple[dict[int, int], dict[int, int]]:
-    """(hwm, positions) of a checkpoint's stream state."""
-    return (
-        {int(k): int(v) for k, v in meta.get("hwm", {}).items()},
-        {int(k): int(v) for k, v in meta.get("positions", {}).items()},
-    )
+def parse_stream_state(meta: dict[str, Any]) -> tuple[dict[int, SeenSeqs], dict[int, int]]:
+    """(seen, positions) of a checkpoint's stream state (one without ``holes`` has none)."""
+    holes = meta.get("holes", {})
+    seen = {
+        int(k): SeenSeqs(int(v), [(int(a), int(b)) for a, b in holes.get(k, [])])
+        for k, v in meta.get("hwm", {}).items()
+    }
+    return seen, {int(k): int(v) for k, v in meta.get("positions", {}).items()}

@@ -124,8 +124,8 @@ class StreamingTrainer:
         meta = self.checkpointer.restore(self.engine)
         if meta is None:
             return False
-        hwm, positions = parse_stream_state(meta)
-        self.assembler = Assembler(hwm, positions, self.metrics, self.assembler.ts_range)
+        seen, positions = parse_stream_state(meta)
+        self.assembler = Assembler(seen, positions, self.metrics, self.assembler.ts_range)
         self.stats.backbone_versions = [list(x) for x in meta.get("backbone_versions", [])]
         self.watermark = int(meta.get("watermark", 0))
         if self.source is not None:
@@ -256,7 +256,7 @@ class StreamingTrainer:
         self.watermark = int(samples.rows["ts"].max())
         # nothing pending: a restart resumes after everything learned here
         self.assembler = Assembler(
-            self.assembler.learned_hwm, {}, self.metrics, self.assembler.ts_range
+            self.assembler.learned_seen, {}, self.metrics, self.assembler.ts_range
         )
         self.checkpoint()
         return results
@@ -312,7 +312,7 @@ class StreamingTrainer:
         """Save a checkpoint (and publish a version when configured); collective."""
         assert self.checkpointer is not None
         state = stream_state(
-            self.assembler.learned_hwm,
+            self.assembler.learned_seen,
             self.assembler.positions(),
             backbone_versions=self.stats.backbone_versions,
             watermark=self.watermark,

@@ -32,6 +32,7 @@ from streams.contracts.samplefile import iter_frames
 from streams.contracts.samples import SampleBlock, SampleFormatError, decode_block, encode_block
 from streams.kafka.consumer import Message
 from trainer.ranker.batch import Samples
+from trainer.ranker.seen import MAX_HOLES, SeenSeqs
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,8 @@ class Assembler:
     """Blocks in, deduplicated rows out in arrival order; resume positions for checkpoints.
 
     Args:
-        hwm: source partition -> last learned ``seq`` (from a checkpoint).
+        seen: source partition -> the seqs already learned (from a checkpoint): a re-sent
+            sample that fills a hole below the high-water mark is still taken.
         positions: topic partition -> offset to resume at (from a checkpoint).
         metrics: ``ranker_samples_skipped{reason=duplicate|corrupt_block}``.
         ts_range: keep only samples with ``from <= ts < to`` (replay of a time range).
@@ -153,13 +155,13 @@ class Assembler:
 
     def __init__(
         self,
-        hwm: dict[int, int] | None = None,
+        seen: dict[int, SeenSeqs] | None = None,
         positions: dict[int, int] | None = None,
         metrics: Metrics | None = None,
         ts_range: tuple[int, int] | None = None,
     ) -> None:
-        self.learned_hwm: dict[int, int] = dict(hwm or {})
-        self._taken_hwm: dict[int, int] = dict(hwm or {})
+        self.learned_seen: dict[int, SeenSeqs] = {p: x.copy() for p, x in (seen or {}).items()}
+        self._taken: dict[int, SeenSeqs] = {p: x.copy() for p, x in (seen or {}).items()}
         self._next: dict[int, int] = dict(positions or {})
         self._pending: deque[_Pending] = deque()
         self._rows = 0
@@ -181,15 +183,21 @@ class Assembler:
                 self._skip("corrupt_block", 1)
                 continue
             s = Samples.from_block(block)
-            hwm = self._taken_hwm.get(block.partition, -1)
-            keep = s.rows["seq"] > hwm
+            taken = self._taken.setdefault(block.partition, SeenSeqs())
+            seqs = s.rows["seq"]
+            new = taken.unseen(seqs)
+            self._skip("duplicate", int(len(s) - new.sum()))
+            taken.add(seqs)
+            keep = new
             if self.ts_range is not None:
                 lo, hi = self.ts_range
-                keep &= (s.rows["ts"] >= lo) & (s.rows["ts"] < hi)
-            self._skip("duplicate", int((s.rows["seq"] <= hwm).sum()))
+                inside = (s.rows["ts"] >= lo) & (s.rows["ts"] < hi)
+                # outside the range is never learned: settled now, so it leaves no hole
+                self.learned_seen.setdefault(block.partition, SeenSeqs()).add(seqs[new & ~inside])
+                keep = new & inside
+            self._note_gaps(block.partition)
             s = s.select(keep)
             if len(s):
-                self._taken_hwm[block.partition] = max(hwm, int(s.rows["seq"].max()))
                 self._pending.append(_Pending(m.partition, m.offset, s))
                 self._rows += len(s)
                 self.last_arrival = time.monotonic()
@@ -216,11 +224,26 @@ class Assembler:
         self._rows -= len(out)
         return out
 
+    def _note_gaps(self, partition: int) -> None:
+        taken = self._taken[partition]
+        if self.metrics is not None:
+            self.metrics.ranker_sample_gap.labels(partition=str(partition)).set(taken.missing())
+        if taken.forgotten:
+            log.warning(
+                "lum.samples source partition %d: more than %d gaps; the oldest %d samples "
+                "are no longer waited for",
+                partition,
+                MAX_HOLES,
+                taken.forgotten,
+            )
+            self._skip("gap_forgotten", taken.forgotten)
+            taken.forgotten = 0
+
     def learned(self, samples: Samples) -> None:
         """Mark a taken batch as learned (its rows will not be replayed after a restart)."""
         for p in np.unique(samples.partition).tolist():
-            seq = int(samples.rows["seq"][samples.partition == p].max())
-            self.learned_hwm[int(p)] = max(self.learned_hwm.get(int(p), -1), seq)
+            seqs = samples.rows["seq"][samples.partition == p]
+            self.learned_seen.setdefault(int(p), SeenSeqs()).add(seqs)
 
     def positions(self) -> dict[int, int]:
         """Topic partition -> offset to resume at: the oldest message with rows not taken,

@@ -14,6 +14,7 @@ from streams.contracts.samplefile import iter_frames
 from streams.contracts.samples import encode_block
 from streams.sinks.samples import write_sample_file
 from trainer.ranker.batch import Samples
+from trainer.ranker.checkpoint import parse_stream_state, stream_state
 from trainer.ranker.source import Assembler, MemorySampleSource, Message, SampleFileSource
 
 
@@ -64,8 +65,8 @@ def test_resuming_at_the_positions_repeats_and_skips_nothing() -> None:
         asm.learned(batch)
         learned += ids(batch)
     asm.take(20)  # taken but never learned: lost in the crash
-    hwm, positions = dict(asm.learned_hwm), asm.positions()
-    resumed = Assembler(hwm, positions)
+    seen, positions = asm.learned_seen, asm.positions()
+    resumed = Assembler(seen, positions)
     src.seek(positions)
     while not src.exhausted():
         resumed.add(src.poll(2, 0))
@@ -82,3 +83,34 @@ def test_time_range_filter() -> None:
     assert len(got)
     assert got.min() >= lo
     assert got.max() < hi
+
+
+def test_a_block_resent_after_a_later_one_is_learned_once(metrics: Metrics) -> None:
+    """The producer keeps order under retries but not gap-free: block 1 timed out, block 2
+    landed, the worker re-sent both. Block 1 fills the gap; block 2 again is a duplicate."""
+    bl = blocks()[:3]
+    b0, b1, b2 = (encode_block(b) for b in bl)
+    asm = Assembler(metrics=metrics)
+    asm.add([Message(0, 0, b0, 1), Message(0, 1, b2, 2)])
+    assert sample(metrics, "lumstream_ranker_sample_gap", partition="0") == len(bl[1])
+    asm.add([Message(0, 2, b1, 3), Message(0, 3, b2, 4)])
+    assert sample(metrics, "lumstream_ranker_sample_gap", partition="0") == 0
+    got = sorted(ids(asm.take(10_000)))
+    assert got == [(0, int(s)) for b in bl for s in b.rows["seq"]]
+    assert sample(metrics, "lumstream_ranker_samples_skipped_total", reason="duplicate") == len(
+        bl[2]
+    )
+
+
+def test_a_gap_survives_a_checkpoint() -> None:
+    bl = blocks()[:3]
+    b0, b1, b2 = (encode_block(b) for b in bl)
+    asm = Assembler()
+    asm.add([Message(0, 0, b0, 1), Message(0, 1, b2, 2)])
+    asm.learned(asm.take(10_000))
+    meta = stream_state(asm.learned_seen, asm.positions())
+    assert meta["holes"] == {"0": [[int(bl[1].rows["seq"][0]), int(bl[1].rows["seq"][-1])]]}
+    seen, positions = parse_stream_state(meta)
+    resumed = Assembler(seen, positions)
+    resumed.add([Message(0, 2, b1, 3), Message(0, 3, b0, 4)])  # the re-send, and an old one
+    assert ids(resumed.take(10_000)) == [(0, int(s)) for s in bl[1].rows["seq"]]
