@@ -137,7 +137,8 @@ class StreamingTrainer:
         assert self.source is not None
         b = self.cfg.batch_size
         deadline = time.monotonic() + _HEARTBEAT_S
-        if self.cfg.checkpoint_every_s > 0 and self._batches_since_ckpt:  # an idle stream
+        due = self.checkpointer is not None and self.cfg.checkpoint_every_s > 0
+        if due and self._batches_since_ckpt:  # an idle stream still checkpoints on time
             deadline = min(deadline, self._last_ckpt + self.cfg.checkpoint_every_s)
         while not stop.is_set():
             if self.assembler.available() >= b:

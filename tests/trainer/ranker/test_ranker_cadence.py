@@ -17,7 +17,7 @@ from monitoring.metrics import Metrics
 from trainer.ranker.checkpoint import STREAM, Checkpointer, versions_dir
 from trainer.ranker.engine import RankerEngine
 from trainer.ranker.loop import StreamingTrainer
-from trainer.ranker.source import MemorySampleSource
+from trainer.ranker.source import MemorySampleSource, Message
 
 torch.set_num_threads(1)
 V = truth_vectors()
@@ -28,6 +28,14 @@ class LiveSource(MemorySampleSource):
 
     def exhausted(self) -> bool:
         return False
+
+
+class Trickle(MemorySampleSource):
+    """One message per poll, a little later each time: a topic that keeps arriving."""
+
+    def poll(self, max_messages: int, timeout_s: float) -> list[Message]:
+        time.sleep(0.02)
+        return super().poll(1, timeout_s)
 
 
 def _loop(
@@ -120,3 +128,17 @@ def test_a_damaged_newest_checkpoint_is_replaced_not_repeated(tmp_path: Path) ->
     )
     assert third.resume()
     assert third.engine.steps == 20  # so a restart no longer repeats the work
+
+
+def test_a_loop_without_checkpoints_keeps_reading_after_its_cadence(tmp_path: Path) -> None:
+    """The time cadence only applies to a loop that checkpoints: one without a
+    checkpointer (the demo's baseline ranker) once spun on "wait" without reading."""
+    bl = blocks()[:8]
+    source = Trickle.of_blocks(bl)
+    rcfg = dataclasses.replace(CFG, checkpoint_every_s=0.01, idle_flush_s=0.05)
+    loop = StreamingTrainer(rcfg, RankerEngine(rcfg, EMB, 1, 1), source)
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (loop.run(), done.set()), daemon=True)
+    thread.start()
+    assert done.wait(30), "the loop stopped reading"
+    assert loop.engine.samples_learned == sum(len(b) for b in bl)
