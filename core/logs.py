@@ -21,6 +21,16 @@ PROJECT_LOGGERS = (
 )
 
 
+class RetiredTaskNoise(logging.Filter):
+    """kafka-python 3.0.12's selector can call a timer task another ready task has just
+    retired and logs ``RuntimeError: Task is already done!`` with a traceback (harmless:
+    the task was finished; dpkp/kafka-python#3093). Only that record is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, RuntimeError) and str(exc) == "Task is already done!")
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     """Set the format and levels once (a second call changes nothing)."""
     root = logging.getLogger()
@@ -33,4 +43,5 @@ def configure_logging(level: int = logging.INFO) -> None:
     )
     for name in PROJECT_LOGGERS:
         logging.getLogger(name).setLevel(level)
+    logging.getLogger("kafka.net.selector").addFilter(RetiredTaskNoise())
     root._lumstream_configured = True  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=d.duration_s,
         metavar="S",
-        help=f"seconds of traffic to generate (default {d.duration_s:g})",
+        help=f"seconds of live traffic after the history (default {d.duration_s:g})",
     )
     p.add_argument(
         "--rate",
@@ -36,11 +36,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="run the stream stage only (no backbone refresh, no rankers)",
     )
     p.add_argument(
-        "--backbone-at",
+        "--history",
+        type=int,
+        default=d.history_events,
+        metavar="N",
+        help=f"events written to a log and replayed into lum.events before going live: the "
+        f"backbone's first version trains on them (default {d.history_events:,})",
+    )
+    p.add_argument(
+        "--incremental-every",
         type=float,
-        default=d.backbone_at,
-        metavar="F",
-        help=f"start the backbone refresh after this share of --duration (default {d.backbone_at})",
+        default=d.incremental_every_s,
+        metavar="S",
+        help="seconds between incremental vector passes while live "
+        f"(default {d.incremental_every_s:g})",
     )
     p.add_argument(
         "--malformed-fraction",
@@ -51,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     world = p.add_argument_group(
         "demo world",
-        "a small, dense world: enough clicks per user within seconds for the backbone to "
+        "a small, dense world: long sequences per user after a short history, for the backbone to "
         "learn from (generator.* settings apply to everything else)",
     )
     world.add_argument("--users", type=int, default=d.users, help=f"users (default {d.users})")
@@ -74,7 +83,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         duration_s=args.duration,
         rate=args.rate,
         skip_backbone=args.skip_backbone,
-        backbone_at=args.backbone_at,
+        history_events=args.history,
+        incremental_every_s=args.incremental_every,
         malformed_fraction=args.malformed_fraction,
         users=args.users,
         items=args.items,

@@ -1,18 +1,25 @@
-"""The demo pipeline (``lumstream demo``): everything on embedded defaults, live, for a
-bounded time.
+"""The demo pipeline (``lumstream demo``): everything on embedded defaults, for a bounded
+time.
 
-Starts the embedded broker, creates the topics, streams synthetic click events (with a
-small share of malformed ones) into lum.events at a steady rate, and runs beside them:
+Starts the embedded broker and creates the topics, then:
 
-- the stream worker: sequences to a fresh RocksDB store under ``<data_dir>/demo``,
-  labelled samples to lum.samples, rejected events to lum.deadletter;
-- two live rankers on lum.samples, the same streaming trainer without and with LUM
-  features (:mod:`lumstream.pipeline.demo_rankers`);
-- half-way through the traffic, one backbone refresh on the store as it is: train, publish
-  v1, write the condition-query vectors, which the LUM ranker picks up for the samples
-  that follow.
+1. **history**: the first ``history_events`` of the synthetic click stream are written to
+   an event log and replayed into lum.events at full speed (``lumstream replay produce``'s
+   code): the backfill a new deployment starts from;
+2. the stream worker ingests them (sequences into a fresh RocksDB store under
+   ``<data_dir>/demo``, labelled samples to lum.samples, rejected events to
+   lum.deadletter), and two live rankers, the same streaming trainer without and with LUM
+   features (:mod:`lumstream.pipeline.demo_rankers`), learn from every sample;
+3. **backbone**: once the history is in the store, the refresh job
+   (:mod:`lumstream.pipeline.demo_backbone`) trains v1 on it, publishes it and writes every
+   user's condition-query vectors;
+4. **live**: the stream goes on at a steady rate (with a small share of malformed events)
+   for ``duration_s``, while the frozen v1 recomputes the vectors of users whose sequences
+   grew every ``incremental_every_s`` and the LUM ranker uses them, each sample only ever
+   with vectors of events before it.
 
-A live line shows the counts; a summary of each stage follows. Nothing outside
+A live line shows the counts; a summary of each stage follows, with both rankers'
+progressive metrics and the age of the vectors the live samples got. Nothing outside
 ``<data_dir>/demo`` is touched.
 """
 
@@ -28,13 +35,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.settings import ConfigError
+
 if TYPE_CHECKING:
     from lumstream.config import Config
+    from lumstream.pipeline.demo_backbone import LiveBackbone
     from lumstream.pipeline.demo_rankers import LiveRankers
     from monitoring.metrics import Metrics
     from monitoring.server import MetricsServer
     from streams.generator import ClickStream
     from streams.worker.applier import WorkerStats
+    from streams.worker.confluent_engine import StreamWorker
 
 
 @dataclass(frozen=True)
@@ -42,24 +53,36 @@ class DemoOptions:
     """What ``lumstream demo`` runs (its flags; generator.* settings apply to the rest).
 
     Args:
-        duration_s: seconds of traffic to generate.
-        rate: events per second the generator sends.
-        skip_backbone: the stream stage only (no backbone refresh, no rankers).
-        backbone_at: start the backbone refresh after this share of the traffic.
-        malformed_fraction: share of deliberately broken events.
-        users / items / categories / ctr: a small, dense world, so that users have enough
-            clicks within seconds for the backbone to learn from.
+        duration_s: seconds of live traffic after the history.
+        rate: events per second the generator sends live.
+        history_events: events replayed before going live (the backbone's first data).
+        incremental_every_s: seconds between incremental vector passes while live.
+        skip_backbone: the stream stage only (no history, backbone or rankers).
+        malformed_fraction: share of deliberately broken events (live traffic only: an
+            event log holds valid events).
+        users / items / categories / ctr: a small, dense world, so that users have long
+            sequences after a short history.
     """
 
     duration_s: float = 20.0
-    rate: float = 8_000.0
+    rate: float = 6_000.0
+    history_events: int = 120_000
+    incremental_every_s: float = 2.0
     skip_backbone: bool = False
-    backbone_at: float = 0.5
     malformed_fraction: float = 0.002
     users: int = 500
     items: int = 1_000
     categories: int = 8
     ctr: float = 0.15
+
+    def __post_init__(self) -> None:
+        if not self.skip_backbone and self.history_events < 1_000:
+            raise ConfigError(
+                f"--history {self.history_events}: the backbone's first version trains on "
+                "the history; give at least 1000 events, or --skip-backbone"
+            )
+        if self.duration_s <= 0 or self.rate <= 0 or self.incremental_every_s <= 0:
+            raise ConfigError("--duration, --rate and --incremental-every must be positive")
 
 
 def run_demo(cfg: Config, opts: DemoOptions) -> bool:
@@ -77,11 +100,8 @@ def run_demo(cfg: Config, opts: DemoOptions) -> bool:
 def _run(cfg: Config, opts: DemoOptions, metrics: Metrics, server: MetricsServer | None) -> bool:
     import torch
 
-    from streams.generator import ClickStream, World
-    from streams.generator.pacing import TokenBucket
+    from streams.generator import ClickStream
     from streams.kafka.broker import EmbeddedBroker
-    from streams.kafka.consumer import end_offsets
-    from streams.kafka.producer import Producer
     from streams.kafka.topics import ensure_topics
     from streams.worker.confluent_engine import StreamWorker
 
@@ -90,6 +110,7 @@ def _run(cfg: Config, opts: DemoOptions, metrics: Metrics, server: MetricsServer
     torch.set_num_threads(1)  # two rankers and a backbone share the machine's cores
     for noisy in ("torchrec", "torch.fx._symbolic_trace"):  # planner chatter, fx notes
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    logging.getLogger("trainer.ranker.loop").setLevel(logging.WARNING)  # the live line has it
     warnings.filterwarnings("ignore", category=FutureWarning)  # torchrec's deprecations
     gen_cfg = replace(
         cfg.generator,
@@ -101,25 +122,20 @@ def _run(cfg: Config, opts: DemoOptions, metrics: Metrics, server: MetricsServer
         categories=opts.categories,
         base_ctr=opts.ctr,
     )
-    # the LUM ranker is sized before any vector exists: pin the queried conditions
-    conditions = tuple(World.condition_name(c) for c in range(gen_cfg.categories))
     cfg = replace(
         cfg,
         backbone=replace(
-            cfg.backbone,
-            condition_fields=("cond",),
-            query_conditions=conditions,
-            epochs=min(cfg.backbone.epochs, 3),
+            cfg.backbone, condition_fields=("cond",), epochs=min(cfg.backbone.epochs, 3)
         ),
     )
     stream = ClickStream(gen_cfg)
+    history = 0 if opts.skip_backbone else opts.history_events
     print(
-        f"lumstream demo: {opts.duration_s:.0f} s of synthetic traffic at {opts.rate:,.0f} "
-        f"events/s, {gen_cfg.users:,} users, {gen_cfg.items:,} items, "
-        f"{gen_cfg.categories} categories",
+        f"lumstream demo: {history:,} events of history, then {opts.duration_s:.0f} s of live "
+        f"synthetic traffic at {opts.rate:,.0f} events/s; {gen_cfg.users:,} users, "
+        f"{gen_cfg.items:,} items, {gen_cfg.categories} categories",
         flush=True,
     )
-    ok = False
     with EmbeddedBroker(cfg.broker, metrics, log_dir=root / "logs") as broker:
         print(f"  broker   {broker.bootstrap} (embedded tansu, in memory)")
         ensure_topics(cfg.kafka, broker.bootstrap)
@@ -129,101 +145,225 @@ def _run(cfg: Config, opts: DemoOptions, metrics: Metrics, server: MetricsServer
         )
         if server is not None:
             print(f"  metrics  {server.url}")
-        rankers = None if opts.skip_backbone else _rankers(cfg, root, broker.bootstrap, metrics)
-        produced = [0]
-        done = threading.Event()
-        started = time.monotonic()
+        worker = StreamWorker(
+            cfg.kafka,
+            cfg.store,
+            cfg.worker,
+            cfg.events,
+            broker.bootstrap,
+            root / "store",
+            metrics,
+        )
+        stages = _Stages(cfg, opts, root, broker.bootstrap, metrics, stream, worker)
+        return stages.run(history)
 
-        def generate() -> None:
-            bucket = TokenBucket(opts.rate)
-            deadline = started + opts.duration_s
-            with Producer(cfg.kafka, broker.bootstrap, metrics=metrics) as producer:
-                for pairs in stream.pair_batches(batch_size=500):
-                    bucket.acquire(len(pairs))
-                    producer.send_many(cfg.kafka.topic_events, pairs, source="demo")
-                    produced[0] += len(pairs)
-                    if time.monotonic() >= deadline:
-                        break
-                producer.flush()
-            done.set()
 
-        tty = sys.stdout.isatty()
-        live = _LiveLine(tty, started)
+class _Stages:
+    """The demo's threads and its phases (history, backbone, live, drain, summary)."""
 
-        def show(stats: WorkerStats, final: bool = False) -> None:
-            lag = produced[0] - stats.applied - stats.dead_letters
-            ranker = f"  {rankers.progress()}" if rankers is not None else ""
-            live.show(
-                f"produced {produced[0]:>8,}  applied {stats.applied:>8,}  samples "
-                f"{stats.samples:>7,}  dead letters {stats.dead_letters:>4,}  lag {lag:>6,}"
-                + ranker,
-                final,
-            )
+    def __init__(
+        self,
+        cfg: Config,
+        opts: DemoOptions,
+        root: Path,
+        bootstrap: str,
+        metrics: Metrics,
+        stream: ClickStream,
+        worker: StreamWorker,
+    ) -> None:
+        from lumstream.pipeline.demo_backbone import LiveBackbone
+        from lumstream.pipeline.demo_rankers import LiveRankers
 
-        backbone: list[str | None] = []
+        self.cfg, self.opts, self.root, self.bootstrap = cfg, opts, root, bootstrap
+        self.metrics, self.stream, self.worker = metrics, stream, worker
+        self.rankers: LiveRankers | None = None
+        self.backbone: LiveBackbone | None = None
+        if not opts.skip_backbone:
+            self.rankers = LiveRankers(cfg, root, bootstrap, metrics)
+            self.backbone = LiveBackbone(cfg, root, metrics, opts.incremental_every_s)
+        self.produced = 0
+        self.started = time.monotonic()
+        self.line = _LiveLine(sys.stdout.isatty(), self.started)
+        self.stop_worker = threading.Event()
+        self.errors: list[BaseException] = []
+        self.stats: WorkerStats | None = None
+        self.live_s = 0.0
 
-        def refresh() -> None:
-            done.wait(opts.duration_s * opts.backbone_at)
-            live.newline()
-            backbone.append(_backbone(cfg, root, metrics, broker.bootstrap))
-
-        def consume() -> WorkerStats:
-            stop = threading.Event()
-            worker = StreamWorker(
-                cfg.kafka,
-                cfg.store,
-                cfg.worker,
-                cfg.events,
-                broker.bootstrap,
-                root / "store",
-                metrics,
-            )
-
-            def stop_when_drained() -> None:
-                while not stop.wait(0.25):
-                    show(worker.stats)
-                    caught_up = worker.stats.applied + worker.stats.dead_letters >= produced[0]
-                    if done.is_set() and caught_up:
-                        stop.set()
-
-            watcher = threading.Thread(target=stop_when_drained, name="demo-watch", daemon=True)
-            watcher.start()
-            stats = worker.run(stop)
-            watcher.join()
-            return stats
-
-        threads = [threading.Thread(target=generate, name="demo-generator", daemon=True)]
-        if rankers is not None:
-            rankers.start()
-            threads.append(threading.Thread(target=refresh, name="demo-backbone", daemon=True))
-        for t in threads:
-            t.start()
+    # -- threads ------------------------------------------------------------------------------
+    def _consume(self) -> None:
         try:
-            stats = consume()
-            for t in threads:
-                t.join()
-            if rankers is not None:
-                ends = end_offsets(cfg.kafka, broker.bootstrap, cfg.kafka.topic_samples)
-                rankers.finish(ends, waiting=lambda: show(stats))
+            self.stats = self.worker.run(self.stop_worker)
+        except BaseException as exc:  # re-raised by the main thread
+            self.errors.append(exc)
+
+    def show(self, final: bool = False) -> None:
+        s = self.worker.stats
+        lag = self.produced - s.applied - s.dead_letters
+        ranker = f"  {self.rankers.progress()}" if self.rankers is not None else ""
+        self.line.show(
+            f"produced {self.produced:>8,}  applied {s.applied:>8,}  samples "
+            f"{s.samples:>7,}  dead letters {s.dead_letters:>4,}  lag {lag:>6,}" + ranker,
+            final,
+        )
+
+    def _wait(self, done: threading.Event | None = None) -> None:
+        """Until ``done`` is set, or else until the worker has applied everything produced,
+        showing the counts; a failed worker raises."""
+        while True:
+            if self.errors:
+                raise RuntimeError(f"the stream worker failed: {self.errors[0]!r}")
+            s = self.worker.stats
+            if done is not None and done.wait(0.25):
+                return
+            if done is None:
+                if s.applied + s.dead_letters >= self.produced:
+                    return
+                time.sleep(0.25)
+            self.show()
+
+    # -- phases -------------------------------------------------------------------------------
+    def run(self, history: int) -> bool:
+        from streams.kafka.consumer import end_offsets
+
+        consumer = threading.Thread(target=self._consume, name="demo-worker", daemon=True)
+        consumer.start()
+        if self.rankers is not None:
+            self.rankers.start()
+        ok = True
+        try:
+            live_from_ms = self._history(history) if history else 0
+            if self.backbone is not None:
+                ok = self._first_backbone()
+            self._live()
+            self._wait()  # the worker has everything
+            self.stop_worker.set()
+            consumer.join()
+            if self.errors:
+                raise RuntimeError(f"the stream worker failed: {self.errors[0]!r}")
+            if self.backbone is not None:
+                self.backbone.close()
+            if self.rankers is not None:
+                ends = end_offsets(self.cfg.kafka, self.bootstrap, self.cfg.kafka.topic_samples)
+                self.rankers.finish(ends, waiting=self.show)
         except BaseException:
-            if rankers is not None:
-                rankers.abort()
+            self.stop_worker.set()
+            if self.backbone is not None:
+                self.backbone.close()
+            if self.rankers is not None:
+                self.rankers.abort()
             raise
-        show(stats, final=True)
-        live.newline()
-        _stream_summary(cfg, stream, stats, root, time.monotonic() - started)
-        ok = stats.applied > 0 and stats.samples > 0
-        if rankers is not None:
-            ok = rankers.report() and ok and bool(backbone) and backbone[0] is not None
-    if not ok:
-        print("lumstream demo: a stage of the pipeline produced nothing", file=sys.stderr)
-    return ok
+        self.show(final=True)
+        self.line.newline()
+        stats = self.stats or self.worker.stats
+        _stream_summary(self.cfg, self.stream, stats, self.root, time.monotonic() - self.started)
+        ok = ok and stats.applied > 0 and stats.samples > 0
+        if self.rankers is not None and self.backbone is not None:
+            ok = self.rankers.report() and ok
+            self._ages(live_from_ms)
+        if not ok:
+            print("lumstream demo: a stage of the pipeline produced nothing", file=sys.stderr)
+        return ok
 
+    def _history(self, n: int) -> int:
+        """Write the stream's first ``n`` events to a log and replay it into lum.events;
+        the event time the live traffic starts after."""
+        from streams.generator.malformed import Malformed
+        from streams.replay.produce import replay_produce
+        from streams.replay.sources import open_source
+        from streams.sinks.events import event_output
 
-def _rankers(cfg: Config, root: Path, bootstrap: str, metrics: Metrics) -> LiveRankers:
-    from lumstream.pipeline.demo_rankers import LiveRankers
+        path = self.root / "history.jsonl"
+        written, left_out, first, last = 0, 0, None, 0
+        started = time.perf_counter()
+        with event_output(path, source="demo-history") as sink:
+            for batch in self.stream.event_batches(limit=n):
+                for ev in batch:
+                    if isinstance(ev, Malformed):
+                        left_out += 1
+                        continue
+                    sink.write(ev)
+                    written += 1
+                    first = ev.ts if first is None else first
+                    last = max(last, ev.ts)
+        wrote_s = time.perf_counter() - started
+        stats = replay_produce(
+            open_source(str(path)),
+            self.cfg.kafka,
+            self.bootstrap,
+            self.root / "history-replay.json",
+            metrics=self.metrics,
+        )
+        self.produced += stats.produced
+        hours = (last - (first or last)) / 3_600_000
+        self.line.newline()
+        print(
+            f"history   {written:,} events ({hours:.1f} simulated hours; {left_out:,} malformed "
+            f"left out: a log holds valid events) written to {path} in {wrote_s:.1f} s and "
+            f"replayed into {self.cfg.kafka.topic_events} in {stats.seconds:.1f} s",
+            flush=True,
+        )
+        self._wait()
+        return last
 
-    return LiveRankers(cfg, root, bootstrap, metrics)
+    def _first_backbone(self) -> bool:
+        from lumstream.pipeline.demo_backbone import print_refresh
+
+        assert self.backbone is not None
+        self.line.newline()
+        print(
+            f"backbone (LUM, {self.cfg.backbone.objective}): training v1 on the history in the "
+            "store, publishing it, computing condition-query vectors ...",
+            flush=True,
+        )
+        self.backbone.start()
+        self._wait(self.backbone.first)
+        result = self.backbone.wait_first()
+        self.line.newline()
+        ok = print_refresh(result, self.backbone.paths)
+        print(
+            f"live      {self.opts.duration_s:.0f} s at {self.opts.rate:,.0f} events/s; "
+            f"incremental vector passes every {self.opts.incremental_every_s:g} s",
+            flush=True,
+        )
+        return ok
+
+    def _live(self) -> None:
+        from streams.generator.pacing import TokenBucket
+        from streams.kafka.producer import Producer
+
+        bucket = TokenBucket(self.opts.rate)
+        live_started = time.monotonic()
+        deadline = live_started + self.opts.duration_s
+        with Producer(self.cfg.kafka, self.bootstrap, metrics=self.metrics) as producer:
+            for pairs in self.stream.pair_batches(batch_size=500):
+                bucket.acquire(len(pairs))
+                producer.send_many(self.cfg.kafka.topic_events, pairs, source="demo")
+                self.produced += len(pairs)
+                if self.errors:
+                    raise RuntimeError(f"the stream worker failed: {self.errors[0]!r}")
+                self.show()
+                if time.monotonic() >= deadline:
+                    break
+            producer.flush()
+        self.live_s = time.monotonic() - live_started
+
+    def _ages(self, live_from_ms: int) -> None:
+        """The age of the vectors the LUM ranker's live samples got."""
+        import numpy as np
+
+        from lumstream.pipeline.demo_backbone import print_ages, vector_ages
+
+        assert self.rankers is not None
+        assert self.backbone is not None
+        scored = self.rankers.rankers[1].loop.stats.scored
+        users = np.concatenate([s.users for s in scored]) if scored else np.zeros(0, np.int64)
+        ts = np.concatenate([s.ts for s in scored]) if scored else np.zeros(0, np.int64)
+        live = ts > live_from_ms
+        if not live.any():
+            return
+        ages = vector_ages(self.backbone.paths.vectors, users[live], ts[live], live_from_ms + 1)
+        clock = (int(ts[live].max()) - live_from_ms) / 1000.0 / max(self.live_s, 1e-3)
+        print_ages(ages, clock, self.backbone.incremental_users())
 
 
 class _LiveLine:
@@ -275,35 +415,3 @@ def _stream_summary(
     print(
         f"  store       {root / 'store'}  (inspect: lumstream store stats --store {root / 'store'})"
     )
-
-
-def _backbone(cfg: Config, root: Path, metrics: Metrics, bootstrap: str) -> str | None:
-    """One backbone refresh over the demo store: train, publish v1, write the vectors."""
-    from trainer.backbone.refresh import RefreshPaths, refresh_once
-    from trainer.backbone.versions import list_versions
-
-    print(
-        f"backbone (LUM, {cfg.backbone.objective}): training on the store, publishing a "
-        "version, computing condition-query vectors ...",
-        flush=True,
-    )
-    paths = RefreshPaths(root / "store", root / "backbone", root / "vectors")
-    result = refresh_once(cfg.backbone, cfg.refresh, cfg.store, cfg.events, paths, metrics)
-    if result.version is None:
-        print(f"  no version: {result.reason}")
-        return None
-    scores = "  ".join(f"{k} {v:.4f}" for k, v in sorted((result.metrics or {}).items()))
-    print(
-        f"  published   {result.version.name} in {result.seconds:.1f} s "
-        f"({result.version.manifest['param_count']:,} parameters, "
-        f"{result.users_trained:,} users): {scores}"
-    )
-    print(
-        f"  vectors     {result.vectors_written:,} users x {result.conditions} conditions to "
-        f"{paths.vectors}"
-    )
-    print(
-        f"  versions    {', '.join(v.name for v in list_versions(paths.versions))} under "
-        f"{paths.versions}"
-    )
-    return result.version.name if result.vectors_written > 0 else None

@@ -1,10 +1,12 @@
 """``lumstream demo`` end to end (what ``make demo`` runs), shortened: the embedded broker,
-the generator, the stream worker, a backbone refresh half-way and the two live rankers.
+a history replayed from a log, the stream worker, backbone v1 trained on the history, live
+traffic with incremental vector passes, and the two live rankers.
 
 The run must exit 0, publish backbone v1 and its vectors, and both rankers must have
 learned every sample the worker delivered to lum.samples (no sample lost or learned twice
-on the way), with the LUM ranker using v1's vectors for the later batches and publishing
-a ranker version.
+on the way), with the LUM ranker using v1's vectors for the live batches and publishing
+a ranker version; incremental passes must keep the live samples' vectors fresher than
+v1's full pass alone would.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from support.paths import REPO
 pytestmark = pytest.mark.slow
 
 DELIVERED = re.compile(r"^  samples\s+([\d,]+) delivered to lum\.samples", re.M)
+AGE_ROW = re.compile(r"^    (incremental|v1's full pass only)\s+p50\s+([\d,]+) s", re.M)
 RANKER_ROW = re.compile(r"^    (without LUM|with LUM)\s+([\d,]+)\s+([\d.]+)\s+([\d.]+)", re.M)
 
 
@@ -34,6 +37,7 @@ def test_demo_streams_refreshes_the_backbone_and_trains_both_rankers_live(
     env = {k: v for k, v in os.environ.items() if not k.startswith("LUMSTREAM_")}
     cmd = [sys.executable, "-m", "lumstream.cli", "--set", f"paths.data_dir={tmp_path}"]
     cmd += ["--set", "metrics.enabled=false", "demo", "--duration", "8", "--rate", "4000"]
+    cmd += ["--history", "30000", "--incremental-every", "1"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     out = proc.stdout
     assert proc.returncode == 0, f"{out[-4000:]}\n{proc.stderr[-4000:]}"
@@ -49,4 +53,10 @@ def test_demo_streams_refreshes_the_backbone_and_trains_both_rankers_live(
     for name, _, auc, _ in rows[2:]:  # by then both have learned something (measured ~0.57)
         assert float(auc) > 0.52, (name, out)
     assert "published ranker version r" in out
+    assert re.search(r"^history\s+[\d,]+ events .* replayed into lum\.events", out, re.M), out
+    ages = dict(AGE_ROW.findall(out))
+    assert set(ages) == {"incremental", "v1's full pass only"}, out
+    assert float(ages["incremental"].replace(",", "")) < float(
+        ages["v1's full pass only"].replace(",", "")
+    ), out
     assert (tmp_path / "demo" / "ranker" / "versions").is_dir()
