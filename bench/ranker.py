@@ -16,13 +16,23 @@ what it sees live. ``--set SECTION.NAME=VALUE`` overrides a ``ranker``, ``embedd
 ``backbone`` or ``generator`` setting. Each run prints a table with its configuration and
 the machine, or with ``--json`` one JSON object.
 
-- lum-gain: time-ordered split at the ``--split`` quantile of sample time. The backbone is
-  trained on the sequences before the split and queried at the split time; the ranker
-  trains on the samples before it and is then evaluated progressively (each batch scored
-  before it is learned) on the samples after it. Variants, same code and budget: ``no_lum``,
-  ``lum_direct`` (o_q of the sample's condition and e_i), ``lum_full`` (+ interest matching)
-  and ``e2e_gr``: the backbone alone, sim(o_q, e_i) through a sigmoid fitted on the train
-  part. Reference row ``item_mean``: the candidate item's smoothed mean label so far (item
+- lum-gain: ``--protocol time`` (default) splits at the ``--split`` quantile of sample
+  time; ``--protocol user`` holds out each user's last ``1 - --split`` of samples (as CTR
+  papers on MovieLens usually do: the eval part interleaves in time with other users'
+  train samples). The backbone (version 1, frozen) is trained on the sequences before the
+  backbone cut (the time split, or with ``--protocol user`` each user's own eval start);
+  its vectors go into an in-memory vector store with the store's point-in-time semantics
+  (trainer/vectors): a full pass at the backbone cut and, for the ``incremental`` variants,
+  a pass every ``--refresh`` samples recomputing the users whose sequences grew. Every
+  sample gets its user's vectors as of its own time (never from later events, never from
+  a model trained on data after it under the time protocol). The ranker trains on the
+  train part, then scores-then-learns the eval part (progressive validation). Variants,
+  same code and budget: ``no_lum``, ``lum_direct`` (o_q of the sample's condition and e_i,
+  incremental), ``lum_full`` (+ interest matching, incremental), ``lum_full_fullonly``
+  (``lum_full`` with the backbone-cut full pass only: what incremental refresh adds), and
+  ``e2e_gr``: the backbone alone, sim(o_q, e_i) (its logloss through a sigmoid fitted
+  on the eval part itself: an optimistic bound; AUC and GAUC do not depend on it).
+  Reference row ``item_mean``: the candidate item's smoothed mean label so far (item
   quality, no personalisation). Each LUM variant's gain over ``no_lum`` comes with a 95%
   interval from a paired bootstrap over users (``--bootstrap`` draws): how much of it the
   eval's users could move by chance. ``--seeds 5,6,7`` trains every variant once per
@@ -73,9 +83,17 @@ from trainer.ranker.config import RankerConfig
 from trainer.ranker.engine import RankerEngine, Scored
 from trainer.ranker.metrics import bootstrap_gain, summary
 from trainer.ranker.multi_epoch import train_epochs
-from trainer.vectors.sets import LumVectors
+from trainer.vectors.layout import ConditionLayout
+from trainer.vectors.lookup import MemoryVectors
 
-VARIANTS = ("no_lum", "lum_direct", "lum_full")
+VARIANTS = ("no_lum", "lum_direct", "lum_full", "lum_full_fullonly")
+# variant -> (ranker.lum_features, which vectors)
+VARIANT_SETUP = {
+    "no_lum": ("off", None),
+    "lum_direct": ("direct", "incremental"),
+    "lum_full": ("full", "incremental"),
+    "lum_full_fullonly": ("full", "full_only"),
+}
 # a world small enough that users have ~80 clicks each within a few minutes of CPU
 SYNTHETIC = {
     "users": "500",
@@ -188,6 +206,26 @@ def split(s: Samples, q: float) -> tuple[int, Samples, Samples]:
     return t, s.select(before), s.select(~before)
 
 
+def split_per_user(s: Samples, q: float) -> tuple[dict[int, int], Samples, Samples]:
+    """Each user's first ``q`` of samples (by time) for training, the rest for evaluation;
+    (user -> the time their eval part starts, train, eval), each part in time order."""
+    order = np.lexsort((s.rows["ts"], s.rows["user"]))
+    users = s.rows["user"][order]
+    starts = np.r_[0, np.flatnonzero(users[1:] != users[:-1]) + 1]
+    counts = np.diff(np.r_[starts, len(users)])
+    rank = np.arange(len(users)) - np.repeat(starts, counts)
+    held = np.zeros(len(s), bool)
+    held[order] = rank >= np.ceil(q * np.repeat(counts, counts))
+    cut = {
+        int(u): int(s.rows["ts"][order][i + int(np.ceil(q * c))])
+        for u, i, c in zip(users[starts].tolist(), starts.tolist(), counts.tolist(), strict=True)
+        if np.ceil(q * c) < c
+    }
+    tr, ev = s.select(~held), s.select(held)
+    by_time = lambda x: x.select(np.argsort(x.rows["ts"], kind="stable"))  # noqa: E731
+    return cut, by_time(tr), by_time(ev)
+
+
 def sequences_before(
     values: list[bytes], t: int, actions: tuple[str, ...]
 ) -> dict[int, np.ndarray]:
@@ -204,14 +242,18 @@ def sequences_before(
 
 
 def train_backbone(
-    data: Data, t: int, bcfg: BackboneConfig, actions: tuple[str, ...]
+    data: Data, cut: int | dict[int, int], bcfg: BackboneConfig, actions: tuple[str, ...]
 ) -> tuple[Any, dict[int, np.ndarray], dict[str, Any]]:
-    """The backbone trained on the sequences before ``t``; every user's full sequence (for
-    later queries, each cut at its query time); and what training did."""
+    """The backbone trained on the sequences before ``cut`` (one time, or per user); every
+    user's full sequence (for later queries, each cut at its query time); what training did."""
     from trainer.backbone.train import train
 
     seqs = sequences_before(data.values, 2**63 - 1, actions)
-    pairs = [(u, q[q["ts"] < t]) for u, q in sorted(seqs.items())]
+
+    def before(u: int) -> int:
+        return cut if isinstance(cut, int) else cut.get(u, 2**63 - 1)
+
+    pairs = [(u, q[q["ts"] < before(u)]) for u, q in sorted(seqs.items())]
     pairs = [(u, q) for u, q in pairs if len(q) >= 2]
     start = time.perf_counter()
     result = train(bcfg, MemorySequences(dict(pairs)))
@@ -225,41 +267,33 @@ def train_backbone(
 
 
 class VectorTimeline:
-    """LUM step 2 as the refresh job runs it: the frozen backbone re-queried at times
-    t_1 <= t_2 <= ... for the users whose sequences changed, each sequence cut before t_k
-    (no event at or after the query time, so no sample's own click leaks into its vector).
+    """LUM step 2 as the refresh job runs it, into an in-memory vector store with the real
+    store's point-in-time semantics: the frozen backbone (version 1, data watermark
+    ``watermark``) queried at times t_1 <= t_2 <= ... for the users whose sequences grew,
+    each sequence cut before t_k. A sample at time t then uses only records valid before t.
 
     Args:
         model: the frozen backbone.
         seqs: user -> full sequence (sorted by time).
+        watermark: the end of the backbone's training data (0: per-user protocol).
     """
 
-    def __init__(self, model: Any, seqs: dict[int, np.ndarray]) -> None:
+    def __init__(self, model: Any, seqs: dict[int, np.ndarray], watermark: int) -> None:
         from trainer.backbone.group_query import item_embeddings, query_condition_ids
 
         self.model, self.seqs = model, seqs
-        self.q = query_condition_ids(model)
-        self.items, e = item_embeddings(model)
-        self.e = e.numpy()
-        self.vectors: dict[int, np.ndarray] = {}
+        q = query_condition_ids(model)
+        layout = ConditionLayout(tuple(model.cfg.condition_fields), q, len(q), model.cfg.dim)
+        self.store = MemoryVectors(layout, keep=10**6, horizon_ms=0)  # every record: a replay
+        items, e = item_embeddings(model)
+        self.store.add_version(1, watermark=watermark, items=items, item_vectors=e.numpy())
         self.seen: dict[int, int] = {}
         self.seconds = 0.0
         self.queries = 0
+        self.passes = 0
 
-    def none(self) -> LumVectors:
-        """No vectors yet (before the backbone existed): every lookup misses."""
-        d = self.e.shape[1]
-        return LumVectors(
-            "none",
-            self.q,
-            np.zeros(0, np.int64),
-            np.zeros((0, len(self.q), d), np.float32),
-            np.zeros(0, np.int64),
-            np.zeros((0, d), np.float32),
-            self.model.cfg.condition_fields,
-        )
-
-    def at(self, t: int, name: str) -> LumVectors:
+    def at(self, t: int) -> None:
+        """A pass at time ``t``: the users with events before ``t`` not yet summarised."""
         from trainer.backbone.group_query import compute_vectors
 
         start = time.perf_counter()
@@ -270,47 +304,32 @@ class VectorTimeline:
                 changed.append((u, q[:n]))
                 self.seen[u] = n
         if changed:
-            users, o = compute_vectors(self.model, changed, self.q, now_ms=t)
-            for u, v in zip(users.tolist(), o.numpy(), strict=True):
-                self.vectors[u] = v
+            lay = self.store.layout
+            users, o = compute_vectors(self.model, changed, lay.conditions, now_ms=t)
+            last = {u: int(q["ts"][-1]) for u, q in changed}
+            covered = np.array([last[u] for u in users.tolist()], np.int64)
+            self.store.add(1, users, covered, o.numpy())
             self.queries += len(changed)
-        ids = np.array(sorted(self.vectors), np.int64)
-        d = self.e.shape[1]
-        o_all = (
-            np.stack([self.vectors[u] for u in ids.tolist()])
-            if len(ids)
-            else np.zeros((0, len(self.q), d), np.float32)
-        )
+        self.passes += 1
         self.seconds += time.perf_counter() - start
-        return LumVectors(
-            name, self.q, ids, o_all, self.items, self.e, self.model.cfg.condition_fields
-        )
 
 
-def vector_schedule(
-    timeline: VectorTimeline,
-    s: Samples,
-    n_train: int,
-    batch: int,
-    refresh: int,
-    t_split: int,
-    t_backbone: int = 0,
-) -> list[LumVectors]:
-    """The vector set of every batch (train batches then eval batches): re-queried every
-    ``refresh`` samples (rounded to whole batches) at the earliest sample time of the
-    batches that use it. ``refresh`` 0: one set queried at the split for every batch (the
-    train part then sees vectors built from its own future clicks: leaky, for comparison)."""
-    bounds = _batches(len(s), n_train, batch)
-    if refresh == 0:
-        return [timeline.at(t_split, "v1")] * len(bounds)
-    per = max(1, refresh // batch)
-    out: list[LumVectors] = []
-    for k in range(0, len(bounds), per):
-        group = bounds[k : k + per]
-        t = int(s.rows["ts"][group[0][0] : group[-1][1]].min())
-        vec = timeline.at(t, f"v1@{t}") if t >= t_backbone else timeline.none()
-        out.extend([vec] * len(group))
-    return out
+def timelines(
+    model: Any,
+    seqs: dict[int, np.ndarray],
+    watermark: int,
+    t_first: int,
+    refresh_times: list[int],
+) -> dict[str, VectorTimeline]:
+    """The two vector stores of lum-gain: ``full_only`` (one full pass at ``t_first``) and
+    ``incremental`` (the same, then a pass at every refresh time)."""
+    full, inc = VectorTimeline(model, seqs, watermark), VectorTimeline(model, seqs, watermark)
+    full.at(t_first)
+    inc.at(t_first)
+    for t in refresh_times:
+        if t > t_first:
+            inc.at(t)
+    return {"full_only": full, "incremental": inc}
 
 
 def _batches(n: int, n_train: int, b: int) -> list[tuple[int, int]]:
@@ -325,30 +344,33 @@ def progressive(
     ecfg: EmbeddingsConfig,
     s: Samples,
     n_train: int,
-    vectors: list[LumVectors] | None,
+    vectors: MemoryVectors | None,
 ) -> tuple[list[Scored], float]:
     """Learn the train part, then score-then-learn the eval part; the eval part's scores.
-    ``vectors`` holds the LUM vector set of every batch."""
-    dim, n = (vectors[0].dim, vectors[0].n_conditions) if vectors else (1, 1)
+    Every sample gets its LUM inputs from ``vectors`` as of its own time."""
+    lay = vectors.layout if vectors is not None else None
+    dim, n = (lay.dim, lay.capacity) if lay is not None else (1, 1)
     eng = RankerEngine(rcfg, ecfg, dim, n)
     start = time.perf_counter()
     scored = []
-    for k, (lo, hi) in enumerate(_batches(len(s), n_train, rcfg.batch_size)):
-        out = eng.step(s.slice(lo, hi), vectors[k] if vectors else None)
+    for lo, hi in _batches(len(s), n_train, rcfg.batch_size):
+        out = eng.step(s.slice(lo, hi), vectors)
         if lo >= n_train:
             scored.append(out)
     return scored, time.perf_counter() - start
 
 
-def e2e_scores(vec: LumVectors, s: Samples) -> np.ndarray:
-    """sim(o_q, e_i) for the sample's condition (mean over the query conditions when it is
-    not one of them); 0 when the user or item has no vector."""
-    o, uf = vec.lookup_users(s.rows["user"])
-    e, itf = vec.lookup_items(s.rows["item"])
-    sims = np.einsum("bnd,bd->bn", o, e)  # (B, N)
-    ci = vec.condition_index(np.stack([s.rows[f] for f in vec.condition_fields], axis=1))
+def e2e_scores(vec: MemoryVectors, s: Samples) -> np.ndarray:
+    """sim(o_q, e_i) for the sample's condition (mean over the layout's conditions when it
+    is not one of them), as of the sample's time; 0 when the user or item has no vector."""
+    lay = vec.layout
+    conds = np.stack([s.rows[f] for f in lay.fields], axis=1)
+    got = vec.lookup(s.rows["user"], s.rows["item"], conds, s.rows["ts"])
+    n = len(lay)
+    sims = np.einsum("bnd,bd->bn", got.user[:, :n], got.item)  # (B, N)
+    ci = got.cond_index
     own = np.where(ci >= 0, sims[np.arange(len(s)), np.maximum(ci, 0)], sims.mean(axis=1))
-    return np.where(uf & itf, own, 0.0)
+    return np.where(got.user_found & got.item_found, own, 0.0)
 
 
 def item_mean_scores(tr: Samples, ev: Samples, prior: float = 10.0) -> np.ndarray:
@@ -409,43 +431,46 @@ def parse_seeds(text: str) -> list[int]:
 
 def lum_gain(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[str, Any]:
     data = load(args.data, over.get("generator", {}))
-    t, tr, ev = split(data.samples, args.split)
-    stream = Samples.concat([tr, ev])
     actions = (
         tuple(args.actions.split(","))
         if args.actions
         else (("click", "purchase") if args.data == "synthetic" else ())
     )
     bcfg = backbone_cfg(args.data, over)
-    t_backbone = (
-        int(np.quantile(data.samples.rows["ts"], args.backbone_split)) if args.backbone_split else t
+    ts_all = data.samples.rows["ts"]
+    if args.protocol == "time":
+        t, tr, ev = split(data.samples, args.split)
+        cut: int | dict[int, int] = (
+            int(np.quantile(ts_all, args.backbone_split)) if args.backbone_split else t
+        )
+        watermark = int(cut)  # the model is trained on data before the cut: valid after it
+    else:
+        cut, tr, ev = split_per_user(data.samples, args.split)
+        t, watermark = int(ev.rows["ts"].min()), 0  # users' cuts differ: no global watermark
+    stream = Samples.concat([tr, ev])
+    model, seqs, bb = train_backbone(data, cut, bcfg, actions)
+    bb["cut"] = cut if isinstance(cut, int) else "per user"
+    first = int(cut) if isinstance(cut, int) else int(ts_all.min())
+    refresh_times = (
+        [int(x) for x in np.sort(stream.rows["ts"])[:: args.refresh]] if args.refresh else []
     )
-    model, seqs, bb = train_backbone(data, t_backbone, bcfg, actions)
-    bb["trained_before_ts_ms"] = t_backbone
-    ecfg = build(EmbeddingsConfig, over.get("embeddings", {}), source="bench")
-    base = build(RankerConfig, over.get("ranker", {}), source="bench")
-    timeline = VectorTimeline(model, seqs)
-    vectors = vector_schedule(
-        timeline,
-        stream,
-        len(tr),
-        base.batch_size,
-        args.refresh,
-        t,
-        t_backbone if args.lum_after_backbone else 0,
-    )
+    stores = timelines(model, seqs, watermark, first, refresh_times)
     bb.update(
-        query_seconds=round(timeline.seconds, 1),
-        queried_users=timeline.queries,
-        vector_sets=len({id(v) for v in vectors}),
-        query_conditions=vectors[0].n_conditions,
+        query_seconds=round(sum(tl.seconds for tl in stores.values()), 1),
+        incremental_passes=stores["incremental"].passes,
+        incremental_users=stores["incremental"].queries,
+        query_conditions=len(stores["incremental"].store.layout),
     )
+    base = build(RankerConfig, over.get("ranker", {}), source="bench")
+    ecfg = build(EmbeddingsConfig, over.get("embeddings", {}), source="bench")
     res: dict[str, Any] = {"auc": {}, "gauc": {}, "logloss": {}, "seconds": {}}
     labels, users = ev.rows["label"].astype(np.float64), ev.rows["user"]
     seeds = args.seed_list or [base.seed]
     probs: dict[str, np.ndarray] = {}  # variant -> (seeds, eval samples)
     per_seed: dict[int, dict[str, dict[str, float]]] = {x: {"auc": {}, "gauc": {}} for x in seeds}
-    for variant, lum in zip(VARIANTS, ("off", "direct", "full"), strict=True):
+    for variant in VARIANTS:
+        lum, which = VARIANT_SETUP[variant]
+        vectors = stores[which].store if which else None
         runs, secs = [], 0.0
         got: dict[str, list[float]] = {"auc": [], "gauc": [], "logloss": []}
         for seed in seeds:
@@ -464,29 +489,38 @@ def lum_gain(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[
         for m, values in got.items():
             res[m][variant] = round(float(np.mean(values)), 4)
         res["seconds"][variant] = round(secs, 1)
-    bounds = _batches(len(stream), len(tr), base.batch_size)
-    sims = np.concatenate(
-        [e2e_scores(v, stream.slice(lo, hi)) for v, (lo, hi) in zip(vectors, bounds, strict=True)]
-    )
-    a, b = fit_sigmoid(sims[: len(tr)], tr.rows["label"].astype(np.float64))
+    inc = stores["incremental"].store
+    sims = e2e_scores(inc, stream)
+    # Under point-in-time vectors the train part (before the backbone cut) has none, so
+    # the calibration is fitted on the eval part itself: AUC and GAUC do not depend on it
+    # (a monotone map), the logloss is an optimistic bound.
+    a, b = fit_sigmoid(sims[len(tr) :], labels)
     e2e = summary(1 / (1 + np.exp(-(a * sims[len(tr) :] + b))), labels, users)
     for k in ("auc", "gauc", "logloss"):
         res[k]["e2e_gr"] = round(e2e[k], 4)
     item_only = summary(item_mean_scores(tr, ev), labels, users)
     for k in ("auc", "gauc", "logloss"):
         res[k]["item_mean"] = round(item_only[k], 4)
-    ev_vec = [v for v, (lo, _) in zip(vectors, bounds, strict=True) if lo >= len(tr)]
-    ev_bounds = [x for x in bounds if x[0] >= len(tr)]
-    found_u = np.concatenate(
-        [
-            v.lookup_users(stream.rows["user"][lo:hi])[1]
-            for v, (lo, hi) in zip(ev_vec, ev_bounds, strict=True)
-        ]
-    )
+    coverage = {}
+    for which, tl in stores.items():
+        lay = tl.store.layout
+        got_ev = tl.store.lookup(
+            ev.rows["user"], ev.rows["item"], np.stack([ev.rows[f] for f in lay.fields], 1),
+            ev.rows["ts"],
+        )  # fmt: skip
+        found = got_ev.user_found
+        age = (ev.rows["ts"][found] - got_ev.covered[found]) / 1000.0
+        coverage[which] = {
+            "user": round(float(found.mean()), 4),
+            "item": round(float(got_ev.item_found.mean()), 4),
+            "condition": round(float((got_ev.cond_index >= 0).mean()), 4),
+            "age_p50_s": round(float(np.median(age)), 1) if len(age) else None,
+        }
     res.update(
         bench="lum-gain",
         data=args.data,
         split={
+            "protocol": args.protocol,
             "quantile": args.split,
             "ts_ms": t,
             "train": len(tr),
@@ -496,15 +530,15 @@ def lum_gain(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[
         },
         backbone={
             **bb,
+            "watermark": watermark,
             "config": {k: getattr(bcfg, k) for k in (*BACKBONE, "dim", "epochs")},
             "actions": list(actions),
         },
-        vector_coverage={
-            "user": round(float(found_u.mean()), 4),
-            "item": round(float(ev_vec[-1].lookup_items(ev.rows["item"])[1].mean()), 4),
-            "condition": round(float((ev_vec[-1].condition_index(ev.rows["cond"]) >= 0).mean()), 4),
-        },
+        vector_coverage=coverage,
         gain={k: round(res[k]["lum_full"] - res[k]["no_lum"], 4) for k in ("auc", "gauc")},
+        incremental_over_full_only={
+            k: round(res[k]["lum_full"] - res[k]["lum_full_fullonly"], 4) for k in ("auc", "gauc")
+        },
         ranker_seeds=seeds,
         per_seed=per_seed,
         gain_bootstrap={
@@ -564,13 +598,11 @@ def throughput(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dic
     rng = np.random.default_rng(0)
     n_q, dim = 16, 64
     users, items = np.unique(s.rows["user"]), np.unique(s.rows["item"])
-    vec = LumVectors(
-        "v1",
-        np.unique(s.rows["cond"])[:n_q],
-        users,
-        rng.normal(size=(len(users), min(n_q, len(np.unique(s.rows["cond"]))), dim)),
-        items,
-        rng.normal(size=(len(items), dim)),
+    conds = np.unique(s.rows["cond"])[:n_q]
+    vec = MemoryVectors(ConditionLayout(("cond",), conds, n_q, dim))
+    vec.add_version(1, watermark=0, items=items, item_vectors=rng.normal(size=(len(items), dim)))
+    vec.add(
+        1, users, np.zeros(len(users), np.int64), rng.normal(size=(len(users), len(conds), dim))
     )
     b = rcfg.batch_size
     warm, timed = 3, args.batches
@@ -585,7 +617,7 @@ def throughput(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dic
         for lum in ("lum", "no_lum"):
             cfg = dataclasses.replace(rcfg, lum_features="full" if lum == "lum" else "off")
             for kind in ("fused", "plain"):
-                eng = RankerEngine(cfg, ecfg, vec.dim, vec.n_conditions, fused=kind == "fused")
+                eng = RankerEngine(cfg, ecfg, dim, n_q, fused=kind == "fused")
                 for i in range(warm):
                     eng.step(s.slice(i * b, (i + 1) * b), vec)
                 start = time.perf_counter()
@@ -601,7 +633,7 @@ def throughput(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dic
         "runs": {lum: {k: [round(x) for x in v] for k, v in r.items()} for lum, r in runs.items()},
         "batches_timed": timed,
         "batch_size": b,
-        "lum": {"conditions": vec.n_conditions, "dim": dim},
+        "lum": {"conditions": n_q, "dim": dim},
         "config": {"ranker": over.get("ranker", {}), "embeddings": over.get("embeddings", {})},
     }
 
@@ -689,18 +721,19 @@ def print_table(res: dict[str, Any]) -> None:
             print(f"ranker seeds {res['ranker_seeds']}: the ranker rows are their means")
             for k, d in res["per_seed"].items():
                 print(f"  seed {k}: AUC {d['auc']}  GAUC {d['gauc']}")
-        print(f"{'variant':<12} {'AUC':>8} {'GAUC':>8} {'logloss':>8}")
+        print(f"{'variant':<18} {'AUC':>8} {'GAUC':>8} {'logloss':>8}")
         for v in (*VARIANTS, "e2e_gr", "item_mean"):
-            print(f"{v:<12} {res['auc'][v]:>8.4f} {res['gauc'][v]:>8.4f} {res['logloss'][v]:>8.4f}")
+            print(f"{v:<18} {res['auc'][v]:>8.4f} {res['gauc'][v]:>8.4f} {res['logloss'][v]:>8.4f}")
         if "oracle" in res:
-            print(f"{'oracle':<12} {res['oracle']['auc']:>8.4f} {res['oracle']['gauc']:>8.4f}")
+            print(f"{'oracle':<18} {res['oracle']['auc']:>8.4f} {res['oracle']['gauc']:>8.4f}")
         print(f"gain lum_full - no_lum: {res['gain']}")
+        print(f"incremental over full-only (lum_full): {res['incremental_over_full_only']}")
         boot = res["gain_bootstrap"]
         if boot["reps"]:
             print(f"gain over no_lum, 95% interval ({boot['reps']} user-bootstrap draws):")
             for v in VARIANTS[1:]:
                 print(
-                    f"{v:<12} "
+                    f"{v:<18} "
                     + "  ".join(
                         f"{m.upper()} {d['gain']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"
                         for m, d in boot[v].items()
@@ -750,14 +783,15 @@ def main() -> None:
     p.add_argument(
         "--refresh",
         type=int,
-        default=5000,
-        help="lum-gain: samples between vector refreshes (0: vectors fixed at the split)",
+        default=2000,
+        help="lum-gain: samples between incremental vector passes (0: none; then the "
+        "incremental variants equal full-only)",
     )
     p.add_argument(
-        "--lum-after-backbone",
-        action="store_true",
-        help="lum-gain: samples before the backbone's cut get no vectors (the backbone did "
-        "not exist yet), so the ranker never learns from vectors of its own training data",
+        "--protocol",
+        choices=("time", "user"),
+        default="time",
+        help="lum-gain: a global time split (time) or each user's last samples held out (user)",
     )
     p.add_argument(
         "--seeds",
