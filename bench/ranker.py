@@ -29,7 +29,8 @@ the machine, or with ``--json`` one JSON object.
   train part, then scores-then-learns the eval part (progressive validation). Variants,
   same code and budget: ``no_lum``, ``lum_direct`` (o_q of the sample's condition and e_i,
   incremental), ``lum_full`` (+ interest matching, incremental), ``lum_full_fullonly``
-  (``lum_full`` with the backbone-cut full pass only: what incremental refresh adds), and
+  (``lum_full`` with the backbone-cut full pass only: what incremental refresh adds; time
+  protocol only, the users' cuts differ under ``user``), and
   ``e2e_gr``: the backbone alone, sim(o_q, e_i) (its logloss through a sigmoid fitted
   on the eval part itself: an optimistic bound; AUC and GAUC do not depend on it).
   Reference row ``item_mean``: the candidate item's smoothed mean label so far (item
@@ -468,7 +469,9 @@ def lum_gain(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[
     seeds = args.seed_list or [base.seed]
     probs: dict[str, np.ndarray] = {}  # variant -> (seeds, eval samples)
     per_seed: dict[int, dict[str, dict[str, float]]] = {x: {"auc": {}, "gauc": {}} for x in seeds}
-    for variant in VARIANTS:
+    # under --protocol user the users' cuts differ: there is no one full pass to compare with
+    variants = VARIANTS if args.protocol == "time" else VARIANTS[:-1]
+    for variant in variants:
         lum, which = VARIANT_SETUP[variant]
         vectors = stores[which].store if which else None
         runs, secs = [], 0.0
@@ -538,7 +541,9 @@ def lum_gain(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[
         gain={k: round(res[k]["lum_full"] - res[k]["no_lum"], 4) for k in ("auc", "gauc")},
         incremental_over_full_only={
             k: round(res[k]["lum_full"] - res[k]["lum_full_fullonly"], 4) for k in ("auc", "gauc")
-        },
+        }
+        if "lum_full_fullonly" in res["auc"]
+        else None,
         ranker_seeds=seeds,
         per_seed=per_seed,
         gain_bootstrap={
@@ -551,7 +556,7 @@ def lum_gain(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[
                         probs["no_lum"], probs[v], scored_y, scored_u, reps=args.bootstrap
                     ).items()
                 }
-                for v in VARIANTS[1:]
+                for v in variants[1:]
                 if args.bootstrap
             },
         },
@@ -722,7 +727,7 @@ def print_table(res: dict[str, Any]) -> None:
             for k, d in res["per_seed"].items():
                 print(f"  seed {k}: AUC {d['auc']}  GAUC {d['gauc']}")
         print(f"{'variant':<18} {'AUC':>8} {'GAUC':>8} {'logloss':>8}")
-        for v in (*VARIANTS, "e2e_gr", "item_mean"):
+        for v in res["auc"]:
             print(f"{v:<18} {res['auc'][v]:>8.4f} {res['gauc'][v]:>8.4f} {res['logloss'][v]:>8.4f}")
         if "oracle" in res:
             print(f"{'oracle':<18} {res['oracle']['auc']:>8.4f} {res['oracle']['gauc']:>8.4f}")
@@ -731,7 +736,7 @@ def print_table(res: dict[str, Any]) -> None:
         boot = res["gain_bootstrap"]
         if boot["reps"]:
             print(f"gain over no_lum, 95% interval ({boot['reps']} user-bootstrap draws):")
-            for v in VARIANTS[1:]:
+            for v in (v for v in VARIANTS[1:] if v in boot):
                 print(
                     f"{v:<18} "
                     + "  ".join(
