@@ -119,8 +119,9 @@ class PartitionProcessor:
         Args:
             values: the record values; a null value (a Kafka tombstone) is rejected as
                 malformed, with an empty original.
-            now_ms: the records' Kafka timestamps (one value or one per record), if any.
-                The future bound on ``ts`` counts from the earlier of a record's timestamp
+            now_ms: the records' Kafka timestamps (one value or one per record), if any;
+                one of 0 or less (no timestamp) counts as absent. The future bound on
+                ``ts`` counts from the earlier of a record's timestamp
                 and this worker's clock: the record timestamp keeps a re-run's decisions
                 the same as the first run's (it is part of the record), and the clock stops
                 a producer whose clock is ahead, or forged, from poisoning the partition
@@ -142,9 +143,10 @@ class PartitionProcessor:
         if now_ms is None:
             now = wall
         elif isinstance(now_ms, int):
-            now = min(now_ms, wall)
-        else:
-            now = np.minimum(np.asarray(now_ms[start:], np.int64), wall)
+            now = min(now_ms, wall) if now_ms > 0 else wall
+        else:  # a record without a timestamp (-1, message format v0) is bounded by the clock
+            stamps = np.asarray(now_ms[start:], np.int64)
+            now = np.where(stamps > 0, np.minimum(stamps, wall), wall)
         cols, rejected = decode_batch(payloads[start:], self.events, now)
         dead = result.dead_letters
         for r in rejected:

@@ -152,3 +152,48 @@ def test_a_user_id_with_leading_zeros_is_another_user_in_one_partition(
             assert meta[1][0] == 6  # all six clicks in one partition's sequence
     finally:
         reader.close()
+
+
+@pytest.mark.integration
+def test_records_at_the_edges_of_the_contract(
+    kafka_cfg: KafkaConfig, metrics: Metrics, tmp_path: Path
+) -> None:
+    """A tombstone, a huge key, a BOM, an id beyond 64 bits, a record timestamp ten years
+    ahead: each applied, or dead-lettered with its reason, and nothing crashes (a record
+    without a timestamp: test_processor, librdkafka stamps every record it sends)."""
+    from confluent_kafka import Producer as RawProducer
+
+    t0 = int(time.time() * 1000) - 3_600_000
+    big = 123456789012345678901  # 21 digits: a JSON integer id beyond 2**64
+    bom = b"\xef\xbb\xbf" + _event("bom", "b1", "i1", "click", t0)
+    big_id = _event("big", "x", "i2", "click", t0 + 1).replace(b'"x"', str(big).encode())
+    huge_key = b"k" * 200_000
+    records: list[Record] = [
+        (b"b1", bom, None),
+        (str(big).encode(), big_id, None),
+        (huge_key, _event("hk", "h1", "i3", "click", t0 + 2), None),
+        (b"s1", _event("skew", "s1", "i4", "click", t0 + 3), t0 + TEN_YEARS_MS),
+    ]
+    _produce(kafka_cfg, records, metrics)
+    raw = RawProducer({"bootstrap.servers": kafka_cfg.bootstrap_servers})
+    raw.produce(kafka_cfg.topic_events, key=b"t1", value=None)  # a tombstone
+    assert raw.flush(30) == 0
+    _run_worker(kafka_cfg, tmp_path / "store", metrics, len(records) + 1)
+
+    dead = [
+        (d.key, d.value, d.reason) for d in read_deadletters(kafka_cfg, kafka_cfg.bootstrap_servers)
+    ]
+    assert dead == [(b"t1", b"", "malformed_json")]
+    reader = StoreReader(tmp_path / "store", StoreConfig(), tmp_path / "reader")
+    try:
+        for user, item in (
+            ("b1", "i1"),
+            (str(big), "i2"),
+            ("h1", "i3"),
+            ("s1", "i4"),
+            ("z1", "i5"),
+        ):
+            seq = reader.sequence(stable_id(user))
+            assert seq["item"].tolist() == [stable_id(item)], user
+    finally:
+        reader.close()

@@ -415,3 +415,13 @@ def test_a_batch_of_only_duplicates_moves_the_watermark_like_any_other(tmp_path:
     alone = run([2, 3], tmp_path / "alone")
     assert whole == alone
     assert whole[0] == t + 500_000
+
+
+def test_a_record_without_a_timestamp_is_bounded_by_the_clock(tmp_path: Path) -> None:
+    """-1 (message format v0: no timestamp) must not make every event "far future"."""
+    proc = open_proc(tmp_path)
+    values = [event("a", 1, 3, "click", T0), event("b", 1, 4, "click", T0 + 1)]
+    result = proc.process([0, 1], [b"k", b"k"], values, now_ms=[-1, 0])
+    assert result.dead_letters == []
+    assert result.applied == 2
+    proc.close()
