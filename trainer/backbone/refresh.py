@@ -47,8 +47,8 @@ from trainer.backbone.encoder import LumBackbone
 from trainer.backbone.eval import HeldOut, evaluate, leave_last_out
 from trainer.backbone.group_query import compute_vectors, item_embeddings, query_condition_ids
 from trainer.backbone.train import train
-from trainer.backbone.versions import VersionInfo, latest, list_versions, publish
-from trainer.vectors.sets import LumVectors
+from trainer.backbone.versions import VersionInfo, export_newest, latest, list_versions, publish
+from trainer.vectors.sets import LumVectors, VectorsError, computed_at_ms
 from trainer.vectors.store import VectorStore
 
 log = logging.getLogger(__name__)
@@ -153,6 +153,7 @@ def _refresh(
         rcfg.vector_batch_users,
         metrics,
         cq,
+        previous=last.name if last is not None else None,
     )
     scores = dict(info.manifest["metrics"])
     log.info(
@@ -257,12 +258,16 @@ def write_vectors(
     batch_users: int,
     metrics: Metrics,
     cq: CqSink | None,
+    *,
+    previous: str | None = None,
 ) -> int:
     """Group-query ``pairs`` in order (changed users first).
 
     Each chunk goes to the vector store (per-user lookups: serving) and lum.cq as soon as
     it is computed; the whole set with the item embeddings e_i is then saved as one
     ``LumVectors`` file under ``<versions>/vectors/vN`` (the ranker trainer's input).
+    With ``previous`` (the version before), how far the users' vectors moved from that
+    version's set is exported (``backbone_vector_shift``).
     """
     conds = query_condition_ids(model)
     store = VectorStore(paths.vectors)
@@ -292,7 +297,7 @@ def write_vectors(
         store.close()
     items, item_vecs = item_embeddings(model)
     dim = model.cfg.dim
-    LumVectors(
+    vectors = LumVectors(
         info.name,
         conds,
         np.concatenate(all_users) if all_users else np.zeros(0, np.int64),
@@ -301,10 +306,57 @@ def write_vectors(
         item_vecs.detach().cpu().numpy(),
         model.cfg.condition_fields,
         started_ms,
-    ).save(paths.vector_sets / info.name)
+    )
+    vectors.save(paths.vector_sets / info.name)
+    if previous is not None:
+        _export_shift(paths.vector_sets / previous, vectors, metrics)
     _prune_sets(paths)
-    metrics.backbone_oldest_vector_age.set((time.time_ns() // 1_000_000 - started_ms) / 1000.0)
+    metrics.backbone_vectors_time.set(started_ms / 1000.0)
     return written
+
+
+def _export_shift(previous: Path, new: LumVectors, metrics: Metrics) -> None:
+    """Export how far the users' vectors moved since the ``previous`` set (when it can be
+    read and queries the same conditions)."""
+    try:
+        old = LumVectors.load(previous)
+    except VectorsError as exc:
+        log.info("refresh: no vector shift against %s: %s", previous.name, exc)
+        return
+    shift = vector_shift(old, new)
+    if shift is None:
+        log.info("refresh: no vector shift against %s (no common users or conditions)", old.version)
+        return
+    for stat, value in shift.items():
+        metrics.backbone_vector_shift.labels(stat=stat).set(value)
+    log.info("refresh: vectors moved from %s to %s: %s", old.version, new.version, shift)
+
+
+def vector_shift(old: LumVectors, new: LumVectors) -> dict[str, float] | None:
+    """Cosine distance ``1 - cos(o_q, o_q')`` of every (user, query condition) in both sets:
+    ``{"mean": ..., "p90": ...}``, or None when they share no user or query other
+    conditions.
+
+    Example:
+        >>> a = LumVectors("v1", np.array([1]), np.array([5]), np.ones((1, 1, 2)),
+        ...                np.array([1]), np.ones((1, 2)))
+        >>> vector_shift(a, a)
+        {'mean': 0.0, 'p90': 0.0}
+    """
+    if not np.array_equal(old.query_conditions, new.query_conditions):
+        return None
+    common, i_old, i_new = np.intersect1d(old.users, new.users, return_indices=True)
+    if not len(common):
+        return None
+    a = old.user_vectors[i_old].astype(np.float64)  # (U, N, D)
+    b = new.user_vectors[i_new].astype(np.float64)
+    norms = np.linalg.norm(a, axis=2) * np.linalg.norm(b, axis=2)  # (U, N)
+    ok = np.isfinite(norms) & (norms > 0)
+    if not ok.any():
+        return None
+    cos = (a * b).sum(axis=2)[ok] / norms[ok]
+    dist = np.clip(1.0 - cos, 0.0, 2.0)
+    return {"mean": round(float(dist.mean()), 6), "p90": round(float(np.quantile(dist, 0.9)), 6)}
 
 
 def _prune_sets(paths: RefreshPaths) -> None:
@@ -332,7 +384,17 @@ def run_forever(
     on_refresh: Callable[[RefreshResult], None] | None = None,
 ) -> None:
     """Refresh every ``rcfg.cadence_s`` until ``stop`` is set; a failed refresh is logged
-    and retried at the next tick (the last good version stays published)."""
+    and retried at the next tick (the last good version stays published).
+
+    The newest version already published, and its vector set, are exported first: their
+    ages (``time() - lumstream_backbone_*_timestamp_seconds``) count from when they were
+    made, not from this start."""
+    newest = latest(paths.versions)
+    if newest is not None:
+        export_newest(newest, metrics)
+        computed_ms = computed_at_ms(paths.vector_sets / newest.name)
+        if computed_ms:
+            metrics.backbone_vectors_time.set(computed_ms / 1000.0)
     first = True
     while not stop.is_set():
         try:

@@ -131,6 +131,14 @@ class LumVectors:
         out[found] = self.item_vectors[pos[found]]
         return out, found
 
+    def has_users(self, users: np.ndarray) -> np.ndarray:
+        """(B,) bool: the user has a (finite) vector; no vectors are copied."""
+        return self._find(self.users, self._user_ok, np.asarray(users, np.int64))[1]
+
+    def has_items(self, items: np.ndarray) -> np.ndarray:
+        """(B,) bool: the item has a (finite) vector."""
+        return self._find(self.items, self._item_ok, np.asarray(items, np.int64))[1]
+
     def condition_index(self, conds: np.ndarray) -> np.ndarray:
         """(B,) column of each sample's condition among the query conditions, -1 if none.
 
@@ -202,6 +210,20 @@ class LumVectors:
             )
         except KeyError as exc:
             raise VectorsError(f"{file}: array {exc} missing") from None
+
+
+def computed_at_ms(path: str | Path) -> int:
+    """When the set at ``path`` (a directory or the file) was computed, from its metadata
+    alone; 0 when it cannot be read."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    file = path / FILE if path.is_dir() else path
+    try:
+        with safe_open(str(file), framework="numpy") as fh:
+            return int((fh.metadata() or {}).get("computed_at_ms", "0"))
+    except (SafetensorError, OSError, ValueError):
+        return 0
 
 
 _VERSION = re.compile(r"^v([0-9]+)$")
@@ -278,6 +300,8 @@ class VectorsWatcher:
                 break
             self.current, self.path, self.missing = vecs, cand, False
             log.info("using LUM vectors of backbone %s from %s", vecs.version, cand)
+            if self.metrics is not None and vecs.computed_at_ms > 0:
+                self.metrics.ranker_vectors_time.set(vecs.computed_at_ms / 1000.0)
             break
         return self.current
 

@@ -8,7 +8,7 @@ the user's stable id in decimal):
     | n x int64 condition ids | n x d float32 vectors (row i = condition i)
 
 Vectors carry the backbone version and the time they were computed, so a reader can tell
-stale vectors (``lumstream_backbone_oldest_vector_age_seconds``) and never mixes versions
+stale vectors (``time() - lumstream_backbone_vectors_timestamp_seconds``) and never mixes versions
 silently.
 """
 
