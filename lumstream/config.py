@@ -15,7 +15,7 @@ from typing import Any
 from core.paths import PathsConfig
 from core.settings import ConfigError, layered, read_toml
 from embeddings.config import EmbeddingsConfig
-from monitoring.config import MetricsConfig
+from monitoring.config import DriftConfig, MetricsConfig
 from streams.config import (
     BrokerConfig,
     EventConfig,
@@ -45,6 +45,7 @@ SECTIONS: tuple[type[Any], ...] = (
     EmbeddingsConfig,
     RankerConfig,
     MetricsConfig,
+    DriftConfig,
 )
 
 
@@ -128,6 +129,7 @@ class Config:
     embeddings: EmbeddingsConfig
     ranker: RankerConfig
     metrics: MetricsConfig
+    drift: DriftConfig
     source: str = "defaults"
 
     @property

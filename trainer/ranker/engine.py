@@ -21,14 +21,14 @@ Example:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from embeddings.config import EmbeddingsConfig
-from embeddings.ids import IdMapper
+from embeddings.ids import NEW_ROW, IdMapper
 from embeddings.tables import (
     TABLES,
     PlainEmbeddingCollection,
@@ -39,7 +39,7 @@ from embeddings.tables import (
     table_rows,
 )
 from monitoring.metrics import Metrics
-from trainer.ranker.batch import BatchBuilder, Samples
+from trainer.ranker.batch import BatchBuilder, Mapped, Samples
 from trainer.ranker.config import RankerConfig
 from trainer.ranker.distributed import all_gather_array, any_rank, ensure_process_group, world
 from trainer.ranker.model import RankerModel, model_inputs, weighted_bce
@@ -56,6 +56,10 @@ class Scored:
         probs / labels / users / ts: (n,) per cleaned sample, in global batch order.
         partition / seq: the samples' ids.
         learned: whether the model learned from the batch.
+        features: (n,) per feature the drift monitor follows (``condition``,
+            ``history_length``, ``new_condition``, ``unknown_user``, ``unknown_item`` and,
+            with LUM features, ``lum_user_missing``, ``lum_item_missing``;
+            trainer/ranker/drift.py).
     """
 
     probs: np.ndarray
@@ -65,6 +69,7 @@ class Scored:
     partition: np.ndarray
     seq: np.ndarray
     learned: bool
+    features: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.probs)
@@ -203,7 +208,30 @@ class RankerEngine:
             s.partition.copy(),
             s.rows["seq"].copy(),
             learned,
+            self._features(mapped, vectors),
         )
+
+    def _features(self, m: Mapped, vectors: LumVectors | None) -> dict[str, np.ndarray]:
+        """What the drift monitor follows of a global batch (every rank maps all of it)."""
+        s = m.samples
+        owner = np.repeat(np.arange(len(s)), s.hist_lengths)
+        same = s.hist["cond"] == s.rows["cond"][owner]
+        seen = np.bincount(owner[same], minlength=len(s)) > 0
+        out = {
+            "condition": s.rows["cond"].copy(),
+            "history_length": s.hist_lengths.copy(),
+            "new_condition": ~seen,
+            "unknown_user": m.rows["user"] == NEW_ROW,
+            "unknown_item": m.rows["item"] == NEW_ROW,
+        }
+        if self.cfg.lum_direct:
+            if vectors is None:
+                out["lum_user_missing"] = np.ones(len(s), bool)
+                out["lum_item_missing"] = np.ones(len(s), bool)
+            else:
+                out["lum_user_missing"] = ~vectors.has_users(s.rows["user"])
+                out["lum_item_missing"] = ~vectors.has_items(s.rows["item"])
+        return out
 
     def _learn(self, logits: torch.Tensor, batch: object, global_count: int) -> None:
         loss, _ = weighted_bce(logits, batch, global_count)  # type: ignore[arg-type]
