@@ -33,6 +33,7 @@ import logging
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -57,6 +58,13 @@ os.execv(sys.argv[2], sys.argv[2:])
 
 class ChildError(RuntimeError):
     """A child program that cannot be started; the message says which and why."""
+
+
+def free_port(host: str) -> int:
+    """A port that was free on ``host`` a moment ago (the caller retries on a race)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def tail(path: Path, start: int = 0, limit: int = 2000) -> str:
@@ -107,12 +115,17 @@ class ChildProcess:
         return None if self._proc is None else self._proc.poll()
 
     def start(
-        self, argv: Sequence[str], output: IO[bytes], env: Mapping[str, str] | None = None
+        self,
+        argv: Sequence[str],
+        output: IO[bytes],
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         """Start ``argv`` with stdout and stderr to ``output`` (a file), stdin closed.
 
         Args:
             env: the child's environment (default: this process's, plus ``NO_COLOR=1``).
+            cwd: its working directory (default: this process's).
         Raises:
             ChildError: already running, or the program cannot be executed.
         """
@@ -134,6 +147,7 @@ class ChildProcess:
                     env=child_env,
                     close_fds=True,
                     start_new_session=True,
+                    cwd=cwd,
                 )
             except BaseException as exc:
                 handoff.put(exc)

