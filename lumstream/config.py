@@ -15,7 +15,7 @@ from typing import Any
 from core.paths import PathsConfig
 from core.settings import ConfigError, layered, read_toml
 from embeddings.config import EmbeddingsConfig
-from monitoring.config import DriftConfig, MetricsConfig
+from monitoring.config import DriftConfig, MetricsConfig, MonitorConfig
 from streams.config import (
     BrokerConfig,
     EventConfig,
@@ -46,6 +46,7 @@ SECTIONS: tuple[type[Any], ...] = (
     RankerConfig,
     MetricsConfig,
     DriftConfig,
+    MonitorConfig,
 )
 
 
@@ -68,6 +69,8 @@ class Layout:
             default where the refresh writes them, under the backbone versions).
         ranker_checkpoints / ranker_versions: the trainer's (``ranker.checkpoint_dir``,
             ``ranker.versions_dir``).
+        monitor: ``lumstream monitor``'s Prometheus and Alertmanager (configs, data, logs).
+        monitor_run_file: a running ``lumstream monitor`` records its URLs here.
         demo: everything ``lumstream demo`` writes.
     """
 
@@ -84,6 +87,8 @@ class Layout:
     vector_sets: Path
     ranker_checkpoints: Path
     ranker_versions: Path
+    monitor: Path
+    monitor_run_file: Path
     demo: Path
 
     @classmethod
@@ -108,6 +113,8 @@ class Layout:
             vector_sets=pick(cfg.ranker.vector_sets_dir, versions / "vectors"),
             ranker_checkpoints=pick(cfg.ranker.checkpoint_dir, data / "ranker" / "ckpt"),
             ranker_versions=pick(cfg.ranker.versions_dir, data / "ranker" / "versions"),
+            monitor=data / "monitor",
+            monitor_run_file=data / "run" / "monitor.json",
             demo=data / "demo",
         )
 
@@ -130,6 +137,7 @@ class Config:
     ranker: RankerConfig
     metrics: MetricsConfig
     drift: DriftConfig
+    monitor: MonitorConfig
     source: str = "defaults"
 
     @property

@@ -54,3 +54,23 @@ class DriftConfig:
         "most frequent conditions kept apart in the condition mix (the rest: one bin)",
         minimum=1,
     )
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """``lumstream monitor``: a local Prometheus and Alertmanager for this machine's
+    lumstream processes (monitoring/stack.py)."""
+
+    section: ClassVar[str] = "monitor"
+    host: str = setting("127.0.0.1", "where Prometheus and Alertmanager listen")
+    prometheus_port: int = setting(
+        0, "Prometheus' port; 0 picks a free one (printed)", minimum=0, maximum=65535
+    )
+    alertmanager_port: int = setting(
+        0, "Alertmanager's port; 0 picks a free one (printed)", minimum=0, maximum=65535
+    )
+    alertmanager: bool = setting(True, "start an Alertmanager and send the alerts to it")
+    webhooks: tuple[str, ...] = setting((), "URLs Alertmanager posts every notification to")
+    scrape_interval_s: float = setting(15.0, "seconds between scrapes", minimum=0.1)
+    evaluation_interval_s: float = setting(15.0, "seconds between rule evaluations", minimum=0.1)
+    retention: str = setting("15d", "how long Prometheus keeps samples (a Prometheus duration)")

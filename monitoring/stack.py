@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -33,7 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from core.durable import write_json_atomic
 from core.processes import ChildError, ChildProcess, free_port, tail
+from monitoring.config import MonitorConfig
 from monitoring.rules import rule_files
 from monitoring.server import JOB, discovered
 from monitoring.tools import find_tool
@@ -88,6 +92,30 @@ class MonitorPlan:
     repeat_interval_s: float = 4 * 3600.0
     retention: str = "15d"
     startup_timeout_s: float = 30.0
+
+    @classmethod
+    def of(
+        cls,
+        cfg: MonitorConfig,
+        state_dir: Path,
+        discovery_dir: Path | None,
+        **more: object,
+    ) -> MonitorPlan:
+        """The plan of the ``[monitor]`` settings; ``more`` overrides fields."""
+        fields: dict[str, object] = {
+            "state_dir": state_dir,
+            "discovery_dir": discovery_dir,
+            "host": cfg.host,
+            "prometheus_port": cfg.prometheus_port,
+            "alertmanager_port": cfg.alertmanager_port,
+            "alertmanager": cfg.alertmanager,
+            "webhooks": tuple(cfg.webhooks),
+            "scrape_interval_s": cfg.scrape_interval_s,
+            "evaluation_interval_s": cfg.evaluation_interval_s,
+            "retention": cfg.retention,
+        }
+        fields.update(more)
+        return cls(**fields)  # type: ignore[arg-type]
 
 
 def prometheus_config(
@@ -356,3 +384,39 @@ class LocalMonitoring:
         self.prometheus.child.stop()
         if self.alertmanager is not None:
             self.alertmanager.child.stop()
+
+
+def serve_monitor(
+    plan: MonitorPlan,
+    stop: threading.Event,
+    *,
+    run_file: Path | None = None,
+    on_ready: Callable[[LocalMonitoring], None] | None = None,
+    poll_s: float = 1.0,
+) -> None:
+    """Run a :class:`LocalMonitoring` until ``stop`` is set (what ``lumstream monitor``
+    does): record its URLs in ``run_file`` (removed however this returns), call
+    ``on_ready``, then watch both children.
+
+    Raises:
+        ToolError: a binary is missing.
+        MonitorError: one did not start, or exited while serving.
+    """
+    with LocalMonitoring(plan) as mon:
+        try:
+            if run_file is not None:
+                write_json_atomic(
+                    run_file,
+                    {
+                        "prometheus": mon.prometheus_url,
+                        "alertmanager": mon.alertmanager_url,
+                        "pid": os.getpid(),
+                    },
+                )
+            if on_ready is not None:
+                on_ready(mon)
+            while not stop.wait(poll_s):
+                mon.check()
+        finally:
+            if run_file is not None:
+                run_file.unlink(missing_ok=True)
