@@ -56,15 +56,21 @@ def _ms(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
-def scale_durations(text: str, factor: float, min_range_s: float = 0.0) -> str:
+def scale_durations(
+    text: str, factor: float, min_range_s: float = 0.0, min_for_s: float = 0.0
+) -> str:
     """``text`` (a rule file) with every ``for:`` and every range selector divided by
-    ``factor``; a range never shorter than ``min_range_s`` (two scrapes at least, or
-    ``rate`` has nothing to work with)."""
+    ``factor``; a range never shorter than ``min_range_s`` (a few scrapes, or ``rate`` has
+    nothing to work with), a non-zero ``for:`` never shorter than ``min_for_s`` (a few
+    evaluations: one slow scrape must not make a process "down")."""
     if factor <= 0:
         raise ValueError(f"factor {factor}: must be positive")
 
     def for_(m: re.Match[str]) -> str:
-        return f"{m.group(1)}{_ms(duration_s(m.group(2)) / factor)}{m.group(3)}"
+        scaled = duration_s(m.group(2)) / factor
+        if scaled > 0:
+            scaled = max(scaled, min_for_s)
+        return f"{m.group(1)}{_ms(scaled)}{m.group(3)}"
 
     def range_(m: re.Match[str]) -> str:
         scaled = max(duration_s(m.group(1)) / factor, min_range_s)
@@ -77,7 +83,12 @@ def scale_durations(text: str, factor: float, min_range_s: float = 0.0) -> str:
 
 
 def scaled_rule_files(
-    files: Sequence[Path], factor: float, out_dir: Path, *, min_range_s: float = 2.0
+    files: Sequence[Path],
+    factor: float,
+    out_dir: Path,
+    *,
+    min_range_s: float = 2.0,
+    min_for_s: float = 0.0,
 ) -> list[Path]:
     """Copies of ``files`` in ``out_dir`` with durations divided by ``factor`` (see
     :func:`scale_durations`); ``factor`` 1 copies them unchanged."""
@@ -86,7 +97,7 @@ def scaled_rule_files(
     for path in files:
         text = path.read_text()
         if factor != 1:
-            text = scale_durations(text, factor, min_range_s)
+            text = scale_durations(text, factor, min_range_s, min_for_s)
         target = out_dir / path.name
         target.write_text(text)
         out.append(target)

@@ -364,6 +364,9 @@ class LocalMonitoring:
                     f"--storage.tsdb.path={state / 'data'}",
                     f"--storage.tsdb.retention.time={self.plan.retention}",
                     f"--web.listen-address={prom.address}",
+                    # firing alerts go to Alertmanager again every evaluation (default: a
+                    # minute): one found a few seconds after start gets them at once
+                    f"--rules.alert.resend-delay={_duration(self.plan.evaluation_interval_s)}",
                 ],
                 self.plan.startup_timeout_s,
             )

@@ -5,21 +5,19 @@ the dashboard: one row per stage under drift and alerts, every panel a valid que
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 from pathlib import Path
 
 import yaml
 from prometheus_client import CollectorRegistry
+from support.dashboard import PROVISIONING, dashboard, panel_exprs
 from support.paths import REPO
 
 from monitoring.metrics import Metrics
 from monitoring.rules import rule_files
 from monitoring.tools import find_tool
 
-DASHBOARD = REPO / "monitoring" / "grafana" / "lumstream.json"
-PROVISIONING = REPO / "monitoring" / "grafana" / "provisioning"
 CODE = ("core", "streams", "trainer", "embeddings", "serving", "lumstream", "monitoring")
 
 # Defined for the ranking service (issue 12) so rules and panels can use them now; no
@@ -81,18 +79,6 @@ def recording_rules() -> set[str]:
         for r in g["rules"]
         if "record" in r
     }
-
-
-def dashboard() -> dict[str, object]:
-    return json.loads(DASHBOARD.read_text())
-
-
-def panel_exprs() -> list[tuple[str, str]]:
-    out = []
-    for panel in dashboard()["panels"]:  # type: ignore[union-attr]
-        for target in panel.get("targets", []):
-            out.append((f"panel {panel['title']!r}", target["expr"]))
-    return out
 
 
 def names_in(expr: str) -> set[str]:
