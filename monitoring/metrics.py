@@ -4,12 +4,15 @@ Components receive a :class:`Metrics` (default: the process-wide one on the glob
 registry); tests build their own on a fresh ``CollectorRegistry``.
 
 No metric has a per-user or per-item label: a process exports a bounded number of series
-(docs/monitoring.md counts them). Latency histograms have buckets around their goal
-(:data:`SERVING_LATENCY_BUCKETS` has an edge at the 10 ms objective, so the SLO's "good"
-requests are one bucket, not an interpolation). The ``_timestamp_seconds`` gauges are unix
-times, so ``time() - x`` is an age that grows between updates (a staleness alert needs
-nothing to keep updating it). The ``serving_*`` metrics are defined for the ranking service
-(issue 12): the rules and the dashboard use them already, nothing updates them yet.
+(docs/monitoring.md counts them). Label-less histograms are :class:`Lazy`: registered at
+their first use, so a process does not export the empty buckets of other components'
+histograms (they were two thirds of every process's series). Latency histograms have
+buckets around their goal (:data:`SERVING_LATENCY_BUCKETS` has an edge at the 10 ms
+objective, so the SLO's "good" requests are one bucket, not an interpolation). The
+``_timestamp_seconds`` gauges are unix times, so ``time() - x`` is an age that grows between
+updates (a staleness alert needs nothing to keep updating it). The ``serving_*`` metrics
+are defined for the ranking service (issue 12): the rules and the dashboard use them
+already, nothing updates them yet.
 
 Example:
     >>> from prometheus_client import CollectorRegistry
@@ -22,12 +25,24 @@ from __future__ import annotations
 import functools
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Generic, TypeVar
 
 import numpy as np
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
+
+# No ``*_created`` series (a counter's or histogram's creation time): they were over a
+# quarter of what a process exported, and no rule or panel reads them.
+disable_created_metrics()
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -101,6 +116,43 @@ SCORE_BUCKETS = (
     0.7,
     0.9,
 )
+
+
+M = TypeVar("M")
+
+
+class Lazy(Generic[M]):
+    """A metric created and registered at its first use (any attribute access): until then
+    the process exports none of its series.
+
+    Example:
+        >>> reg = CollectorRegistry()
+        >>> h = Lazy(lambda: Histogram("demo_seconds", "demo", registry=reg))
+        >>> reg.get_sample_value("demo_seconds_count") is None
+        True
+        >>> h.observe(0.5)
+        >>> reg.get_sample_value("demo_seconds_count")
+        1.0
+    """
+
+    def __init__(self, make: Callable[[], M]) -> None:
+        self._make: Callable[[], M] | None = make
+        self._metric: M | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def metric(self) -> M:
+        """The metric (created and registered now if it was not yet)."""
+        if self._metric is None:
+            with self._lock:
+                if self._metric is None:
+                    assert self._make is not None
+                    self._metric = self._make()
+                    self._make = None
+        return self._metric
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.metric, name)
 
 
 class BulkHistogram:
@@ -191,11 +243,13 @@ class Metrics:
             ["mode", "outcome"],
             registry=registry,
         )
-        self.produce_latency = Histogram(
-            "lumstream_produce_flush_seconds",
-            "Time to flush a produced batch",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+        self.produce_latency = Lazy(
+            lambda: Histogram(
+                "lumstream_produce_flush_seconds",
+                "Time to flush a produced batch",
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            )
         )
         # -- stream worker ---------------------------------------------------------------
         self.events_applied = Counter(
@@ -209,17 +263,21 @@ class Metrics:
             "Batches committed (one RocksDB write batch each)",
             registry=registry,
         )
-        self.batch_apply_seconds = Histogram(
-            "lumstream_worker_batch_apply_seconds",
-            "Validate + apply + commit time of a batch",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+        self.batch_apply_seconds = Lazy(
+            lambda: Histogram(
+                "lumstream_worker_batch_apply_seconds",
+                "Validate + apply + commit time of a batch",
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            )
         )
-        self.event_to_store_seconds = Histogram(
-            "lumstream_worker_event_to_store_seconds",
-            "Kafka record timestamp to durable store commit (up to 256 sampled per batch)",
-            buckets=EVENT_TO_STORE_BUCKETS,
-            registry=registry,
+        self.event_to_store_seconds = Lazy(
+            lambda: Histogram(
+                "lumstream_worker_event_to_store_seconds",
+                "Kafka record timestamp to durable store commit (up to 256 sampled per batch)",
+                buckets=EVENT_TO_STORE_BUCKETS,
+                registry=registry,
+            )
         )
         self.consumer_lag = Gauge(
             "lumstream_worker_consumer_lag",
@@ -286,11 +344,13 @@ class Metrics:
             ["partition"],
             registry=registry,
         )
-        self.sequence_length = Histogram(
-            "lumstream_store_sequence_length",
-            "Sequence length of users touched by a batch",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
-            registry=registry,
+        self.sequence_length = Lazy(
+            lambda: Histogram(
+                "lumstream_store_sequence_length",
+                "Sequence length of users touched by a batch",
+                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+                registry=registry,
+            )
         )
         self.worker_batch_failures = Counter(
             "lumstream_worker_batch_failures",
@@ -320,11 +380,13 @@ class Metrics:
             "Backbone training throughput (real tokens per second, global batch) of the last run",
             registry=registry,
         )
-        self.backbone_refresh_duration = Histogram(
-            "lumstream_backbone_refresh_duration_seconds",
-            "Duration of one backbone refresh (train, publish, vectors)",
-            buckets=REFRESH_BUCKETS,
-            registry=registry,
+        self.backbone_refresh_duration = Lazy(
+            lambda: Histogram(
+                "lumstream_backbone_refresh_duration_seconds",
+                "Duration of one backbone refresh (train, publish, vectors)",
+                buckets=REFRESH_BUCKETS,
+                registry=registry,
+            )
         )
         self.backbone_version = Gauge(
             "lumstream_backbone_version",
@@ -478,20 +540,24 @@ class Metrics:
             "When the LUM vector set the ranker uses was computed (unix time)",
             registry=registry,
         )
-        self.ranker_sample_to_version = Histogram(
-            "lumstream_ranker_sample_to_version_seconds",
-            "From a sample's arrival on lum.samples (its Kafka timestamp) to the publication "
-            "of the first ranker version that learned it (up to 256 sampled per batch)",
-            buckets=VERSION_FRESHNESS_BUCKETS,
-            registry=registry,
+        self.ranker_sample_to_version = Lazy(
+            lambda: Histogram(
+                "lumstream_ranker_sample_to_version_seconds",
+                "From a sample's arrival on lum.samples (its Kafka timestamp) to the publication "
+                "of the first ranker version that learned it (up to 256 sampled per batch)",
+                buckets=VERSION_FRESHNESS_BUCKETS,
+                registry=registry,
+            )
         )
         # -- drift of the ranker's progressive stream (trainer/ranker/drift.py) --------------
-        self.ranker_scores = BulkHistogram(
-            "lumstream_ranker_scores",
-            "Progressive scores (click probabilities predicted before learning); _sum over "
-            "_count is the mean prediction",
-            SCORE_BUCKETS,
-            registry,
+        self.ranker_scores = Lazy(
+            lambda: BulkHistogram(
+                "lumstream_ranker_scores",
+                "Progressive scores (click probabilities predicted before learning); _sum over "
+                "_count is the mean prediction",
+                SCORE_BUCKETS,
+                registry,
+            )
         )
         self.ranker_clicks = Counter(
             "lumstream_ranker_clicks",
@@ -550,11 +616,13 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
-        self.serving_scores = BulkHistogram(
-            "lumstream_serving_scores",
-            "Scores the service returned",
-            SCORE_BUCKETS,
-            registry,
+        self.serving_scores = Lazy(
+            lambda: BulkHistogram(
+                "lumstream_serving_scores",
+                "Scores the service returned",
+                SCORE_BUCKETS,
+                registry,
+            )
         )
         self.serving_score_psi = Gauge(
             "lumstream_serving_score_psi",
@@ -582,11 +650,14 @@ class Metrics:
             ["kind"],
             registry=registry,
         )
-        self.serving_history_freshness = Histogram(
-            "lumstream_serving_history_freshness_seconds",
-            "From a click's Kafka timestamp to the first request that saw it in the user's history",
-            buckets=HISTORY_FRESHNESS_BUCKETS,
-            registry=registry,
+        self.serving_history_freshness = Lazy(
+            lambda: Histogram(
+                "lumstream_serving_history_freshness_seconds",
+                "From a click's Kafka timestamp to the first request that saw it in the user's "
+                "history",
+                buckets=HISTORY_FRESHNESS_BUCKETS,
+                registry=registry,
+            )
         )
 
 

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from support.dashboard import PROVISIONING, dashboard, panel_exprs
 from support.paths import REPO
 
-from monitoring.metrics import Metrics
+from monitoring.metrics import Lazy, Metrics
 from monitoring.rules import rule_files
 from monitoring.tools import find_tool
 
@@ -42,6 +42,8 @@ def metric_samples() -> dict[str, str]:
     m = Metrics(CollectorRegistry())
     by_family = {}
     for attr, value in vars(m).items():
+        if isinstance(value, Lazy):
+            value = value.metric  # registered at first use: register them all here
         name = getattr(value, "_name", None) or getattr(value, "name", None)
         if isinstance(name, str):
             by_family[name] = attr

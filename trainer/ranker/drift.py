@@ -13,10 +13,10 @@ newest version and sets the gauges:
 - ``lumstream_ranker_feature_share{feature}``: those four shares themselves;
 - ``lumstream_ranker_reference_ctr`` and ``_timestamp_seconds``: what the reference holds.
 
-The label side needs no window here: ``lumstream_ranker_scores_sum`` (predicted clicks),
-``_count`` (samples) and ``lumstream_ranker_clicks_total`` (observed clicks) are counters,
-so Prometheus computes the click rate and the calibration over any window long enough for
-the label join (monitoring/rules/ranker.yml).
+The label side needs no window here: the loop counts ``lumstream_ranker_scores_sum``
+(predicted clicks), ``_count`` (samples) and ``lumstream_ranker_clicks_total`` (observed
+clicks), so Prometheus computes the click rate and the calibration over any window long
+enough for the label join (monitoring/rules/ranker.yml).
 
 **References.** Each checkpoint and each published version carries one (the manifest's
 ``drift_reference``, :class:`~monitoring.drift.DriftReference`): the reference of the
@@ -97,9 +97,6 @@ class RankerDrift:
         """Add a scored batch (before the model learns from it)."""
         if not len(scored):
             return
-        if self.metrics is not None:
-            self.metrics.ranker_scores.observe_many(scored.probs)
-            self.metrics.ranker_clicks.inc(float((scored.labels > 0).sum()))
         cols: dict[str, np.ndarray] = {"score": scored.probs, "label": scored.labels}
         for name in ("condition", "history_length", *self.flags):
             got = scored.features.get(name)

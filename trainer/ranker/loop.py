@@ -128,6 +128,8 @@ class StreamingTrainer:
             if drift.enabled and self.rank == 0
             else None
         )
+        if metrics is not None and self.rank == 0:
+            _ = metrics.ranker_scores.metric  # exported from the start: a stalled trainer shows
         self._taken_ts = np.zeros(0, np.int64)  # arrival times of the batch being trained
         self._unpublished_ts: list[np.ndarray] = []  # of samples learned since the last version
 
@@ -316,6 +318,8 @@ class StreamingTrainer:
             if self.keep_scores:
                 self.stats.scored.append(scored)
             if self.metrics is not None:
+                self.metrics.ranker_scores.observe_many(scored.probs)
+                self.metrics.ranker_clicks.inc(float((scored.labels > 0).sum()))
                 self.metrics.ranker_samples.labels(outcome="scored").inc(len(scored))
                 if scored.learned:
                     self.metrics.ranker_samples.labels(outcome="learned").inc(len(scored))
