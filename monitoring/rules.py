@@ -3,8 +3,9 @@ faster clock for short runs.
 
 The files are the production rules: ``for: 15m`` on a drift alert, ``rate(...[30m])`` in a
 calibration ratio. A test or a demo that lives a minute cannot wait for them, so
-:func:`scaled_rule_files` writes copies whose durations (every ``for:`` and every range
-``[5m]``) are divided by a factor, leaving thresholds alone: with ``factor=120`` a drift
+:func:`scaled_rule_files` writes copies whose durations (every ``for:``, every range
+``[5m]`` and every ``offset 30m``) are divided by a factor, leaving thresholds alone
+(staleness thresholds in seconds too): with ``factor=120`` a drift
 alert needs 7.5 s instead of 15 minutes, and a 30-minute calibration window becomes 15 s.
 The rules are otherwise the very same text.
 
@@ -34,6 +35,7 @@ _DURATION = r"(?:\d+(?:ms|[smhdwy]))+"
 _PART = re.compile(r"(\d+)(ms|[smhdwy])")
 _FOR = re.compile(rf"^(\s*for:\s*)({_DURATION})(\s*)$", re.MULTILINE)
 _RANGE = re.compile(rf"\[({_DURATION})(:{_DURATION})?\]")
+_OFFSET = re.compile(rf"\boffset\s+({_DURATION})")
 
 
 def rule_files(directory: Path = RULES_DIR) -> list[Path]:
@@ -59,7 +61,7 @@ def _ms(seconds: float) -> str:
 def scale_durations(
     text: str, factor: float, min_range_s: float = 0.0, min_for_s: float = 0.0
 ) -> str:
-    """``text`` (a rule file) with every ``for:`` and every range selector divided by
+    """``text`` (a rule file) with every ``for:``, range selector and ``offset`` divided by
     ``factor``; a range never shorter than ``min_range_s`` (a few scrapes, or ``rate`` has
     nothing to work with), a non-zero ``for:`` never shorter than ``min_for_s`` (a few
     evaluations: one slow scrape must not make a process "down")."""
@@ -79,7 +81,10 @@ def scale_durations(
             step = ":" + _ms(max(duration_s(step[1:]) / factor, 0.001))
         return f"[{_ms(scaled)}{step or ''}]"
 
-    return _RANGE.sub(range_, _FOR.sub(for_, text))
+    def offset(m: re.Match[str]) -> str:
+        return f"offset {_ms(duration_s(m.group(1)) / factor)}"
+
+    return _OFFSET.sub(offset, _RANGE.sub(range_, _FOR.sub(for_, text)))
 
 
 def scaled_rule_files(

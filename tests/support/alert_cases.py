@@ -277,6 +277,12 @@ RANKER = [
         "60m",
     ),
     Case(
+        "predicts 2.5 times the clicks, but the reference is younger than the 30-minute window",
+        "LumstreamRankerCalibration",
+        {SCORES_SUM: "0+25x100", CLICKS: "0+10x100", REF_TS: "0x50 1x50"},
+        "60m",
+    ),
+    Case(
         "calibrated",
         "LumstreamRankerCalibration",
         {SCORES_SUM: "0+10x100", CLICKS: "0+10x100", REF_TS: "1x100"},
