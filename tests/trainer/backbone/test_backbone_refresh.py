@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
+from support.metrics import sample
 
 from monitoring.metrics import Metrics
 from streams.config import EventConfig, GeneratorConfig, StoreConfig, WorkerConfig
 from streams.generator import ClickStream
 from streams.worker.processor import open_processor
 from trainer.backbone.config import BackboneConfig, RefreshConfig
-from trainer.backbone.refresh import RefreshPaths, refresh_once
+from trainer.backbone.refresh import RefreshPaths, refresh_once, vector_shift
 from trainer.backbone.versions import list_versions
 from trainer.vectors.sets import LumVectors
 from trainer.vectors.store import VectorReader, decode_vectors
@@ -75,6 +77,19 @@ def test_refresh_publishes_skips_and_warm_starts(tmp_path: Path) -> None:
     assert second.version is not None
     assert second.version.manifest["parent"] == "v1"  # warm start from the last version
     assert second.version.manifest["data_watermark"] > first.version.manifest["data_watermark"]
+    # backbone drift: how far the users' vectors moved from v1 to v2; staleness timestamps
+    mean = sample(metrics, "lumstream_backbone_vector_shift", stat="mean")
+    p90 = sample(metrics, "lumstream_backbone_vector_shift", stat="p90")
+    assert mean is not None
+    assert p90 is not None
+    assert 0.0 < mean <= p90 <= 2.0
+    created = second.version.manifest["created_at_ms"] / 1000
+    assert sample(metrics, "lumstream_backbone_version_timestamp_seconds") == created
+    vectors_at = sample(metrics, "lumstream_backbone_vectors_timestamp_seconds")
+    assert vectors_at is not None
+    assert created - 60 < vectors_at <= time.time()
+    assert sample(metrics, "lumstream_backbone_eval", version="v1", metric="hr@10") is None
+    assert sample(metrics, "lumstream_backbone_eval", version="v2", metric="hr@10") is not None
 
     reader = VectorReader(paths.vectors, tmp_path / "scratch")
     try:
@@ -124,3 +139,26 @@ def test_refresh_reads_a_store_that_a_worker_is_writing(tmp_path: Path) -> None:
         proc.close()
     assert result.version is not None
     assert result.version.manifest["data_watermark"] == committed
+
+
+def test_vector_shift_is_the_cosine_distance_of_the_users_in_both_sets() -> None:
+    q = np.array([10, 11])
+    old = LumVectors(
+        "v1",
+        q,
+        np.array([1, 2, 3]),
+        np.array([[[1, 0], [0, 1]]] * 3, np.float32),
+        np.array([7]),
+        np.ones((1, 2)),
+    )
+    # users 2 and 3 are in both sets: 2's first vector turns 90 degrees (distance 1), 3's
+    # turns around (2); their second vectors stay (0)
+    new_vecs = np.array([[[0, 1], [0, 1]], [[-1, 0], [0, 1]], [[1, 0], [0, 1]]], np.float32)
+    new = LumVectors("v2", q, np.array([2, 3, 4]), new_vecs, np.array([7]), np.ones((1, 2)))
+    got = vector_shift(old, new)
+    assert got is not None
+    assert got == {"mean": 0.75, "p90": 1.7}
+    other = LumVectors(
+        "v3", np.array([10, 12]), np.array([2]), np.ones((1, 2, 2)), np.array([7]), np.ones((1, 2))
+    )
+    assert vector_shift(old, other) is None  # other query conditions: not comparable
