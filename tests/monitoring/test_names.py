@@ -87,6 +87,7 @@ def names_in(expr: str) -> set[str]:
     """Series names an expression selects (functions, keywords and label names left out)."""
     text = re.sub(r"\{[^}]*\}", "{}", expr)  # label matchers
     text = re.sub(r"\[[^\]]*\]", "", text)  # ranges
+    text = re.sub(r"\boffset\s+[0-9a-z]+", "", text)
     text = re.sub(r'"[^"]*"', '""', text)
     text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
     found = set()
@@ -148,7 +149,7 @@ def test_every_metric_the_rules_and_panels_use_is_updated_by_the_code() -> None:
 def test_the_name_finder_finds_what_it_should() -> None:
     expr = (
         'sum by (instance) (rate(lumstream_x_total{stage="w"}[5m])) / on (instance) '
-        "max by (instance) (lumstream:y:ratio > 0) and up == 0"
+        "max by (instance) (lumstream:y:ratio offset 30m > 0) and up == 0"
     )
     assert names_in(expr) == {"lumstream_x_total", "lumstream:y:ratio", "up"}
 
