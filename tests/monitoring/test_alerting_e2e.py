@@ -302,6 +302,16 @@ def test_drift_and_latency_alerts_fire_in_a_real_prometheus(
                 (a for a in fired if a.name in DRIFT_ALERTS), key=lambda a: a.firing_at
             )
             assert drift_alert.firing_at >= drift
+            for series_expr in (
+                "lumstream_worker_consumer_lag_seconds",
+                "lumstream_ranker_consumer_lag_seconds",
+                "lumstream_ranker_sample_to_version_seconds_count > 0",
+                "lumstream_worker_event_to_store_seconds_count > 0",
+                "lumstream:ranker_calibration:ratio_rate30m",
+                'lumstream_ranker_feature_share{feature="new_condition"}',
+                "lumstream_ranker_version_timestamp_seconds > 0",
+            ):
+                assert query(prom, series_expr), f"no {series_expr} in Prometheus"
             series = {
                 labels["role"]: int(value)
                 for labels, value in query(prom, 'count by (role) ({job="lumstream"})')
