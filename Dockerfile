@@ -17,8 +17,8 @@
 #   LUMSTREAM_CUDA      override that flavour (e.g. cu126) when PyTorch has no wheels for
 #                       the base image's CUDA
 # Everything is installed by scripts/install.sh (the one install path): runtime
-# dependencies only (no dev extras), not editable, into /opt/lumstream/venv, which is all
-# the runtime stage copies. docs/deploy.md: the compose deployment, volumes, health, metrics.
+# dependencies only (no dev extras, no Prometheus: deploy/ runs Prometheus' own image), not
+# editable, into /opt/lumstream/venv, which is all the runtime stage copies. docs/deploy.md: the compose deployment, volumes, health, metrics.
 
 ARG LUMSTREAM_GPU=0
 ARG CUDA_VERSION=12.8.1
@@ -56,7 +56,7 @@ COPY serving ./serving
 COPY monitoring ./monitoring
 RUN VENV=/opt/lumstream/venv PYTHON=python3.11 \
     LUMSTREAM_GPU=${LUMSTREAM_GPU} LUMSTREAM_CUDA=${LUMSTREAM_CUDA} \
-    LUMSTREAM_TORCH_INDEX=pytorch LUMSTREAM_EXTRAS= LUMSTREAM_EDITABLE=0 \
+    LUMSTREAM_TORCH_INDEX=pytorch LUMSTREAM_EXTRAS= LUMSTREAM_EDITABLE=0 LUMSTREAM_PROMETHEUS=0 \
     bash scripts/install.sh \
     && /opt/lumstream/venv/bin/lumstream --version
 

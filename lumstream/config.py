@@ -15,7 +15,7 @@ from typing import Any
 from core.paths import PathsConfig
 from core.settings import ConfigError, layered, read_toml
 from embeddings.config import EmbeddingsConfig
-from monitoring.config import MetricsConfig
+from monitoring.config import DriftConfig, MetricsConfig, MonitorConfig
 from streams.config import (
     BrokerConfig,
     EventConfig,
@@ -45,6 +45,8 @@ SECTIONS: tuple[type[Any], ...] = (
     EmbeddingsConfig,
     RankerConfig,
     MetricsConfig,
+    DriftConfig,
+    MonitorConfig,
 )
 
 
@@ -66,6 +68,8 @@ class Layout:
             refresh writes it, the ranker and the service read it.
         ranker_checkpoints / ranker_versions: the trainer's (``ranker.checkpoint_dir``,
             ``ranker.versions_dir``).
+        monitor: ``lumstream monitor``'s Prometheus and Alertmanager (configs, data, logs).
+        monitor_run_file: a running ``lumstream monitor`` records its URLs here.
         demo: everything ``lumstream demo`` writes.
     """
 
@@ -81,6 +85,8 @@ class Layout:
     vector_store: Path
     ranker_checkpoints: Path
     ranker_versions: Path
+    monitor: Path
+    monitor_run_file: Path
     demo: Path
 
     @classmethod
@@ -104,6 +110,8 @@ class Layout:
             vector_store=pick(cfg.refresh.vector_store_dir, data / "vectors"),
             ranker_checkpoints=pick(cfg.ranker.checkpoint_dir, data / "ranker" / "ckpt"),
             ranker_versions=pick(cfg.ranker.versions_dir, data / "ranker" / "versions"),
+            monitor=data / "monitor",
+            monitor_run_file=data / "run" / "monitor.json",
             demo=data / "demo",
         )
 
@@ -125,6 +133,8 @@ class Config:
     embeddings: EmbeddingsConfig
     ranker: RankerConfig
     metrics: MetricsConfig
+    drift: DriftConfig
+    monitor: MonitorConfig
     source: str = "defaults"
 
     @property

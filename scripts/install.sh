@@ -20,6 +20,13 @@
 #                            linters); the image sets it empty: runtime dependencies only.
 #   LUMSTREAM_EDITABLE=0|1   editable install of this checkout (default 1); the image uses 0
 #                            so that the venv alone is the installed program.
+#   LUMSTREAM_PROMETHEUS=0|1 fetch Prometheus (with promtool) and Alertmanager, Debian's
+#                            prometheus and prometheus-alertmanager packages, into
+#                            $VENV/opt/prometheus (default 1: `make test` runs promtool and a
+#                            real Prometheus; `lumstream monitor` starts both). No root:
+#                            `apt-get download` + `dpkg -x`; when apt's package lists are
+#                            missing (a fresh CI container) they are fetched into a scratch
+#                            directory first. The image sets 0 (deploy/ uses Prometheus' image).
 #   VENV, PYTHON             the venv to create/use (.venv) and the interpreter (python3.11).
 #
 # Idempotent: it creates $VENV only when missing and writes $VENV/.lumstream-installed
@@ -86,4 +93,41 @@ fi
 import fbgemm_gpu, torch, torchrec  # noqa: F401  fail the install if they do not load together
 print(f"[install] ok: torch {torch.__version__}, torchrec {torchrec.__version__ if hasattr(torchrec, '__version__') else '1.8.0'}")
 PY
+
+# Prometheus, promtool and Alertmanager (monitoring/tools.py finds them here).
+install_prometheus() (
+  home="$VENV/opt/prometheus"
+  packages=(prometheus prometheus-alertmanager)
+  if [ -x "$home/usr/bin/promtool" ] && [ -x "$home/usr/bin/prometheus" ] \
+      && [ -x "$home/usr/bin/prometheus-alertmanager" ]; then
+    return 0
+  fi
+  scratch="$(mktemp -d)"
+  trap 'rm -rf "$scratch"' EXIT
+  echo "[install] Prometheus and Alertmanager (Debian: ${packages[*]}) into $home ..."
+  if ! (cd "$scratch" && apt-get download "${packages[@]}" >/dev/null 2>&1); then
+    # no package lists (or none readable): fetch them into the scratch directory, no root
+    apt=(-o "Dir::State::Lists=$scratch/lists" -o "Dir::Cache=$scratch/cache"
+         -o Debug::NoLocking=1)
+    mkdir -p "$scratch/lists/partial" "$scratch/cache/archives/partial"
+    apt-get "${apt[@]}" update >/dev/null
+    (cd "$scratch" && apt-get "${apt[@]}" download "${packages[@]}" >/dev/null)
+  fi
+  mkdir -p "$home"
+  for deb in "$scratch"/*.deb; do dpkg -x "$deb" "$home"; done
+  # Debian's alertmanager reads its templates from /usr/share/prometheus/alertmanager (upstream
+  # embeds them); rewrite that path to the same-length relative "usr//share/..." so the
+  # unpacked copy, run from $home (monitoring/stack.py), finds its own without root.
+  "$VENV/bin/python" - "$home/usr/bin/prometheus-alertmanager" <<'PY'
+import sys
+path = sys.argv[1]
+old, new = b"/usr/share/prometheus/alertmanager", b"usr//share/prometheus/alertmanager"
+data = open(path, "rb").read()
+if old in data:
+    open(path, "wb").write(data.replace(old, new))
+PY
+  "$home/usr/bin/promtool" --version >/dev/null
+  echo "[install] ok: $("$home/usr/bin/prometheus" --version 2>&1 | head -1)"
+)
+if [ "${LUMSTREAM_PROMETHEUS:-1}" = "1" ]; then install_prometheus; fi
 touch "$VENV/.lumstream-installed"

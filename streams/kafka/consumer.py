@@ -133,12 +133,14 @@ def end_offsets(
 
 
 class Message(NamedTuple):
-    """One record: ``next_offset`` is where reading continues after it."""
+    """One record: ``next_offset`` is where reading continues after it; ``timestamp_ms``
+    its Kafka timestamp (0 when it has none, e.g. read from a file)."""
 
     partition: int
     offset: int
     value: bytes
     next_offset: int
+    timestamp_ms: int = 0
 
 
 class ConsumerError(RuntimeError):
@@ -226,8 +228,9 @@ class PositionedConsumer:
                     log.warning("%s: %s (librdkafka retries)", self.topic, err)
                     continue
                 part, off = int(rec.partition() or 0), int(rec.offset() or 0)
+                stamp = max(0, int(rec.timestamp()[1]))
                 # a null value is not a sample block: the assembler counts it as corrupt
-                got.append(Message(part, off, rec.value() or b"", off + 1))
+                got.append(Message(part, off, rec.value() or b"", off + 1, stamp))
             self._buffer.extend(sorted(got, key=lambda m: (m.partition, m.offset)))
         n = min(max_messages, len(self._buffer))
         out = [self._buffer.popleft() for _ in range(n)]

@@ -83,6 +83,9 @@ class StreamWorker:
         self.stats = WorkerStats()
         self.keep_latencies = False  # keep every event-to-store latency (benchmarks)
         self._applier: BatchApplier | None = None
+        # partition -> Kafka timestamp (s) of the newest record applied, or the time of
+        # assignment until one is: how far behind in time a lagging partition is
+        self._behind_since: dict[int, float] = {}
 
     @property
     def latencies_ms(self) -> list[np.ndarray]:
@@ -117,6 +120,7 @@ class StreamWorker:
             if tp.partition not in self.processors:
                 self.processors[tp.partition] = self._open(tp.partition)
             tp.offset = self.processors[tp.partition].next_offset
+            self._behind_since.setdefault(tp.partition, time.time())
         consumer.assign(partitions)
         self.metrics.partitions_owned.set(len(self.processors))
         for tp in partitions:
@@ -127,8 +131,10 @@ class StreamWorker:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._close(tp.partition)
-            with contextlib.suppress(KeyError):  # its lag is another owner's to report now
-                self.metrics.consumer_lag.remove(self.kafka.topic_events, str(tp.partition))
+            self._behind_since.pop(tp.partition, None)
+            for gauge in (self.metrics.consumer_lag, self.metrics.consumer_lag_seconds):
+                with contextlib.suppress(KeyError):  # its lag is another owner's to report now
+                    gauge.remove(self.kafka.topic_events, str(tp.partition))
         consumer.unassign()
         log.info("revoked partitions %s", sorted(tp.partition for tp in partitions))
 
@@ -224,7 +230,10 @@ class StreamWorker:
             consumer.commit(offsets=commits, asynchronous=True)
         except KafkaException as exc:  # the store holds the truth; this only costs a re-read
             log.warning("offset commit failed (%s); the store offsets still hold", exc)
-        for p, proc, _ in todo:
+        for p, proc, recs in todo:
+            stamps = [r.timestamp()[1] for r in recs]
+            if stamps and max(stamps) > 0:
+                self._behind_since[p] = max(stamps) / 1000.0
             self._lag(consumer, p, proc)
 
     def _recover(self, consumer: Consumer, partition: int, exc: Exception) -> None:
@@ -246,7 +255,9 @@ class StreamWorker:
     def _lag(
         self, consumer: Consumer, partition: int, proc: PartitionProcessor, cached: bool = True
     ) -> None:
-        """Set ``consumer_lag`` of an owned partition: records after the stored offset.
+        """Set ``consumer_lag`` of an owned partition: records after the stored offset, and
+        ``consumer_lag_seconds``: 0 when none, else how long ago the newest applied record
+        was produced (before the first one: how long ago the partition was assigned).
 
         ``cached`` reads the high watermark the last fetch carried (no broker call); on
         assignment it is asked for, so the series exists before the first record arrives
@@ -259,6 +270,10 @@ class StreamWorker:
             log.warning("partition %d: no high watermark (%s)", partition, exc)
             return
         if high >= 0:
-            self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(partition)).set(
-                max(0, high - proc.next_offset)
+            lag = max(0, high - proc.next_offset)
+            self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(partition)).set(lag)
+            since = self._behind_since.get(partition, time.time())
+            seconds = max(0.0, time.time() - since) if lag else 0.0
+            self.metrics.consumer_lag_seconds.labels(topic=tp.topic, partition=str(partition)).set(
+                seconds
             )

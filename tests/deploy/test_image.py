@@ -144,6 +144,9 @@ def test_cpu_image_installs_pinned_cpu_torch_and_runtime_only(
     assert "install .[cpu]" in calls, calls  # no dev extras, not editable
     assert not any("dev" in c or " -e " in c for c in calls), calls
     assert "install --no-deps torchrec==1.8.0" in calls, calls
+    # no Prometheus in the image (deploy/ runs Prometheus' own): nothing fetched with apt
+    assert "LUMSTREAM_PROMETHEUS=0" in _install_line(dockerfile)
+    assert not (tmp_path / "venv" / "opt").exists()
 
 
 def test_gpu_image_takes_cuda_base_and_matching_wheels(

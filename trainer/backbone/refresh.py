@@ -57,7 +57,7 @@ from trainer.backbone.vector_pass import (
     full_pass,
     open_vectors,
 )
-from trainer.backbone.versions import VersionInfo, latest, publish
+from trainer.backbone.versions import VersionInfo, export_newest, latest, publish
 from trainer.vectors.layout import LayoutError
 from trainer.vectors.store import VectorStore
 
@@ -276,7 +276,14 @@ def run_forever(
 ) -> None:
     """Refresh every ``rcfg.cadence_s`` and, in between, pass incrementally every
     ``rcfg.incremental_every_s`` until ``stop`` is set. A failed refresh is logged and
-    retried at the next tick (the last good version and its vectors stay in use)."""
+    retried at the next tick (the last good version and its vectors stay in use).
+
+    The newest version already published is exported first: its age (``time() -
+    lumstream_backbone_version_timestamp_seconds``) counts from when it was made, not from
+    this start."""
+    newest = latest(paths.versions)
+    if newest is not None:
+        export_newest(newest, metrics)
     with _vectors_of(paths, rcfg, None) as vectors:
         incremental = IncrementalRefresher(
             cfg, rcfg, store_cfg, events, paths.store, paths.versions, vectors, metrics

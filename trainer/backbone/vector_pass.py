@@ -133,8 +133,9 @@ def full_pass(
     written, moved = _write(
         store, layout, model, info.number, users, rcfg.vector_batch_users, metrics
     )
-    if moved:
-        metrics.backbone_vector_shift.set(float(np.mean(moved)))
+    if moved:  # cosine distance of each user's new record from their previous one
+        metrics.backbone_vector_shift.labels(stat="mean").set(float(np.mean(moved)))
+        metrics.backbone_vector_shift.labels(stat="p90").set(float(np.quantile(moved, 0.9)))
     metrics.backbone_vectors_written.labels(mode="full").inc(written)
     metrics.backbone_vectors_time.labels(mode="full").set(time.time())
     return written

@@ -133,12 +133,20 @@ def publish(
         raise
     info = read_manifest(path, verify=False)
     if registry is not None:
-        registry.backbone_version.set(info.number)
-        for k, v in info.manifest["metrics"].items():
-            registry.backbone_eval.labels(version=info.name, metric=k).set(v)
+        export_newest(info, registry)
     if keep is not None:
         retain(root, keep)
     return info
+
+
+def export_newest(info: VersionInfo, registry: Metrics) -> None:
+    """Export ``info`` as the newest version: its number, publication time and retrieval
+    metrics (the series of older versions are removed: one version's at a time)."""
+    registry.backbone_version.set(info.number)
+    registry.backbone_version_time.set(int(info.manifest["created_at_ms"]) / 1000.0)
+    registry.backbone_eval.clear()
+    for k, v in info.manifest["metrics"].items():
+        registry.backbone_eval.labels(version=info.name, metric=k).set(v)
 
 
 def retain(root: str | Path, keep: int) -> list[str]:

@@ -225,7 +225,23 @@ def publish_version(
     vd.retain(keep)
     if metrics is not None:
         metrics.ranker_version.set(vd.number(final))
+        metrics.ranker_version_time.set(int(manifest["created_at_ms"]) / 1000.0)
     return final
+
+
+def export_newest_version(root: str | Path, metrics: Metrics) -> None:
+    """Export the newest version already under ``root`` (its number and publication time),
+    so a restarted trainer reports its age before it publishes again."""
+    vd = versions_dir(root)
+    path = vd.latest()
+    if path is None:
+        return
+    try:
+        manifest = vd.read_manifest(path)
+    except VersionError:
+        return
+    metrics.ranker_version.set(vd.number(path))
+    metrics.ranker_version_time.set(int(manifest.get("created_at_ms", 0)) / 1000.0)
 
 
 @dataclass

@@ -21,14 +21,14 @@ Example:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from embeddings.config import EmbeddingsConfig
-from embeddings.ids import IdMapper
+from embeddings.ids import NEW_ROW, IdMapper
 from embeddings.tables import (
     TABLES,
     PlainEmbeddingCollection,
@@ -39,7 +39,7 @@ from embeddings.tables import (
     table_rows,
 )
 from monitoring.metrics import Metrics
-from trainer.ranker.batch import BatchBuilder, Samples
+from trainer.ranker.batch import BatchBuilder, Mapped, Samples
 from trainer.ranker.config import RankerConfig
 from trainer.ranker.distributed import all_gather_array, any_rank, ensure_process_group, world
 from trainer.ranker.model import RankerModel, model_inputs, weighted_bce
@@ -56,6 +56,10 @@ class Scored:
         probs / labels / users / ts: (n,) per cleaned sample, in global batch order.
         partition / seq: the samples' ids.
         learned: whether the model learned from the batch.
+        features: (n,) per feature the drift monitor follows (``condition``,
+            ``history_length``, ``new_condition``, ``unknown_user``, ``unknown_item`` and,
+            with LUM features, ``lum_user_missing``, ``lum_item_missing``;
+            trainer/ranker/drift.py).
     """
 
     probs: np.ndarray
@@ -65,6 +69,7 @@ class Scored:
     partition: np.ndarray
     seq: np.ndarray
     learned: bool
+    features: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.probs)
@@ -196,6 +201,11 @@ class RankerEngine:
                 self.samples_learned += len(s)
         keep = batch.weights.numpy() > 0
         probs = torch.sigmoid(logits.detach()).double().numpy()[keep]
+        found = None
+        if self.cfg.lum_direct and vectors is not None:  # the same on every rank
+            local = batch.lum_user_found.numpy()[keep].astype(np.int64)
+            local += 2 * batch.lum_item_found.numpy()[keep].astype(np.int64)
+            found = all_gather_array(local)  # bit 0: user vector, bit 1: item vector
         return Scored(
             all_gather_array(probs),
             s.rows["label"].astype(np.float64),
@@ -204,7 +214,31 @@ class RankerEngine:
             s.partition.copy(),
             s.rows["seq"].copy(),
             learned,
+            self._features(mapped, found),
         )
+
+    def _features(self, m: Mapped, found: np.ndarray | None) -> dict[str, np.ndarray]:
+        """What the drift monitor follows of a global batch (every rank maps all of it);
+        ``found``: per sample, bit 0 a user vector and bit 1 an item vector was found."""
+        s = m.samples
+        owner = np.repeat(np.arange(len(s)), s.hist_lengths)
+        same = s.hist["cond"] == s.rows["cond"][owner]
+        seen = np.bincount(owner[same], minlength=len(s)) > 0
+        out = {
+            "condition": s.rows["cond"].copy(),
+            "history_length": s.hist_lengths.copy(),
+            "new_condition": ~seen,
+            "unknown_user": m.rows["user"] == NEW_ROW,
+            "unknown_item": m.rows["item"] == NEW_ROW,
+        }
+        if self.cfg.lum_direct:
+            if found is None or len(found) != len(s):
+                out["lum_user_missing"] = np.ones(len(s), bool)
+                out["lum_item_missing"] = np.ones(len(s), bool)
+            else:
+                out["lum_user_missing"] = (found & 1) == 0
+                out["lum_item_missing"] = (found & 2) == 0
+        return out
 
     def _learn(self, logits: torch.Tensor, batch: object, global_count: int) -> None:
         loss, _ = weighted_bce(logits, batch, global_count)  # type: ignore[arg-type]

@@ -32,9 +32,10 @@ from typing import Any
 import torch
 
 from embeddings.config import EmbeddingsConfig
+from monitoring.config import DriftConfig
 from monitoring.metrics import Metrics
 from streams.config import KafkaConfig
-from trainer.ranker.checkpoint import Checkpointer, announce
+from trainer.ranker.checkpoint import Checkpointer, announce, export_newest_version
 from trainer.ranker.config import RankerConfig
 from trainer.ranker.distributed import world
 from trainer.ranker.engine import RankerEngine
@@ -137,6 +138,7 @@ class RankerJob:
         ranker / embeddings / kafka: their config sections.
         plan: what to do.
         metrics: where every component's metrics go.
+        drift: drift monitoring of the progressive stream (None: the defaults).
         on_start: rank 0, live training, before the first batch: the samples already
             learned by the checkpoint it resumed from, or None when it starts fresh.
         on_publish: rank 0, after each ranker version is published (and announced).
@@ -154,10 +156,12 @@ class RankerJob:
         plan: TrainPlan,
         metrics: Metrics,
         *,
+        drift: DriftConfig | None = None,
         on_start: Callable[[int | None], None] | None = None,
         on_publish: Callable[[Path], None] | None = None,
     ) -> None:
         self.cfg, self.kafka, self.plan, self.metrics = ranker, kafka, plan, metrics
+        self.drift = drift
         self.on_start, self.on_publish = on_start, on_publish
         if plan.threads:
             torch.set_num_threads(plan.threads)
@@ -188,6 +192,8 @@ class RankerJob:
                 )
         self.engine = RankerEngine(ranker, embeddings, lum_dim, lum_n, metrics=metrics)
         self.checkpointer = Checkpointer(plan.checkpoints, ranker.keep_checkpoints, metrics)
+        if self.rank == 0:
+            export_newest_version(plan.versions, metrics)
 
     @property
     def reads_kafka(self) -> bool:
@@ -214,6 +220,7 @@ class RankerJob:
                 announce=self._announcer(send),
                 metrics=self.metrics,
                 ts_range=self.plan.replay.bounds if self.plan.replay else None,
+                drift=self.drift,
             )
             replay = self.plan.replay
             if replay is not None:

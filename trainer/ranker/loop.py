@@ -14,6 +14,10 @@ manifest).
 :meth:`StreamingTrainer.replay` is the other way to train: every sample of a finite
 source's event-time range, read once, trained for several epochs, then one checkpoint.
 
+Rank 0 also follows drift (:mod:`trainer.ranker.drift`: score and feature PSI against the
+reference each checkpoint and version carries), how far behind lum.samples it is in time,
+and how long samples wait from their arrival until a published version has learned them.
+
 Example:
     >>> loop = StreamingTrainer(cfg, engine, source, vectors=reader)  # doctest: +SKIP
     >>> stats = loop.run(stop_event)  # doctest: +SKIP
@@ -32,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from monitoring.config import DriftConfig
 from monitoring.metrics import Metrics
 from trainer.ranker.batch import Samples
 from trainer.ranker.checkpoint import (
@@ -42,6 +47,7 @@ from trainer.ranker.checkpoint import (
 )
 from trainer.ranker.config import RankerConfig
 from trainer.ranker.distributed import broadcast_bytes, world
+from trainer.ranker.drift import RankerDrift
 from trainer.ranker.engine import RankerEngine, Scored
 from trainer.ranker.metrics import Window
 from trainer.ranker.multi_epoch import EpochResult, collect, train_epochs
@@ -50,6 +56,7 @@ from trainer.vectors.lookup import VectorSource
 
 log = logging.getLogger(__name__)
 _HEARTBEAT_S = 5.0  # idle ranks hear from rank 0 at least this often
+_FRESHNESS_SAMPLES = 256  # arrival times kept per batch for sample_to_version_seconds
 
 
 @dataclass
@@ -87,6 +94,7 @@ class StreamingTrainer:
         metrics: where the loop's metrics go.
         keep_scores: keep every batch's scores in ``LoopStats.scored`` (benchmarks, tests).
         ts_range: learn only samples with ``from <= ts < to``.
+        drift: drift monitoring (default ``DriftConfig()``; ``enabled=False``: none).
     """
 
     def __init__(
@@ -102,6 +110,7 @@ class StreamingTrainer:
         metrics: Metrics | None = None,
         keep_scores: bool = False,
         ts_range: tuple[int, int] | None = None,
+        drift: DriftConfig | None = None,
     ) -> None:
         self.cfg, self.engine, self.source = cfg, engine, source
         self.vectors = vectors
@@ -115,6 +124,16 @@ class StreamingTrainer:
         self._vectors_seen = time.monotonic()
         self._last_ckpt = time.monotonic()
         self._batches_since_ckpt = 0
+        drift = drift or DriftConfig()
+        self.drift = (
+            RankerDrift(drift, metrics, lum=cfg.lum_direct)
+            if drift.enabled and self.rank == 0
+            else None
+        )
+        if metrics is not None and self.rank == 0:
+            _ = metrics.ranker_scores.metric  # exported from the start: a stalled trainer shows
+        self._taken_ts = np.zeros(0, np.int64)  # arrival times of the batch being trained
+        self._unpublished_ts: list[np.ndarray] = []  # of samples learned since the last version
 
     # -- start -----------------------------------------------------------------------------
     def resume(self) -> bool:
@@ -128,6 +147,8 @@ class StreamingTrainer:
         self.assembler = Assembler(seen, positions, self.metrics, self.assembler.ts_range)
         self.stats.backbone_versions = [list(x) for x in meta.get("backbone_versions", [])]
         self.watermark = int(meta.get("watermark", 0))
+        if self.drift is not None:
+            self.drift.restore(meta.get("drift_reference"))
         if self.source is not None:
             self.source.seek(positions)
         return True
@@ -142,19 +163,24 @@ class StreamingTrainer:
             deadline = min(deadline, self._last_ckpt + self.cfg.checkpoint_every_s)
         while not stop.is_set():
             if self.assembler.available() >= b:
-                return "batch", self.assembler.take(b)
+                return "batch", self._take(b)
             if self.source.exhausted():
                 if self.assembler.available():
-                    return "batch", self.assembler.take(b)
+                    return "batch", self._take(b)
                 return "stop", Samples.empty()
             idle = time.monotonic() - self.assembler.last_arrival
             if self.assembler.available() and idle >= self.cfg.idle_flush_s:
-                return "batch", self.assembler.take(b)
+                return "batch", self._take(b)
             if time.monotonic() > deadline:
                 return "wait", Samples.empty()
             msgs = self.source.poll(max(1, b // 16), timeout_s=0.2)
             self.assembler.add(msgs)
         return "stop", Samples.empty()
+
+    def _take(self, n: int) -> Samples:
+        samples = self.assembler.take(n)
+        self._taken_ts = self.assembler.taken_timestamps
+        return samples
 
     def _want_checkpoint(self, op: str) -> bool:
         """Whether to checkpoint after this step (``op`` batch, wait or stop).
@@ -275,9 +301,18 @@ class StreamingTrainer:
             self.watermark = max(self.watermark, int(scored.ts.max()))
         if self.rank == 0:
             self.window.add(scored.probs, scored.labels, scored.users)
+            if self.drift is not None:
+                self.drift.observe(scored)
+            stamps = self._taken_ts[self._taken_ts > 0]
+            if len(stamps) and scored.learned:
+                step = max(1, len(stamps) // _FRESHNESS_SAMPLES)
+                self._unpublished_ts.append(stamps[::step])
+            self._taken_ts = np.zeros(0, np.int64)
             if self.keep_scores:
                 self.stats.scored.append(scored)
             if self.metrics is not None:
+                self.metrics.ranker_scores.observe_many(scored.probs)
+                self.metrics.ranker_clicks.inc(float((scored.labels > 0).sum()))
                 self.metrics.ranker_samples.labels(outcome="scored").inc(len(scored))
                 if scored.learned:
                     self.metrics.ranker_samples.labels(outcome="learned").inc(len(scored))
@@ -293,8 +328,16 @@ class StreamingTrainer:
             for t, m in self.engine.mappers.items():
                 self.metrics.ranker_ids_used.labels(table=t).set(m.used)
             if self.source is not None:
+                now_ms = time.time_ns() // 1_000_000
+                read = self.assembler.read_timestamps
                 for p, lag in self.source.lag().items():
                     self.metrics.ranker_consumer_lag.labels(partition=str(p)).set(lag)
+                    behind = (now_ms - read[p]) / 1000.0 if lag and p in read else 0.0
+                    self.metrics.ranker_consumer_lag_seconds.labels(partition=str(p)).set(
+                        max(0.0, behind)
+                    )
+        if self.drift is not None:
+            self.drift.export()
         if summary:
             log.info(
                 "ranker: %d batches, %d samples, %.0f samples/s, window auc %.4f gauc %.4f "
@@ -312,11 +355,18 @@ class StreamingTrainer:
     def checkpoint(self) -> None:
         """Save a checkpoint (and publish a version when configured); collective."""
         assert self.checkpointer is not None
+        reference = (
+            self.drift.reference_for_version(self.engine.samples_learned)
+            if self.drift is not None
+            else None
+        )
+        drift_extra = {"drift_reference": reference.to_json()} if reference is not None else {}
         state = stream_state(
             self.assembler.learned_seen,
             self.assembler.positions(),
             backbone_versions=self.stats.backbone_versions,
             watermark=self.watermark,
+            **drift_extra,
         )
         self.checkpointer.save(self.engine, state)
         self._last_ckpt = time.monotonic()
@@ -329,6 +379,7 @@ class StreamingTrainer:
                 "window": {k: v for k, v in self.window.summary().items() if np.isfinite(v)}
                 if len(self.window)
                 else {},
+                **drift_extra,
             }
             path = publish_version(
                 self.versions_dir,
@@ -338,6 +389,22 @@ class StreamingTrainer:
                 metrics=self.metrics,
             )
             if path is not None:
+                self._published_freshness()
                 self.stats.published.append(path.name)
                 if self.announce is not None:
                     self.announce(path, {"backbone": extra["backbone"], "steps": self.engine.steps})
+
+    def _published_freshness(self) -> None:
+        """Observe how long the samples learned since the last version waited for this one."""
+        if self.metrics is not None and self._unpublished_ts:
+            now_ms = time.time_ns() // 1_000_000
+            waited = (now_ms - np.concatenate(self._unpublished_ts)) / 1000.0
+            for v in np.maximum(waited, 0.0).tolist():
+                self.metrics.ranker_sample_to_version.observe(v)
+        self._unpublished_ts = []
+
+
+def _version_number(version: str | None) -> int:
+    if version and version[1:].isdigit():
+        return int(version[1:])
+    return -1

@@ -140,6 +140,7 @@ class _Pending(NamedTuple):
     partition: int  # topic partition
     offset: int
     samples: Samples
+    timestamp_ms: int  # the message's Kafka timestamp (0: none)
 
 
 class Assembler:
@@ -167,6 +168,10 @@ class Assembler:
         self._rows = 0
         self.metrics, self.ts_range = metrics, ts_range
         self.last_arrival = time.monotonic()
+        # topic partition -> Kafka timestamp (ms) of the newest message read
+        self.read_timestamps: dict[int, int] = {}
+        # the Kafka timestamp (ms, 0: none) of each row of the last :meth:`take`
+        self.taken_timestamps = np.zeros(0, np.int64)
 
     def _skip(self, reason: str, n: int) -> None:
         if n and self.metrics is not None:
@@ -176,6 +181,10 @@ class Assembler:
         """Decode and queue; corrupt blocks and already-taken samples are skipped."""
         for m in messages:
             self._next[m.partition] = m.next_offset
+            if m.timestamp_ms > 0:
+                self.read_timestamps[m.partition] = max(
+                    m.timestamp_ms, self.read_timestamps.get(m.partition, 0)
+                )
             try:
                 block = decode_block(m.value)
             except SampleFormatError as exc:
@@ -198,7 +207,7 @@ class Assembler:
             self._note_gaps(block.partition)
             s = s.select(keep)
             if len(s):
-                self._pending.append(_Pending(m.partition, m.offset, s))
+                self._pending.append(_Pending(m.partition, m.offset, s, m.timestamp_ms))
                 self._rows += len(s)
                 self.last_arrival = time.monotonic()
 
@@ -208,6 +217,7 @@ class Assembler:
     def take(self, n: int) -> Samples:
         """Up to ``n`` rows from the front."""
         parts: list[Samples] = []
+        stamps: list[np.ndarray] = []
         want = n
         while want > 0 and self._pending:
             head = self._pending[0]
@@ -218,9 +228,11 @@ class Assembler:
             else:
                 parts.append(head.samples.slice(0, want))
                 rest = head.samples.slice(want, len(head.samples))
-                self._pending[0] = _Pending(head.partition, head.offset, rest)
+                self._pending[0] = head._replace(samples=rest)
                 want = 0
+            stamps.append(np.full(len(parts[-1]), head.timestamp_ms, np.int64))
         out = Samples.concat(parts)
+        self.taken_timestamps = np.concatenate(stamps) if stamps else np.zeros(0, np.int64)
         self._rows -= len(out)
         return out
 

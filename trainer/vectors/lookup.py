@@ -107,6 +107,7 @@ def assemble(
     cond_index = layout.index(conds) if b else np.zeros(0, np.int64)
     outcome = np.full(b, "missing", object)
     by_version: dict[int, list[int]] = {}
+    computed = 0  # the newest computation among the records used
     for i, (u, t) in enumerate(zip(users.tolist(), ts.tolist(), strict=True)):
         recs = records.get(u)
         if recs is None:
@@ -123,6 +124,7 @@ def assemble(
         out.user_found[i] = True
         out.version[i] = int(recs.head["version"][k])
         out.covered[i] = int(recs.head["covered"][k])
+        computed = max(computed, int(recs.head["computed_ms"][k]))
         outcome[i] = "found"
         by_version.setdefault(int(out.version[i]), []).append(i)
     for version, rows in by_version.items():
@@ -153,6 +155,7 @@ def assemble(
             covered = float(np.median(out.covered[found])) / 1000.0
             metrics.vector_covered_time.labels(consumer=consumer).set(covered)
             metrics.vector_version_used.labels(consumer=consumer).set(int(out.version.max()))
+            metrics.vector_computed_time.labels(consumer=consumer).set(computed / 1000.0)
     return out
 
 

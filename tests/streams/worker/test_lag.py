@@ -33,15 +33,16 @@ def test_lag_is_exported_on_assignment_of_an_empty_topic(
     thread = threading.Thread(target=worker.run, args=(stop,))
     thread.start()
 
-    def lag(p: int) -> float | None:
+    def lag(p: int, unit: str = "") -> float | None:
         labels = {"topic": kafka_cfg.topic_events, "partition": str(p)}
-        return metrics.registry.get_sample_value("lumstream_worker_consumer_lag", labels)
+        return metrics.registry.get_sample_value(f"lumstream_worker_consumer_lag{unit}", labels)
 
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and any(lag(p) is None for p in range(4)):
             time.sleep(0.05)
         assert [lag(p) for p in range(4)] == [0.0] * 4
+        assert [lag(p, "_seconds") for p in range(4)] == [0.0] * 4  # nothing to be behind on
         assert metrics.registry.get_sample_value("lumstream_worker_partitions_owned") == 4
         assert worker.stats.batches == 0  # no record ever arrived
     finally:

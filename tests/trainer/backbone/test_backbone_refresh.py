@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +82,19 @@ def test_refresh_publishes_skips_and_warm_starts(tmp_path: Path) -> None:
     assert second.version.manifest["parent"] == "v1"  # warm start from the last version
     wm2 = int(second.version.manifest["data_watermark"])
     assert wm2 > wm1
-    assert sample(metrics, "lumstream_backbone_vector_shift") > 0  # users moved
+    # backbone drift: how far the users' vectors moved from v1 to v2; staleness timestamps
+    mean = sample(metrics, "lumstream_backbone_vector_shift", stat="mean")
+    p90 = sample(metrics, "lumstream_backbone_vector_shift", stat="p90")
+    assert mean is not None
+    assert p90 is not None
+    assert 0.0 < mean <= p90 <= 2.0
+    created = second.version.manifest["created_at_ms"] / 1000
+    assert sample(metrics, "lumstream_backbone_version_timestamp_seconds") == created
+    vectors_at = sample(metrics, "lumstream_backbone_vectors_timestamp_seconds", mode="full")
+    assert vectors_at is not None
+    assert created - 60 < vectors_at <= time.time()
+    assert sample(metrics, "lumstream_backbone_eval", version="v1", metric="hr@10") is None
+    assert sample(metrics, "lumstream_backbone_eval", version="v2", metric="hr@10") is not None
 
     reader = VectorReader(paths.vectors, tmp_path / "scratch")
     try:

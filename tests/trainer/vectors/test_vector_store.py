@@ -136,3 +136,23 @@ def test_the_layout_contract_and_bad_bytes(tmp_path: Path) -> None:
         decode_records(b"LCQ2\x05\x00\x00\x00", DIM)
     with pytest.raises(VectorFormatError):
         decode_records(b"junk", DIM)
+
+
+def test_write_returns_how_far_each_user_moved_from_another_version(tmp_path: Path) -> None:
+    store = VectorStore(tmp_path / "db", keep=4, sync=False)
+    store.agree_layout(COND, ("cond",), DIM, CAP)
+    items, vecs = np.arange(2), np.ones((2, DIM), np.float32)
+    for version in (1, 2):
+        store.add_version(version, 10 * version, items, vecs)
+    a = np.zeros((2, len(COND), DIM), np.float32)
+    a[:, :, 0] = 1.0
+    ones = np.ones(2, np.int64)
+    first = store.write(1, np.array([5, 6]), np.array([20, 20]), a, ones, computed_ms=1)
+    assert np.isnan(first).all()  # nothing before
+    same = store.write(1, np.array([5]), np.array([25]), a[:1], ones[:1], computed_ms=2)
+    assert np.isnan(same).all()  # the same version: not a move between versions
+    b = a.copy()
+    b[0, :, 0], b[0, :, 1] = 0.0, 1.0  # user 5 turns by 90 degrees, user 6 stays
+    moved = store.write(2, np.array([5, 6]), np.array([30, 30]), b, ones, computed_ms=3)
+    assert moved.tolist() == pytest.approx([1.0, 0.0])
+    store.close()
