@@ -129,7 +129,7 @@ def test_the_mode_is_required(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def _topic_args(kafka_cfg: KafkaConfig) -> list[str]:
     out = ["--set", f"kafka.bootstrap_servers={kafka_cfg.bootstrap_servers}"]
-    for name in ("events", "samples", "cq", "deadletter", "model_updates"):
+    for name in ("events", "samples", "deadletter", "model_updates"):
         out += ["--set", f"kafka.topic_{name}={getattr(kafka_cfg, 'topic_' + name)}"]
     return out
 
