@@ -141,7 +141,7 @@ class ProxiedBroker(EmbeddedBroker):
         ]
         assert self.log_path is not None
         with self.log_path.open("ab") as log_fh:
-            self._proc = self._spawn(argv, log_fh)
+            self._child.start(argv, log_fh)
         self.port = self.proxy.upstream = port
         deadline = time.monotonic() + self.cfg.startup_timeout_s
         while time.monotonic() < deadline:

@@ -135,19 +135,16 @@ def assemble(
         out.item[idx], out.item_found[idx] = table.lookup(items[idx])
     out.cond_index[:] = cond_index
     if metrics is not None and b:
-        count = metrics.vector_lookups
-        for name in ("found", "missing", "none_before", "non_finite"):
-            n = int((outcome == name).sum())
-            if n:
-                count.labels(consumer=consumer, part="user", outcome=name).inc(n)
         found = out.user_found
-        count.labels(consumer=consumer, part="item", outcome="found").inc(int(out.item_found.sum()))
-        count.labels(consumer=consumer, part="item", outcome="missing").inc(
-            int((found & ~out.item_found).sum())
-        )
-        count.labels(consumer=consumer, part="condition", outcome="missing").inc(
-            int((cond_index < 0).sum())
-        )
+        counts = [("user", name, int((outcome == name).sum())) for name in _OUTCOMES]
+        counts += [
+            ("item", "found", int(out.item_found.sum())),
+            ("item", "missing", int((found & ~out.item_found).sum())),
+            ("condition", "missing", int((cond_index < 0).sum())),
+        ]
+        for part, name, n in counts:
+            if n:
+                metrics.vector_lookups.labels(consumer=consumer, part=part, outcome=name).inc(n)
         if found.any():
             ages = (ts[found] - out.covered[found]) / 1000.0
             for a in ages[:: max(1, len(ages) // 64)].tolist():
@@ -157,6 +154,9 @@ def assemble(
             metrics.vector_version_used.labels(consumer=consumer).set(int(out.version.max()))
             metrics.vector_computed_time.labels(consumer=consumer).set(computed / 1000.0)
     return out
+
+
+_OUTCOMES = ("found", "missing", "none_before", "non_finite")
 
 
 class MemoryVectors:

@@ -262,4 +262,4 @@ def test_with_topics_renames_every_topic() -> None:
     cfg = with_topics(KafkaConfig(), ".x")
     names = [f.name for f in dataclasses.fields(cfg) if f.name.startswith("topic_")]
     assert all(getattr(cfg, n).endswith(".x") for n in names)
-    assert len(names) == 5
+    assert len(names) == 4  # events, samples, deadletter, model_updates

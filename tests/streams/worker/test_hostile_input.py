@@ -191,7 +191,6 @@ def test_records_at_the_edges_of_the_contract(
             (str(big), "i2"),
             ("h1", "i3"),
             ("s1", "i4"),
-            ("z1", "i5"),
         ):
             seq = reader.sequence(stable_id(user))
             assert seq["item"].tolist() == [stable_id(item)], user

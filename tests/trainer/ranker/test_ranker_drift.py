@@ -110,7 +110,7 @@ def _loop(root: Path, metrics: Metrics, source: MemorySampleSource) -> Streaming
     rcfg = dataclasses.replace(CFG, checkpoint_every_batches=20, checkpoint_every_s=0, log_every=5)
     return StreamingTrainer(
         rcfg,
-        RankerEngine(rcfg, EMB, V.dim, V.n_conditions),
+        RankerEngine(rcfg, EMB, V.layout.dim, V.layout.capacity),
         source,
         vectors=V,
         checkpointer=Checkpointer(root / "ck", keep=10, metrics=metrics),
