@@ -16,6 +16,7 @@ from core.paths import PathsConfig
 from core.settings import ConfigError, layered, read_toml
 from embeddings.config import EmbeddingsConfig
 from monitoring.config import DriftConfig, MetricsConfig, MonitorConfig
+from serving.config import ServingConfig
 from streams.config import (
     BrokerConfig,
     EventConfig,
@@ -44,6 +45,7 @@ SECTIONS: tuple[type[Any], ...] = (
     RefreshConfig,
     EmbeddingsConfig,
     RankerConfig,
+    ServingConfig,
     MetricsConfig,
     DriftConfig,
     MonitorConfig,
@@ -132,6 +134,7 @@ class Config:
     refresh: RefreshConfig
     embeddings: EmbeddingsConfig
     ranker: RankerConfig
+    serving: ServingConfig
     metrics: MetricsConfig
     drift: DriftConfig
     monitor: MonitorConfig

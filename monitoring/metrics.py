@@ -11,8 +11,7 @@ buckets around their goal (:data:`SERVING_LATENCY_BUCKETS` has an edge at the 10
 objective, so the SLO's "good" requests are one bucket, not an interpolation). The
 ``_timestamp_seconds`` gauges are unix times, so ``time() - x`` is an age that grows between
 updates (a staleness alert needs nothing to keep updating it). The ``serving_*`` metrics
-are defined for the ranking service (issue 12): the rules and the dashboard use them
-already, nothing updates them yet.
+are the ranking service's (serving/).
 
 Example:
     >>> from prometheus_client import CollectorRegistry
@@ -630,7 +629,7 @@ class Metrics:
             "When the drift reference in use was captured (unix time)",
             registry=registry,
         )
-        # -- ranking service (serving/, issue 12): defined for the rules and the dashboard --
+        # -- ranking service (serving/) ---------------------------------------------------
         self.serving_request_seconds = Histogram(
             "lumstream_serving_request_seconds",
             "Ranking requests by endpoint and status (ok, bad_request, overloaded, error); "
@@ -639,6 +638,14 @@ class Metrics:
             buckets=SERVING_LATENCY_BUCKETS,
             registry=registry,
         )
+        self.serving_candidates = Lazy(
+            lambda: Histogram(
+                "lumstream_serving_candidates",
+                "Candidates per ranking request",
+                buckets=(1, 10, 25, 50, 100, 200, 300, 500, 1000),
+                registry=registry,
+            )
+        )
         self.serving_inflight = Gauge(
             "lumstream_serving_inflight_requests",
             "Requests being handled now",
@@ -646,7 +653,7 @@ class Metrics:
         )
         self.serving_rejected = Counter(
             "lumstream_serving_rejected",
-            "Requests refused before scoring, by reason (overload, invalid, no_model)",
+            "Requests refused before scoring, by reason (overload, invalid, no_model, deadline)",
             ["reason"],
             registry=registry,
         )

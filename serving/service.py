@@ -1,0 +1,295 @@
+"""The ranking service's logic, without HTTP: what a request gets, what is loaded, readiness.
+
+:class:`RankService` holds the served version (swapped whole by the
+:class:`~serving.models.VersionWatcher`), the sequence store readers (RocksDB secondary
+instances of every partition, caught up before each request by default) and the vector
+reader (the vectors' one reader, "as of now"). :meth:`RankService.rank` is synchronous and
+runs on the one scoring thread of a worker process (serving/app.py), so the store and
+vector readers are only ever used from that thread.
+
+Example:
+    >>> svc = RankService(ServingConfig(), StoreConfig(), 30, paths)  # doctest: +SKIP
+    >>> svc.watcher.check(); svc.rank(decode_rank(body))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from monitoring.metrics import Metrics
+from serving.api import ModelInfo, ModelsResponse, RankRequest, RankResponse, ScoredItem, as_text
+from serving.config import ServingConfig
+from serving.features import request_samples, score_samples
+from serving.models import Served, VersionWatcher
+from streams.config import StoreConfig
+from streams.contracts.ids import stable_id, stable_ids
+from streams.contracts.records import SEQ_DTYPE
+from streams.worker.store import StoreError, StoreReader
+from trainer.vectors.store import VectorReader
+
+log = logging.getLogger(__name__)
+
+_FRESH_USERS = 50_000  # users whose newest seen event time is remembered (freshness metric)
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Refused(Exception):
+    """A request answered with an error: HTTP ``status``, a short ``code``, the ``detail``."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+@dataclass(frozen=True)
+class ServicePaths:
+    """Where the service reads: the partition stores, the vector store, the versions."""
+
+    store: Path
+    vectors: Path
+    versions: Path
+
+
+class Sequences:
+    """The users' sequences as the workers' stores hold them now (secondary readers).
+
+    Partitions appearing later (a worker starting) are picked up at the next catch-up.
+    """
+
+    def __init__(self, root: Path, cfg: StoreConfig) -> None:
+        self.root, self.cfg = root, cfg
+        self.reader: StoreReader | None = None
+        self._parts: tuple[str, ...] = ()
+        self._scratch = Path(tempfile.mkdtemp(prefix="lumstream-serving-store-"))
+        self._checked = 0.0
+
+    def _partitions(self) -> tuple[str, ...]:
+        if not self.root.is_dir():
+            return ()
+        return tuple(sorted(p.name for p in self.root.glob("p[0-9]*") if (p / "CURRENT").exists()))
+
+    def catch_up(self) -> None:
+        now = time.monotonic()
+        if self.reader is None or now - self._checked > 1.0:
+            self._checked = now
+            parts = self._partitions()
+            if parts != self._parts:
+                self._reopen(parts)
+        if self.reader is not None:
+            self.reader.refresh()
+
+    def _reopen(self, parts: tuple[str, ...]) -> None:
+        if self.reader is not None:
+            self.reader.close()  # removes its scratch
+            self.reader = None
+        if not parts:
+            return
+        scratch = self._scratch / f"r{time.monotonic_ns()}"
+        try:
+            self.reader = StoreReader(self.root, self.cfg, scratch)
+            self._parts = parts
+        except StoreError as exc:
+            log.warning("serving: store not readable yet: %s", exc)
+
+    def sequence(self, user: int) -> np.ndarray:
+        if self.reader is None:
+            return np.empty(0, SEQ_DTYPE)
+        return self.reader.sequence(user)
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+class RankService:
+    """Scores requests with the served version; see the module doc.
+
+    Args:
+        cfg: the service settings.
+        store_cfg: the sequence store's settings (chunking, kept length).
+        history_len: events of history a sample carries (``worker.history_len``).
+        paths: where the stores and versions are.
+        metrics: the ``serving_*`` metrics (and the vector reader's, as consumer serving).
+        clock: event time "now" in ms (tests pin it).
+    """
+
+    def __init__(
+        self,
+        cfg: ServingConfig,
+        store_cfg: StoreConfig,
+        history_len: int,
+        paths: ServicePaths,
+        metrics: Metrics,
+        clock: Callable[[], int] = wall_ms,
+    ) -> None:
+        self.cfg, self.history_len, self.paths = cfg, history_len, paths
+        self.metrics, self.clock = metrics, clock
+        self.served: Served | None = None
+        self.sequences = Sequences(paths.store, store_cfg)
+        self._vec_scratch = Path(tempfile.mkdtemp(prefix="lumstream-serving-vectors-"))
+        self.vectors = VectorReader(
+            paths.vectors, self._vec_scratch, metrics=metrics, consumer="serving"
+        )
+        self.watcher = VersionWatcher(paths.versions, cfg.pin_version, self._swap)
+        self._store_at = 0.0
+        self._vectors_at = time.monotonic()
+        self._recent_parts: list[np.ndarray] = []
+        self._newest_seen: OrderedDict[int, int] = OrderedDict()
+
+    # -- versions ------------------------------------------------------------------------
+    def _swap(self, served: Served) -> None:
+        """The one assignment that changes the version every later request uses."""
+        self.served = served
+        self._recent_parts.clear()
+        self.metrics.serving_model_version.set(served.number)
+        self.metrics.serving_model_time.set(served.published_at_ms / 1000.0)
+
+    def models(self) -> ModelsResponse:
+        s = self.served
+        info = None
+        if s is not None:
+            m = s.manifest
+            wm = m.get("data_watermark")
+            info = ModelInfo(
+                ranker_version=s.name,
+                path=str(s.path),
+                loaded_at_ms=s.loaded_at_ms,
+                published_at_ms=s.published_at_ms,
+                age_s=max(wall_ms() - s.published_at_ms, 0) / 1000.0,
+                backbone_version=m.get("backbone"),
+                samples_learned=int(m.get("samples_learned", 0)),
+                pinned=bool(self.cfg.pin_version),
+                vectors_versions=sorted(self.vectors.versions()),
+                data_watermark_ms=int(wm) if isinstance(wm, int) else None,
+            )
+        return ModelsResponse(loaded=info, available=self.watcher.available())
+
+    def not_ready(self) -> str | None:
+        """Why the service cannot answer yet (None: ready)."""
+        s = self.served
+        if s is None:
+            return f"no ranker version loaded from {self.paths.versions}"
+        if s.ranker.model.cfg.lum_direct and self.vectors.layout is None:
+            return (
+                f"the version uses LUM features; no vector store readable at {self.paths.vectors}"
+            )
+        if self.sequences.reader is None:
+            return f"no sequence store readable at {self.paths.store}"
+        return None
+
+    # -- stores ----------------------------------------------------------------------------
+    def catch_up(self, force: bool = False) -> None:
+        """Follow the stores' writers (call from the scoring thread)."""
+        now = time.monotonic()
+        if force or now - self._store_at >= self.cfg.store_refresh_s:
+            self._store_at = now
+            self.sequences.catch_up()
+        if force or now - self._vectors_at >= self.cfg.vectors_refresh_s:
+            self._vectors_at = now
+            self.vectors.refresh()
+
+    # -- ranking -------------------------------------------------------------------------
+    def rank(self, req: RankRequest) -> RankResponse:
+        """Score ``req`` (already decoded and validated); raises :class:`Refused`."""
+        served = self.served  # taken once: the whole request is scored by this version
+        if served is None:
+            self.metrics.serving_rejected.labels(reason="no_model").inc()
+            raise Refused(503, "no_model", "no ranker version is loaded yet")
+        self.catch_up()
+        now = self.clock()
+        user = stable_id(as_text(req.user_id))
+        cond = -1 if req.condition is None else stable_id(as_text(req.condition))
+        if req.condition is not None and self.cfg.reject_unknown_conditions:
+            rows = (
+                served.ranker.mappers["cond"]
+                .map(np.array([cond]), np.array([now]), learn=False)
+                .rows
+            )
+            if int(rows[0]) == 0:
+                self.metrics.serving_rejected.labels(reason="invalid").inc()
+                raise Refused(
+                    422,
+                    "unknown_condition",
+                    f"condition: {as_text(req.condition)!r} is unknown to version {served.name}",
+                )
+        item_text = [as_text(c.item_id) for c in req.candidates]
+        cat_text = [None if c.category is None else as_text(c.category) for c in req.candidates]
+        items = stable_ids(item_text)
+        cats = np.array([0 if c is None else stable_id(c) for c in cat_text], np.int64)
+        seq = self.sequences.sequence(user)
+        self._freshness(user, seq)
+        samples = request_samples(user, cond, items, cats, seq, self.history_len, now)
+        sc = score_samples(served.builder, served.ranker.model, samples, self.vectors)
+        order = np.argsort(-sc.probs, kind="stable")
+        if req.k is not None:
+            order = order[: req.k]
+        items_out = [
+            ScoredItem(
+                item_id=item_text[i],
+                score=float(sc.probs[i]),
+                new_item=bool(sc.new_item[i]),
+                category=cat_text[i],
+            )
+            for i in order.tolist()
+        ]
+        self._observe(served, sc.probs, sc.new_user, int(sc.new_item.sum()))
+        return RankResponse(
+            request_id=req.request_id or "",
+            items=items_out,
+            ranker_version=served.name,
+            backbone_version=sc.backbone or served.manifest.get("backbone"),
+            new_user=sc.new_user,
+            history=sc.history,
+            lum_user=sc.lum_user,
+            new_condition=sc.new_condition,
+        )
+
+    def _freshness(self, user: int, seq: np.ndarray) -> None:
+        """Observe how long the newest event of a user's history took to be seen here
+        (event time to the first request that saw it)."""
+        if not len(seq):
+            return
+        newest = int(seq["ts"][-1])
+        before = self._newest_seen.get(user)
+        if before is not None and newest > before:
+            age = max(wall_ms() - newest, 0) / 1000.0
+            self.metrics.serving_history_freshness.metric.observe(age)
+        self._newest_seen[user] = newest
+        self._newest_seen.move_to_end(user)
+        while len(self._newest_seen) > _FRESH_USERS:
+            self._newest_seen.popitem(last=False)
+
+    def _observe(self, served: Served, probs: np.ndarray, new_user: bool, new_items: int) -> None:
+        m = self.metrics
+        m.serving_scores.metric.observe_many(probs)
+        if new_user:
+            m.serving_cold_start.labels(kind="user").inc()
+        if new_items:
+            m.serving_cold_start.labels(kind="item").inc(new_items)
+        if served.reference is not None and "score" in served.reference.features:
+            self._recent_parts.append(probs)
+            if sum(len(p) for p in self._recent_parts) >= self.cfg.psi_every:
+                recent = np.concatenate(self._recent_parts)
+                self._recent_parts.clear()
+                psi = served.reference.compare({"score": recent})["score"]
+                if np.isfinite(psi):
+                    m.serving_score_psi.set(psi)
+
+    def close(self) -> None:
+        self.sequences.close()
+        self.vectors.close()
+        shutil.rmtree(self._vec_scratch, ignore_errors=True)
