@@ -15,6 +15,8 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shutil
 import tempfile
 import time
@@ -38,6 +40,7 @@ from trainer.vectors.store import VectorReader
 
 log = logging.getLogger(__name__)
 
+_PARTITION = re.compile(r"p[0-9]+")
 _FRESH_USERS = 50_000  # users whose newest seen event time is remembered (freshness metric)
 
 
@@ -73,20 +76,22 @@ class Sequences:
         self.reader: StoreReader | None = None
         self._parts: tuple[str, ...] = ()
         self._scratch = Path(tempfile.mkdtemp(prefix="lumstream-serving-store-"))
-        self._checked = 0.0
 
     def _partitions(self) -> tuple[str, ...]:
-        if not self.root.is_dir():
+        try:
+            names = os.listdir(self.root)
+        except OSError:
             return ()
-        return tuple(sorted(p.name for p in self.root.glob("p[0-9]*") if (p / "CURRENT").exists()))
+        parts = sorted(n for n in names if _PARTITION.fullmatch(n))
+        if tuple(parts) == self._parts:
+            return self._parts
+        return tuple(p for p in parts if (self.root / p / "CURRENT").exists())
 
     def catch_up(self) -> None:
-        now = time.monotonic()
-        if self.reader is None or now - self._checked > 1.0:
-            self._checked = now
-            parts = self._partitions()
-            if parts != self._parts:
-                self._reopen(parts)
+        """Open partitions that appeared (one listing) and follow the writers."""
+        parts = self._partitions()
+        if parts != self._parts:
+            self._reopen(parts)
         if self.reader is not None:
             self.reader.refresh()
 
