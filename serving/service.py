@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -31,8 +32,9 @@ from monitoring.metrics import Metrics
 from serving.api import ModelInfo, ModelsResponse, RankRequest, RankResponse, ScoredItem, as_text
 from serving.config import ServingConfig
 from serving.features import request_samples, score_samples
+from serving.follow import follow_updates
 from serving.models import Served, VersionWatcher
-from streams.config import StoreConfig
+from streams.config import KafkaConfig, StoreConfig
 from streams.contracts.ids import stable_id, stable_ids
 from streams.contracts.records import SEQ_DTYPE
 from streams.worker.store import StoreError, StoreReader
@@ -162,6 +164,36 @@ class RankService:
         self._recent_parts.clear()
         self.metrics.serving_model_version.set(served.number)
         self.metrics.serving_model_time.set(served.published_at_ms / 1000.0)
+
+    def watch(
+        self,
+        stop: threading.Event,
+        kafka: KafkaConfig | None = None,
+        bootstrap: str | None = None,
+    ) -> list[threading.Thread]:
+        """Start following new versions until ``stop`` is set: the versions directory every
+        ``serving.watch_s`` and, with a cluster and ``serving.follow_updates``, the
+        announcements on ``kafka.topic_model_updates``. Returns the started threads."""
+        threads = [
+            threading.Thread(
+                target=self.watcher.run,
+                args=(stop, self.cfg.watch_s),
+                name="serving-versions",
+                daemon=True,
+            )
+        ]
+        if kafka is not None and bootstrap and self.cfg.follow_updates:
+            threads.append(
+                threading.Thread(
+                    target=follow_updates,
+                    args=(kafka, bootstrap, self.watcher, stop),
+                    name="serving-updates",
+                    daemon=True,
+                )
+            )
+        for th in threads:
+            th.start()
+        return threads
 
     def models(self) -> ModelsResponse:
         s = self.served
