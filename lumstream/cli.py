@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "replay": "replay",
     "backbone": "backbone",
     "train": "train",
+    "serve": "serve",
     "monitor": "monitor",
 }
 

@@ -179,7 +179,8 @@ def make_app(
         return _json(ENCODER.encode(Health("ok")))
 
     async def readyz(_: web.Request) -> web.Response:
-        why = service.not_ready()
+        # the stores are only touched from the scoring thread
+        why = await asyncio.wrap_future(executor.submit(service.check_ready))
         if why is None:
             return _json(ENCODER.encode(Health("ready")))
         return _json(ENCODER.encode(Health("not_ready", why)), 503)

@@ -228,6 +228,14 @@ class RankService:
             return f"no sequence store readable at {self.paths.store}"
         return None
 
+    def check_ready(self) -> str | None:
+        """:meth:`not_ready` after trying to open what is missing (scoring thread only)."""
+        if self.sequences.reader is None:
+            self.sequences.catch_up()
+        if self.vectors.layout is None:
+            self.vectors.refresh()
+        return self.not_ready()
+
     # -- stores ----------------------------------------------------------------------------
     def catch_up(self, force: bool = False) -> None:
         """Follow the stores' writers (call from the scoring thread)."""
