@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Struct
 
-Id = Annotated[str, Meta(min_length=1)] | Annotated[int, Meta(ge=0)]
+Id = Annotated[str, Meta(min_length=1)] | Annotated[int, Meta(ge=0, le=2**63 - 1)]
 
 
 class Candidate(Struct, forbid_unknown_fields=True):
@@ -125,10 +125,18 @@ def validate(req: RankRequest, max_candidates: int, max_id_chars: int) -> str | 
     for i, c in enumerate(req.candidates):
         fields.append((f"candidates[{i}].item_id", c.item_id))
         fields.append((f"candidates[{i}].category", c.category))
+    if req.request_id is not None:
+        fields.append(("request_id", req.request_id))
     for name, value in fields:
-        if isinstance(value, str) and (len(value) > max_id_chars or not value.strip()):
+        if not isinstance(value, str):
+            continue
+        if len(value) > max_id_chars or not value.strip():
             what = "blank" if not value.strip() else f"longer than {max_id_chars} characters"
             return f"{name}: {what}"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{name}: not encodable as UTF-8 (a lone surrogate escape)"
     seen: dict[str, int] = {}
     for i, c in enumerate(req.candidates):
         key = as_text(c.item_id)

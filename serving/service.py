@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -279,6 +280,9 @@ class RankService:
         self._freshness(user, seq)
         samples = request_samples(user, cond, items, cats, seq, self.history_len, now)
         sc = score_samples(served.builder, served.ranker.model, samples, self.vectors)
+        if not np.isfinite(sc.probs).all():
+            log.error("serving: version %s gave a non-finite score for user %d", served.name, user)
+            raise Refused(500, "error", f"version {served.name} gave a non-finite score")
         order = np.argsort(-sc.probs, kind="stable")
         if req.k is not None:
             order = order[: req.k]
@@ -293,7 +297,7 @@ class RankService:
         ]
         self._observe(served, sc.probs, sc.new_user, int(sc.new_item.sum()))
         return RankResponse(
-            request_id=req.request_id or "",
+            request_id=req.request_id or uuid.uuid4().hex,
             items=items_out,
             ranker_version=served.name,
             backbone_version=sc.backbone or served.manifest.get("backbone"),
