@@ -179,8 +179,14 @@ def make_app(
         return _json(ENCODER.encode(Health("ok")))
 
     async def readyz(_: web.Request) -> web.Response:
-        # the stores are only touched from the scoring thread
-        why = await asyncio.wrap_future(executor.submit(service.check_ready))
+        # the stores are only touched from the scoring thread; when it is busy for long,
+        # answer from what is already open
+        try:
+            why = await asyncio.wait_for(
+                asyncio.wrap_future(executor.submit(service.check_ready)), 1.0
+            )
+        except TimeoutError:
+            why = service.not_ready()
         if why is None:
             return _json(ENCODER.encode(Health("ready")))
         return _json(ENCODER.encode(Health("not_ready", why)), 503)
