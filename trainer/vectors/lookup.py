@@ -108,16 +108,21 @@ def assemble(
     outcome = np.full(b, "missing", object)
     by_version: dict[int, list[int]] = {}
     computed = 0  # the newest computation among the records used
+    picked: dict[tuple[int, int], tuple[int, bool]] = {}  # rows of one user and time repeat
     for i, (u, t) in enumerate(zip(users.tolist(), ts.tolist(), strict=True)):
         recs = records.get(u)
         if recs is None:
             continue
-        k = pick(recs, t)
+        got = picked.get((u, t))
+        if got is None:
+            k = pick(recs, t)
+            got = picked[(u, t)] = (k, k >= 0 and bool(np.isfinite(recs.vectors[k]).all()))
+        k, finite = got
         if k < 0:
             outcome[i] = "none_before"
             continue
         vec = recs.vectors[k]
-        if not np.isfinite(vec).all():
+        if not finite:
             outcome[i] = "non_finite"
             continue
         out.user[i, : len(vec)] = vec
