@@ -8,6 +8,10 @@ stream was cut into batches, so a replay of old logs yields the same samples as 
   label 1 if a positive action (``WorkerConfig.positive_actions``: click, purchase) on the
   same (user, item) arrived while it was open with ``ts_i <= ts_pos <= ts_i + W``, else 0.
   One positive labels every open impression of that (user, item) it falls inside.
+- A positive that carries a request id (``features.request_id``, what the service returned
+  with the list) labels only the impression of that request (same user and item): the
+  click pairs with what was shown, at the position it was shown, not with an earlier or
+  later showing of the same item. Without a request id, the (user, item) rule above.
 - A positive that matches no open impression is counted as ``late`` when even an
   impression at its own time would already be closed (``ts + W < wm``), else as
   ``no_impression``. Either way it still joins the user's sequence.
@@ -37,6 +41,9 @@ PENDING_DTYPE = np.dtype(
         ("pos", "<i8"),  # the user's sequence length before the impression (history end)
         ("eid", "<u8"),
         ("label", "u1"),
+        ("req", "<u8"),  # event_hash of features.request_id (0: none)
+        ("slot", "<i4"),  # features.position: the rank it was shown at (-1: unknown)
+        ("randomized", "u1"),  # features.randomized: shown in an exploration order
     ]
 )
 _MARK_DTYPE = np.dtype([("blob", "<i8"), ("index", "<i8")])
@@ -109,11 +116,19 @@ class LabelJoin:
         ts: np.ndarray,
         offsets: np.ndarray,
         wm_before: np.ndarray,
+        reqs: np.ndarray | None = None,
     ) -> PositiveOutcome:
-        """Label the open impressions that these positive actions fall inside."""
+        """Label the open impressions that these positive actions fall inside.
+
+        Args:
+            reqs: (n,) uint64 request-id hashes of the positives (0: none); a positive with
+                one matches only the impression of that request.
+        """
         if len(users) == 0:
             return PositiveOutcome(0, 0, 0)
         keys = pair_key(users, items)
+        if reqs is None:
+            reqs = np.zeros(len(users), np.uint64)
         matched = np.zeros(len(users), bool)
         marks: list[tuple[int, int]] = []
         for blob in self.blobs.values():
@@ -129,6 +144,7 @@ class LabelJoin:
                         and row["offset"] < offsets[j]
                         and row["ts"] <= ts[j] <= deadline
                         and wm_before[j] <= deadline
+                        and (reqs[j] == 0 or row["req"] == reqs[j])
                     ):
                         matched[j] = True
                         if not row["label"]:
