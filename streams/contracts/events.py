@@ -275,7 +275,7 @@ def _features(value: object, cfg: EventConfig, from_json: bool) -> dict[str, Fea
 def _served_features(out: dict[str, FeatureValue], limit: int) -> None:
     """Check (and normalise) request_id, position and randomized in place."""
     rid = out.get(REQUEST_ID)
-    if rid is not None and (type(rid) is not str or rid.isspace()):
+    if rid is not None and (type(rid) is not str or not rid or rid.isspace()):
         out[REQUEST_ID] = _text("features.request_id", rid, limit)
     pos = out.get(POSITION)
     if pos is not None and (type(pos) is not int or not 0 <= pos <= MAX_POSITION):

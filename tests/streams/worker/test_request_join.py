@@ -138,6 +138,7 @@ def test_impressions_without_served_features_have_no_slot(feeder: Feeder) -> Non
         ({"randomized": "yes"}, Reason.WRONG_TYPE, "features.randomized"),
         ({"randomized": 1}, Reason.WRONG_TYPE, "features.randomized"),
         ({"request_id": " "}, Reason.EMPTY_FIELD, "features.request_id"),
+        ({"request_id": ""}, Reason.EMPTY_FIELD, "features.request_id"),
         ({"request_id": 1.5}, Reason.WRONG_TYPE, "features.request_id"),
     ],
 )
