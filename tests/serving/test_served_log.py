@@ -14,7 +14,7 @@ from monitoring.metrics import Metrics
 from serving.loop_config import ServedLogConfig
 from serving.served_log import ServedList, ServedLog, ServedLogError
 from streams.config import EventConfig, KafkaConfig
-from streams.contracts.events import decode
+from streams.contracts.events import decode, encode, event_key
 from streams.kafka.consumer import read_topic
 
 pytestmark = pytest.mark.integration
@@ -80,8 +80,11 @@ def test_served_lists_become_impression_events(
         "backbone_version": "v2",
         "category": "Comedy",
     }
-    for raw in got:  # every one passes the contract the worker checks
-        decode(orjson.dumps(raw), EventConfig())
+    records = read_topic(kafka_cfg, kafka_cfg.bootstrap_servers, kafka_cfg.topic_events)
+    for r in records:  # the contract's own canonical bytes, keyed by user
+        ev = decode(r.value, EventConfig())
+        assert r.value == encode(ev)
+        assert r.key == event_key(ev)
     value = metrics.registry.get_sample_value
     assert value("lumstream_served_log_lists_total", {"outcome": "spooled"}) == 20
     assert value("lumstream_served_log_events_shipped_total") == 60
@@ -183,6 +186,22 @@ def test_impressions_that_break_the_contract_are_counted_not_shipped(
         assert served.wait_shipped(20)
     assert [e["event_id"] for e in events_on(kafka_cfg)] == ["ok:0"]
     assert metrics.registry.get_sample_value("lumstream_served_log_events_invalid_total") == 3
+
+
+def test_odd_ids_take_the_precise_path_with_the_same_bytes(
+    tmp_path: Path, kafka_cfg: KafkaConfig, metrics: Metrics
+) -> None:
+    with open_log(tmp_path, kafka_cfg, metrics) as served:
+        served.log(ServedList("é-1", "ü", "Komödie", ["ä", "b"], categories=["x", None]))
+        with pytest.raises(ValueError, match="2 categories for 1 items"):
+            served.log(ServedList("r", "u", "c", ["a"], categories=["x", "y"]))
+        assert served.wait_shipped(20)
+    records = read_topic(kafka_cfg, kafka_cfg.bootstrap_servers, kafka_cfg.topic_events)
+    assert len(records) == 2
+    for r in records:
+        ev = decode(r.value, EventConfig())
+        assert r.value == encode(ev)
+    assert {orjson.loads(r.value)["event_id"] for r in records} == {"é-1:0", "é-1:1"}
 
 
 def test_one_process_per_spool(tmp_path: Path, kafka_cfg: KafkaConfig, metrics: Metrics) -> None:
