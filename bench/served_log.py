@@ -86,7 +86,7 @@ def bench_baseline(batch: list[ServedList], root: Path) -> dict[str, float]:
 
 
 def bench_log(
-    batch: list[ServedList], root: Path, kafka: KafkaConfig, pause_s: float
+    batch: list[ServedList], root: Path, kafka: KafkaConfig, pause_s: float, wait_s: float
 ) -> dict[str, float]:
     metrics = Metrics(CollectorRegistry())
     cfg = ServedLogConfig(drain_s=0.0, retry_s=0.2)
@@ -100,7 +100,7 @@ def bench_log(
             lat.append(time.perf_counter() - t0)
             if pause_s:
                 time.sleep(pause_s)
-        shipped = log.wait_shipped(120)
+        shipped = log.wait_shipped(wait_s)
         ship_s = time.perf_counter() - t_start
     finally:
         log.close()
@@ -146,13 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         ensure_topics(kafka, broker.bootstrap)
         result["baseline_write"] = bench_baseline(lists(args.lists, args.items, "b"), root)
         up = lists(args.lists, args.items, "up")
-        result["log_kafka_up"] = bench_log(up, root / "up", kafka, pause)
+        result["log_kafka_up"] = bench_log(up, root / "up", kafka, pause, 120.0)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             dead = f"127.0.0.1:{s.getsockname()[1]}"
         down = KafkaConfig(bootstrap_servers=dead, request_timeout_ms=500)
         down_lists = lists(args.lists, args.items, "down")
-        result["log_kafka_down"] = bench_log(down_lists, root / "down", down, pause)
+        result["log_kafka_down"] = bench_log(down_lists, root / "down", down, pause, 0.0)
     if args.json:
         print(orjson.dumps(result).decode())
     else:
