@@ -4,7 +4,8 @@
 record): right for pipelines that flush a whole batch. A request handler that must answer
 "Kafka has *your* events" while other requests produce concurrently needs each record's
 own delivery report; this one asks librdkafka for them and resolves one asyncio future
-per record (on the event loop, from librdkafka's poll thread). Same librdkafka settings as
+per ``send_all`` once the last of its records is reported (one wake-up of the event loop
+per request, from librdkafka's poll thread). Same librdkafka settings as
 :func:`streams.kafka.librdkafka.librdkafka_producer_config` (acks=all, murmur2
 partitioner, bounded queue), with every delivery reported.
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import threading
 from typing import Any
@@ -36,13 +36,31 @@ class NotAcknowledged(RuntimeError):
     """Records were refused, failed, or not acknowledged in time (Kafka unavailable)."""
 
 
-def _settle(fut: asyncio.Future[None], err: Any) -> None:
-    if fut.done():  # the caller gave up (timeout) already
-        return
-    if err is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(NotAcknowledged(str(err)))
+class _Pending:
+    """The delivery reports of one ``send_all``: one wake-up of the event loop when the
+    last report arrives (not one per record)."""
+
+    __slots__ = ("errors", "fut", "loop", "remaining")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
+        self.loop = loop
+        self.fut: asyncio.Future[list[str]] = loop.create_future()
+        self.remaining = n
+        self.errors: list[str] = []
+
+    def report(self, err: Any, _msg: Any) -> None:
+        """librdkafka's delivery callback (runs in the thread that polls)."""
+        if err is not None:
+            self.errors.append(str(err))
+        self.remaining -= 1
+        if self.remaining == 0:
+            # a closed loop raises RuntimeError: nobody waits for these records any more
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self._settle)
+
+    def _settle(self) -> None:
+        if not self.fut.done():  # the caller may have given up (timeout)
+            self.fut.set_result(self.errors)
 
 
 class AckedProducer:
@@ -86,14 +104,6 @@ class AckedProducer:
         while not self._stop.is_set():
             self._rd.poll(_POLL_S)  # runs the delivery callbacks
 
-    @staticmethod
-    def _report(
-        loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None], err: Any, _: Any
-    ) -> None:
-        # a closed loop raises RuntimeError: nobody waits for this record any more
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_settle, fut, err)
-
     async def send_all(
         self, topic: str, pairs: list[tuple[bytes | None, bytes]], *, timeout_s: float
     ) -> None:
@@ -105,35 +115,29 @@ class AckedProducer:
         """
         from confluent_kafka import KafkaException
 
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[None]] = []
-        report = self._report
+        if not pairs:
+            return
+        pending = _Pending(asyncio.get_running_loop(), len(pairs))
+        report = pending.report
+        produce = self._rd.produce
         try:
             for key, value in pairs:
-                fut: asyncio.Future[None] = loop.create_future()
-                futures.append(fut)
-                self._rd.produce(
-                    topic, value, key, on_delivery=functools.partial(report, loop, fut)
-                )
+                produce(topic, value, key, on_delivery=report)
         except (BufferError, KafkaException) as exc:  # queue full or refused
-            for fut in futures:
-                fut.cancel()
             self.metrics.produce_errors.labels(topic=topic).inc(len(pairs))
             raise NotAcknowledged(f"{topic}: not queued: {exc}") from exc
         try:
-            results = await asyncio.wait_for(
-                asyncio.gather(*futures, return_exceptions=True), timeout_s
-            )
+            errors = await asyncio.wait_for(asyncio.shield(pending.fut), timeout_s)
         except TimeoutError:
             self.metrics.produce_errors.labels(topic=topic).inc(len(pairs))
             raise NotAcknowledged(
-                f"{topic}: {len(pairs)} record(s) not acknowledged within {timeout_s} s"
+                f"{topic}: {pending.remaining} of {len(pairs)} record(s) not acknowledged "
+                f"within {timeout_s} s"
             ) from None
-        failed = [r for r in results if isinstance(r, BaseException)]
-        if failed:
-            self.metrics.produce_errors.labels(topic=topic).inc(len(failed))
+        if errors:
+            self.metrics.produce_errors.labels(topic=topic).inc(len(errors))
             raise NotAcknowledged(
-                f"{topic}: {len(failed)} of {len(pairs)} record(s) failed: {failed[0]}"
+                f"{topic}: {len(errors)} of {len(pairs)} record(s) failed: {errors[0]}"
             )
         self.metrics.events_produced.labels(topic=topic, source=self.source).inc(len(pairs))
 
