@@ -428,7 +428,8 @@ def loads(raw: bytes) -> object:
     - A leading UTF-8 byte-order mark is ignored (RFC 8259 allows parsers to).
     - An integer beyond 64 bits keeps its exact digits: orjson reads such a literal as a
       float, so the value is read again with msgspec, which keeps big integers exact (an id
-      becomes its decimal string; a feature is then rejected as beyond 64 bits).
+      becomes its decimal string; a feature is then rejected as beyond 64 bits); also in
+      the events of a JSON array (a batch posted to ``/v1/events``).
     """
     if raw[:3] == BOM:
         raw = raw[3:]
@@ -436,7 +437,9 @@ def loads(raw: bytes) -> object:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise _json_error(raw, exc) from None
-    if type(obj) is dict and _maybe_big(obj):
+    if (type(obj) is dict and _maybe_big(obj)) or (
+        type(obj) is list and any(type(o) is dict and _maybe_big(o) for o in obj)
+    ):
         obj = msgspec.json.decode(raw)  # valid JSON (orjson said so): exact integers
     return obj
 
