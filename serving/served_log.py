@@ -141,6 +141,15 @@ def impressions(served: ServedList, action: str = "impression") -> list[dict[str
     return out
 
 
+def spool_path(cfg: ServedLogConfig, data_dir: Path, worker: int = 0) -> Path:
+    """This serving process's spool: ``served_log.spool_dir`` (default
+    ``<paths.data_dir>/served-spool``) / ``w<worker>``. Keep ``worker`` stable across
+    restarts (the process index, not a pid) so a restarted process ships its
+    predecessor's backlog."""
+    root = Path(cfg.spool_dir) if cfg.spool_dir else Path(data_dir) / "served-spool"
+    return root / f"w{worker}"
+
+
 def _segment_path(root: Path, number: int) -> Path:
     return root / f"spool-{number:012d}.jsonl"
 

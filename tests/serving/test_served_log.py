@@ -12,7 +12,7 @@ import pytest
 
 from monitoring.metrics import Metrics
 from serving.loop_config import ServedLogConfig
-from serving.served_log import ServedList, ServedLog, ServedLogError
+from serving.served_log import ServedList, ServedLog, ServedLogError, spool_path
 from streams.config import EventConfig, KafkaConfig
 from streams.contracts.events import decode, encode, event_key
 from streams.kafka.consumer import read_topic
@@ -207,3 +207,9 @@ def test_odd_ids_take_the_precise_path_with_the_same_bytes(
 def test_one_process_per_spool(tmp_path: Path, kafka_cfg: KafkaConfig, metrics: Metrics) -> None:
     with open_log(tmp_path, kafka_cfg, metrics), pytest.raises(ServedLogError, match="in use"):
         open_log(tmp_path, kafka_cfg, metrics)
+
+
+def test_spool_paths(tmp_path: Path) -> None:
+    assert spool_path(ServedLogConfig(), tmp_path, 2) == tmp_path / "served-spool" / "w2"
+    cfg = ServedLogConfig(spool_dir=str(tmp_path / "s"))
+    assert spool_path(cfg, Path("ignored")) == tmp_path / "s" / "w0"
