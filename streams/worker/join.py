@@ -17,7 +17,9 @@ stream was cut into batches, so a replay of old logs yields the same samples as 
   ``no_impression``. Either way it still joins the user's sequence.
 - Samples are emitted in (``ts_i + W``, offset) order and numbered per partition.
 
-State lives in the partition's RocksDB: each batch's impressions are one ``j`` blob,
+State lives in the partition's RocksDB: each batch's impressions are one ``j`` blob
+(``PENDING_DTYPE`` rows; a store from before request ids, ``join_format`` 1, has its blobs
+rewritten with no request and no position when opened),
 each batch's new labels one ``c`` blob of (blob, index) marks; a blob is deleted once all
 its impressions are emitted. Restart rebuilds the open impressions from those blobs.
 """
@@ -46,6 +48,9 @@ PENDING_DTYPE = np.dtype(
         ("randomized", "u1"),  # features.randomized: shown in an exploration order
     ]
 )
+# the open impressions' rows before served-list features (join_format 1)
+PENDING_DTYPE_V1 = np.dtype([(name, PENDING_DTYPE[name]) for name in PENDING_DTYPE.names[:9]])
+JOIN_FORMAT = 2
 _MARK_DTYPE = np.dtype([("blob", "<i8"), ("index", "<i8")])
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -89,9 +94,22 @@ class LabelJoin:
         self.window = window_ms
         self.blobs: dict[int, _Blob] = {}
         self.mark_blobs: dict[int, int] = {}  # c blob -> newest j blob it refers to
+        upgrade = store.state.join_format < JOIN_FORMAT
         for key, raw in store.scan(b"j"):
             number = int.from_bytes(key[1:], "big", signed=True)
-            self.blobs[number] = _Blob.make(number, np.frombuffer(raw, PENDING_DTYPE).copy())
+            if upgrade:  # a store written before request ids: no request, no position
+                old = np.frombuffer(raw, PENDING_DTYPE_V1)
+                rows = np.zeros(len(old), PENDING_DTYPE)
+                for name in PENDING_DTYPE_V1.names:
+                    rows[name] = old[name]
+                rows["slot"] = -1
+                store.put(key, rows.tobytes())
+            else:
+                rows = np.frombuffer(raw, PENDING_DTYPE).copy()
+            self.blobs[number] = _Blob.make(number, rows)
+        if upgrade:  # the rewritten rows and the new format in one write, now
+            store.state.join_format = JOIN_FORMAT
+            store.commit()
         for key, raw in store.scan(b"c"):
             number = int.from_bytes(key[1:], "big", signed=True)
             marks = np.frombuffer(raw, _MARK_DTYPE)

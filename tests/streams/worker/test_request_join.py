@@ -185,3 +185,29 @@ def test_fast_and_reference_paths_give_the_same_served_columns() -> None:
     assert cols.slot.tolist() == [0, 1, 1, -1]
     assert cols.randomized.tolist() == [1, 1, 0, 0]
     assert cols.req.tolist() == [event_hash("req-a")] * 2 + [event_hash("12345")] * 2
+
+
+def test_a_store_from_before_request_ids_is_upgraded(tmp_path: Path, metrics: Metrics) -> None:
+    from streams.worker.join import PENDING_DTYPE, PENDING_DTYPE_V1
+    from streams.worker.store import PartitionStore
+
+    f = Feeder(tmp_path, metrics)
+    f.feed(*served("req-a", "1", ["5", "6"], T0))  # two open impressions
+    f.proc.close()
+    # rewrite the store as the previous release left it: v1 rows, no join_format
+    store = PartitionStore(tmp_path, 0, StoreConfig(sync_writes=False))
+    for key, raw in list(store.scan(b"j")):
+        rows = np.frombuffer(raw, PENDING_DTYPE)
+        old = np.zeros(len(rows), PENDING_DTYPE_V1)
+        for name in PENDING_DTYPE_V1.names:
+            old[name] = rows[name]
+        store.put(key, old.tobytes())
+    store.state.join_format = 1
+    store.commit()
+    store.close()
+    f = Feeder(tmp_path, metrics)
+    f.offset = 2
+    f.feed(click("c1", "1", "5", T0 + 100), click("tick", "99", "99", T0 + 5 * W))
+    f.proc.close()
+    got = sorted(f.samples().values())
+    assert got == [(0, -1, 0), (1, -1, 0)]  # labelled as before, position unknown
