@@ -49,7 +49,8 @@ PENDING_DTYPE = np.dtype(
     ]
 )
 # the open impressions' rows before served-list features (join_format 1)
-PENDING_DTYPE_V1 = np.dtype([(name, PENDING_DTYPE[name]) for name in PENDING_DTYPE.names[:9]])
+_V1_NAMES = ("user", "item", "cond", "cat", "ts", "offset", "pos", "eid", "label")
+PENDING_DTYPE_V1 = np.dtype([(name, PENDING_DTYPE[name]) for name in _V1_NAMES])
 JOIN_FORMAT = 2
 _MARK_DTYPE = np.dtype([("blob", "<i8"), ("index", "<i8")])
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -100,7 +101,7 @@ class LabelJoin:
             if upgrade:  # a store written before request ids: no request, no position
                 old = np.frombuffer(raw, PENDING_DTYPE_V1)
                 rows = np.zeros(len(old), PENDING_DTYPE)
-                for name in PENDING_DTYPE_V1.names:
+                for name in _V1_NAMES:
                     rows[name] = old[name]
                 rows["slot"] = -1
                 store.put(key, rows.tobytes())
