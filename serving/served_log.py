@@ -479,9 +479,20 @@ class ServedLog:
         self._drain_deadline = time.monotonic() + self.cfg.drain_s
         self._stop.set()
         self._wake.set()
-        self._thread.join()
-        self._drop_producer()
+        # a round may be stuck connecting to an unreachable cluster (up to the Kafka
+        # request timeout): do not hold a shutdown for it; the spool keeps everything
+        limit = self.cfg.drain_s + self.cfg.ack_timeout_s + 1.0
+        self._thread.join(timeout=limit)
         os.close(self._fd)
+        if self._thread.is_alive():
+            log.warning(
+                "served log: shipper still busy after %.1f s; %d lists stay spooled for the "
+                "next start",
+                limit,
+                self._backlog_lists,
+            )
+            return  # the spool stays locked until this process exits
+        self._drop_producer()
         fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         os.close(self._lock_fd)
 

@@ -5,7 +5,9 @@ spool."""
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -213,3 +215,23 @@ def test_spool_paths(tmp_path: Path) -> None:
     assert spool_path(ServedLogConfig(), tmp_path, 2) == tmp_path / "served-spool" / "w2"
     cfg = ServedLogConfig(spool_dir=str(tmp_path / "s"))
     assert spool_path(cfg, Path("ignored")) == tmp_path / "s" / "w0"
+
+
+def test_close_does_not_wait_for_a_stuck_connection(tmp_path: Path, metrics: Metrics) -> None:
+    from streams.kafka.producer import ProduceError
+
+    def stuck() -> Any:
+        time.sleep(3.0)  # a cluster that does not answer within the request timeout
+        raise ProduceError("cannot reach the cluster")
+
+    cfg = ServedLogConfig(drain_s=0.0, ack_timeout_s=0.2)
+    down = dead_kafka()
+    log = ServedLog(
+        cfg, tmp_path, down, "unused", EventConfig(), metrics=metrics, producer_factory=stuck
+    )
+    log.log(lists(1)[0])
+    time.sleep(0.1)  # the shipper is now inside the factory
+    t0 = time.monotonic()
+    log.close()
+    assert time.monotonic() - t0 < 2.0
+    assert (tmp_path / "spool-000000000000.jsonl").stat().st_size > 0  # kept for next start
