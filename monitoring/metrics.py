@@ -250,6 +250,69 @@ class Metrics:
                 registry=registry,
             )
         )
+        # -- closing the loop: served lists logged, live events over HTTP (issue 14) -----
+        self.served_lists = Counter(
+            "lumstream_served_log_lists",
+            "Served lists handed to the served-impressions log, by outcome (spooled, "
+            "dropped_spool_full, dropped_write_error)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.served_events_shipped = Counter(
+            "lumstream_served_log_events_shipped",
+            "Served impressions acknowledged by Kafka (re-sends after a restart included)",
+            registry=registry,
+        )
+        self.served_events_invalid = Counter(
+            "lumstream_served_log_events_invalid",
+            "Served impressions dropped because they break the event contract",
+            registry=registry,
+        )
+        self.served_ship_failures = Counter(
+            "lumstream_served_log_ship_failures",
+            "Shipping rounds that failed (Kafka unreachable or no acknowledgement in time)",
+            registry=registry,
+        )
+        self.served_backlog_bytes = Gauge(
+            "lumstream_served_log_backlog_bytes",
+            "Spooled served lists not yet acknowledged by Kafka (bytes)",
+            registry=registry,
+        )
+        self.served_backlog_lists = Gauge(
+            "lumstream_served_log_backlog_lists",
+            "Spooled served lists not yet acknowledged by Kafka",
+            registry=registry,
+        )
+        self.served_kafka_up = Gauge(
+            "lumstream_served_log_kafka_up",
+            "1 when the served log's last shipping round was acknowledged, 0 when it failed",
+            registry=registry,
+        )
+        self.events_api_requests = Counter(
+            "lumstream_events_api_requests",
+            "POST /v1/events requests by status code",
+            ["status"],
+            registry=registry,
+        )
+        self.events_api_events = Counter(
+            "lumstream_events_api_events",
+            "Events posted to /v1/events by outcome (accepted, rejected, unavailable)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.events_api_ack_seconds = Lazy(
+            lambda: Histogram(
+                "lumstream_events_api_ack_seconds",
+                "From a /v1/events request's arrival to Kafka's acknowledgement of its events",
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            )
+        )
+        self.explored_requests = Counter(
+            "lumstream_serving_explored_requests",
+            "Ranked lists served in a randomised order (exploration)",
+            registry=registry,
+        )
         # -- stream worker ---------------------------------------------------------------
         self.events_applied = Counter(
             "lumstream_worker_events_applied",

@@ -19,6 +19,12 @@ parsed object, used by the importers and the generator), both giving an :class:`
   values str | int | float | bool (finite), string keys and values at most
   ``max_id_chars`` characters. ``features["category"]`` is the item category; an integer
   category is normalised to its decimal string.
+- Served-list features (written by serving/served_log.py on impressions, and by clients on
+  the clicks that answer them): ``features["request_id"]`` (the ranking request that
+  showed the item; a non-empty string, an integer is normalised to its decimal string),
+  ``features["position"]`` (0-based rank shown at, an integer in ``[0, 2**31)``) and
+  ``features["randomized"]`` (bool: the list's order was randomised for exploration).
+  ``ranker_version`` / ``backbone_version`` are plain string features.
 - Unknown top-level fields are rejected (``unknown_field``): a misspelt field must not be
   dropped silently; free-form data belongs in ``features``.
 
@@ -50,6 +56,13 @@ from streams.config import EventConfig
 FeatureValue = str | int | float | bool
 
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what the wire format (orjson) writes exactly
+# features of a served impression and of the click that answers it (docs/serving.md)
+REQUEST_ID = "request_id"
+POSITION = "position"
+RANDOMIZED = "randomized"
+RANKER_VERSION = "ranker_version"
+BACKBONE_VERSION = "backbone_version"
+MAX_POSITION = 2**31 - 1
 REQUIRED = ("event_id", "user_id", "item_id", "action", "condition", "ts")
 FIELDS = frozenset((*REQUIRED, "features"))
 
@@ -71,6 +84,7 @@ class Reason(enum.StrEnum):
     UNKNOWN_FIELD = "unknown_field"
     TOO_MANY_FEATURES = "too_many_features"
     DUPLICATE = "duplicate"
+    OUT_OF_RANGE = "out_of_range"
 
 
 class EventError(ValueError):
@@ -253,7 +267,31 @@ def _features(value: object, cfg: EventConfig, from_json: bool) -> dict[str, Fea
     category = out.get("category")
     if category is not None and (type(category) is not str or not category or category.isspace()):
         out["category"] = _text("features.category", category, limit)
+    if REQUEST_ID in out or POSITION in out or RANDOMIZED in out:
+        _served_features(out, limit)
     return out
+
+
+def _served_features(out: dict[str, FeatureValue], limit: int) -> None:
+    """Check (and normalise) request_id, position and randomized in place."""
+    rid = out.get(REQUEST_ID)
+    if rid is not None and (type(rid) is not str or not rid or rid.isspace()):
+        out[REQUEST_ID] = _text("features.request_id", rid, limit)
+    pos = out.get(POSITION)
+    if pos is not None and (type(pos) is not int or not 0 <= pos <= MAX_POSITION):
+        if type(pos) is int:
+            raise EventError(
+                Reason.OUT_OF_RANGE,
+                f"features.position: {pos} outside [0, {MAX_POSITION}]",
+            )
+        raise EventError(
+            Reason.WRONG_TYPE, f"features.position: expected an integer >= 0, got {_got(pos)}"
+        )
+    flag = out.get(RANDOMIZED)
+    if flag is not None and type(flag) is not bool:
+        raise EventError(
+            Reason.WRONG_TYPE, f"features.randomized: expected true or false, got {_got(flag)}"
+        )
 
 
 # Event() of a frozen dataclass pays object.__setattr__ per field; the slot descriptors'
@@ -390,7 +428,8 @@ def loads(raw: bytes) -> object:
     - A leading UTF-8 byte-order mark is ignored (RFC 8259 allows parsers to).
     - An integer beyond 64 bits keeps its exact digits: orjson reads such a literal as a
       float, so the value is read again with msgspec, which keeps big integers exact (an id
-      becomes its decimal string; a feature is then rejected as beyond 64 bits).
+      becomes its decimal string; a feature is then rejected as beyond 64 bits); also in
+      the events of a JSON array (a batch posted to ``/v1/events``).
     """
     if raw[:3] == BOM:
         raw = raw[3:]
@@ -398,7 +437,9 @@ def loads(raw: bytes) -> object:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise _json_error(raw, exc) from None
-    if type(obj) is dict and _maybe_big(obj):
+    if (type(obj) is dict and _maybe_big(obj)) or (
+        type(obj) is list and any(type(o) is dict and _maybe_big(o) for o in obj)
+    ):
         obj = msgspec.json.decode(raw)  # valid JSON (orjson said so): exact integers
     return obj
 

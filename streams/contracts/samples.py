@@ -3,7 +3,7 @@
 One Kafka message carries a *block* of samples from one source partition, so neither the
 worker nor the trainer touches a Python object per sample. A block is:
 
-    magic b"LSB1" | header (little-endian int64 x 4: partition, first_seq, n, n_hist)
+    magic b"LSB2" | header (little-endian int64 x 4: partition, first_seq, n, n_hist)
     | fixed columns, n rows each  (SAMPLE_DTYPE, packed)
     | history lengths (n x int32)
     | history values, n_hist rows (HIST_DTYPE, packed)
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MAGIC = b"LSB1"
+MAGIC = b"LSB2"  # LSB2: + slot, randomized (issue 14)
 _HEADER = struct.Struct("<4sqqqq")
 
 SAMPLE_DTYPE = np.dtype(
@@ -35,6 +35,8 @@ SAMPLE_DTYPE = np.dtype(
         ("ts", "<i8"),  # impression event time (ms)
         ("offset", "<i8"),  # the impression's offset in its lum.events partition
         ("label", "u1"),  # 1 when a positive action followed inside the label window
+        ("slot", "<i4"),  # the rank the item was shown at (features.position), -1 unknown
+        ("randomized", "u1"),  # 1 when shown in a randomised (exploration) order
     ]
 )
 

@@ -25,7 +25,14 @@ import numpy as np
 from msgspec import Meta
 
 from streams.config import EventConfig
-from streams.contracts.events import EventError, decode
+from streams.contracts.events import (
+    MAX_POSITION,
+    POSITION,
+    RANDOMIZED,
+    REQUEST_ID,
+    EventError,
+    decode,
+)
 from streams.contracts.ids import stable_ids
 
 _TEXT = ("event_id", "user_id", "item_id", "condition")
@@ -48,10 +55,71 @@ class EventColumns:
     cat: np.ndarray  # 0 when the event has no features.category
     action: np.ndarray  # (n,) uint8 index into EventConfig.actions
     ts: np.ndarray  # (n,) int64 ms
+    # served-list features (docs/serving.md, "Closing the loop")
+    req: np.ndarray  # (n,) uint64 event_hash of features.request_id, 0 without one
+    slot: np.ndarray  # (n,) int32 features.position, -1 without one
+    randomized: np.ndarray  # (n,) uint8 features.randomized
 
 
 _I64 = np.empty(0, np.int64)
-_EMPTY = EventColumns(_I64, [], _I64, _I64, _I64, _I64, np.empty(0, np.uint8), _I64)
+_EMPTY = EventColumns(
+    _I64,
+    [],
+    _I64,
+    _I64,
+    _I64,
+    _I64,
+    np.empty(0, np.uint8),
+    _I64,
+    np.empty(0, np.uint64),
+    np.empty(0, np.int32),
+    np.empty(0, np.uint8),
+)
+
+
+def served_columns(
+    features: Sequence[Any],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(req, slot, randomized, bad) columns from each event's features (a dict or None);
+    ``bad`` marks values the contract rejects (the reference then gives the reason)."""
+    n = len(features)
+    req = np.zeros(n, np.uint64)
+    slot = np.full(n, -1, np.int32)
+    rnd = np.zeros(n, np.uint8)
+    bad = np.zeros(n, bool)
+    rows = [
+        i
+        for i, f in enumerate(features)
+        if f and (REQUEST_ID in f or POSITION in f or RANDOMIZED in f)
+    ]
+    if not rows:
+        return req, slot, rnd, bad
+    ids: list[str] = []
+    with_id: list[int] = []
+    for i in rows:
+        f = features[i]
+        rid, pos, flag = f.get(REQUEST_ID), f.get(POSITION), f.get(RANDOMIZED)
+        if rid is not None:
+            if type(rid) is int:
+                rid = str(rid)
+            if type(rid) is not str or not rid or rid.isspace():
+                bad[i] = True
+                continue
+            ids.append(rid)
+            with_id.append(i)
+        if pos is not None:
+            if type(pos) is not int or not 0 <= pos <= MAX_POSITION:
+                bad[i] = True
+                continue
+            slot[i] = pos
+        if flag is not None:
+            if type(flag) is not bool:
+                bad[i] = True
+                continue
+            rnd[i] = flag
+    if ids:
+        req[with_id] = event_hashes(ids)
+    return req, slot, rnd, bad
 
 
 @dataclass(frozen=True)
@@ -156,6 +224,8 @@ def _fast(
     bad |= sizes[kept] > cfg.max_event_bytes
     bad |= ts > now_ms[kept] + cfg.max_future_ms
     features = list(map(_FEATURES, objs))
+    req, slot, rnd, bad_served = served_columns(features)
+    bad |= bad_served
     cats: list[Any] = [None] * len(objs)
     if features.count(None) != len(features):
         cats = [f.get("category") if f else None for f in features]
@@ -176,6 +246,7 @@ def _fast(
         )
         cats = list(compress(cats, flags))
         ts, kept = ts[good], kept[good]
+        req, slot, rnd = req[good], slot[good], rnd[good]
     cat_ids = np.zeros(len(objs), np.int64)
     given = [c for c in cats if c is not None]
     if given:
@@ -191,6 +262,9 @@ def _fast(
         cat=cat_ids,
         action=np.fromiter(map(index_of.__getitem__, map(_ACTION, objs)), np.uint8, len(objs)),
         ts=ts,
+        req=req,
+        slot=slot,
+        randomized=rnd,
     )
     return cols, sorted(suspect)
 
@@ -213,6 +287,7 @@ def _reference(
     where = [k for k, c in enumerate(cats) if c is not None]
     if where:
         cat_ids[where] = stable_ids([str(cats[k]) for k in where])
+    req, slot, rnd, _ = served_columns([e.features for e in evs])
     cols = EventColumns(
         index=np.fromiter((i for i, _ in good), np.int64, len(good)),
         event_id=[e.event_id for e in evs],
@@ -222,6 +297,9 @@ def _reference(
         cat=cat_ids,
         action=np.fromiter((index_of[e.action] for e in evs), np.uint8, len(evs)),
         ts=np.fromiter((e.ts for e in evs), np.int64, len(evs)),
+        req=req,
+        slot=slot,
+        randomized=rnd,
     )
     return cols, rejected
 
@@ -235,7 +313,7 @@ def _merge(a: EventColumns, b: EventColumns) -> EventColumns:
         event_id=[ids[i] for i in order.tolist()],
         **{
             name: np.concatenate((getattr(a, name), getattr(b, name)))[order]
-            for name in ("user", "item", "cond", "cat", "action", "ts")
+            for name in ("user", "item", "cond", "cat", "action", "ts", "req", "slot", "randomized")
         },
     )
 

@@ -8,12 +8,18 @@ stream was cut into batches, so a replay of old logs yields the same samples as 
   label 1 if a positive action (``WorkerConfig.positive_actions``: click, purchase) on the
   same (user, item) arrived while it was open with ``ts_i <= ts_pos <= ts_i + W``, else 0.
   One positive labels every open impression of that (user, item) it falls inside.
+- A positive that carries a request id (``features.request_id``, what the service returned
+  with the list) labels only the impression of that request (same user and item): the
+  click pairs with what was shown, at the position it was shown, not with an earlier or
+  later showing of the same item. Without a request id, the (user, item) rule above.
 - A positive that matches no open impression is counted as ``late`` when even an
   impression at its own time would already be closed (``ts + W < wm``), else as
   ``no_impression``. Either way it still joins the user's sequence.
 - Samples are emitted in (``ts_i + W``, offset) order and numbered per partition.
 
-State lives in the partition's RocksDB: each batch's impressions are one ``j`` blob,
+State lives in the partition's RocksDB: each batch's impressions are one ``j`` blob
+(``PENDING_DTYPE`` rows; a store from before request ids, ``join_format`` 1, has its blobs
+rewritten with no request and no position when opened),
 each batch's new labels one ``c`` blob of (blob, index) marks; a blob is deleted once all
 its impressions are emitted. Restart rebuilds the open impressions from those blobs.
 """
@@ -37,8 +43,15 @@ PENDING_DTYPE = np.dtype(
         ("pos", "<i8"),  # the user's sequence length before the impression (history end)
         ("eid", "<u8"),
         ("label", "u1"),
+        ("req", "<u8"),  # event_hash of features.request_id (0: none)
+        ("slot", "<i4"),  # features.position: the rank it was shown at (-1: unknown)
+        ("randomized", "u1"),  # features.randomized: shown in an exploration order
     ]
 )
+# the open impressions' rows before served-list features (join_format 1)
+_V1_NAMES = ("user", "item", "cond", "cat", "ts", "offset", "pos", "eid", "label")
+PENDING_DTYPE_V1 = np.dtype([(name, PENDING_DTYPE[name]) for name in _V1_NAMES])
+JOIN_FORMAT = 2
 _MARK_DTYPE = np.dtype([("blob", "<i8"), ("index", "<i8")])
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -82,9 +95,22 @@ class LabelJoin:
         self.window = window_ms
         self.blobs: dict[int, _Blob] = {}
         self.mark_blobs: dict[int, int] = {}  # c blob -> newest j blob it refers to
+        upgrade = store.state.join_format < JOIN_FORMAT
         for key, raw in store.scan(b"j"):
             number = int.from_bytes(key[1:], "big", signed=True)
-            self.blobs[number] = _Blob.make(number, np.frombuffer(raw, PENDING_DTYPE).copy())
+            if upgrade:  # a store written before request ids: no request, no position
+                old = np.frombuffer(raw, PENDING_DTYPE_V1)
+                rows = np.zeros(len(old), PENDING_DTYPE)
+                for name in _V1_NAMES:
+                    rows[name] = old[name]
+                rows["slot"] = -1
+                store.put(key, rows.tobytes())
+            else:
+                rows = np.frombuffer(raw, PENDING_DTYPE).copy()
+            self.blobs[number] = _Blob.make(number, rows)
+        if upgrade:  # the rewritten rows and the new format in one write, now
+            store.state.join_format = JOIN_FORMAT
+            store.commit()
         for key, raw in store.scan(b"c"):
             number = int.from_bytes(key[1:], "big", signed=True)
             marks = np.frombuffer(raw, _MARK_DTYPE)
@@ -109,11 +135,19 @@ class LabelJoin:
         ts: np.ndarray,
         offsets: np.ndarray,
         wm_before: np.ndarray,
+        reqs: np.ndarray | None = None,
     ) -> PositiveOutcome:
-        """Label the open impressions that these positive actions fall inside."""
+        """Label the open impressions that these positive actions fall inside.
+
+        Args:
+            reqs: (n,) uint64 request-id hashes of the positives (0: none); a positive with
+                one matches only the impression of that request.
+        """
         if len(users) == 0:
             return PositiveOutcome(0, 0, 0)
         keys = pair_key(users, items)
+        if reqs is None:
+            reqs = np.zeros(len(users), np.uint64)
         matched = np.zeros(len(users), bool)
         marks: list[tuple[int, int]] = []
         for blob in self.blobs.values():
@@ -129,6 +163,7 @@ class LabelJoin:
                         and row["offset"] < offsets[j]
                         and row["ts"] <= ts[j] <= deadline
                         and wm_before[j] <= deadline
+                        and (reqs[j] == 0 or row["req"] == reqs[j])
                     ):
                         matched[j] = True
                         if not row["label"]:

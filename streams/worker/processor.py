@@ -200,15 +200,20 @@ class PartitionProcessor:
                 hashes[keep],
             )
             cond, cat = cols.cond[keep], cols.cat[keep]
+            req, slot, rnd = cols.req[keep], cols.slot[keep], cols.randomized[keep]
             wm_before = wm_before[keep]
             state.bump("duplicates", int(dup.sum()))
             self.metrics.duplicates_dropped.inc(int(dup.sum()))
         else:
             cond, cat = cols.cond, cols.cat
+            req, slot, rnd = cols.req, cols.slot, cols.randomized
         wm_end = int(wm_after[-1])  # every valid event moves it, duplicates included
         new_blob = None
         if len(off):
-            new_blob = self._append(off, users, items, ts, action, hashes, cond, cat, wm_before)
+            served = (req, slot, rnd)
+            new_blob = self._append(
+                off, users, items, ts, action, hashes, cond, cat, wm_before, served
+            )
         closed = self.join.expire(wm0, new_blob, off_all, wm_after)
         if len(closed):
             result.samples = self._samples(closed)
@@ -231,6 +236,7 @@ class PartitionProcessor:
         cond: np.ndarray,
         cat: np.ndarray,
         wm_before: np.ndarray,
+        served: tuple[np.ndarray, np.ndarray, np.ndarray],
     ) -> int | None:
         """Sequences, open impressions and positive labels of the accepted events; returns
         this batch's impression blob (None without impressions)."""
@@ -247,12 +253,14 @@ class PartitionProcessor:
                 rows[name] = recs[name][imp]
             rows["user"], rows["offset"] = users[imp], off[imp]
             rows["pos"], rows["eid"] = positions[imp], hashes[imp]
+            req, slot, rnd = served
+            rows["req"], rows["slot"], rows["randomized"] = req[imp], slot[imp], rnd[imp]
             new_blob = self.store.state.blob_no
             self.join.add_impressions(rows)
         pos = self._positive[action]
         if pos.any():
             outcome = self.join.add_positives(
-                users[pos], items[pos], ts[pos], off[pos], wm_before[pos]
+                users[pos], items[pos], ts[pos], off[pos], wm_before[pos], served[0][pos]
             )
             state.bump("positives_matched", outcome.matched)
             state.bump("positives_late", outcome.late)
@@ -268,7 +276,18 @@ class PartitionProcessor:
         n = len(closed)
         rows = np.empty(n, SAMPLE_DTYPE)
         rows["seq"] = np.arange(state.sample_seq, state.sample_seq + n)
-        for name in ("user", "item", "cond", "cat", "ts", "offset", "eid", "label"):
+        for name in (
+            "user",
+            "item",
+            "cond",
+            "cat",
+            "ts",
+            "offset",
+            "eid",
+            "label",
+            "slot",
+            "randomized",
+        ):
             rows[name] = closed[name]
         state.sample_seq += n
         lens, events = self.store.history(closed["user"], closed["pos"], self.cfg.history_len)

@@ -81,6 +81,7 @@ class PartitionState:
     sample_seq: int = 0  # samples emitted so far
     blob_no: int = 0  # blobs written so far (join, dedup)
     label_window_ms: int = -1  # the label window the join state was built with
+    join_format: int = 1  # row layout of the open impressions (2: + req, slot, randomized)
     counters: dict[str, int] = field(default_factory=dict)
 
     def bump(self, name: str, by: int = 1) -> None:

@@ -159,6 +159,8 @@ class RankerBatch:
         labels: (B,) float.
         weights: (B,) float, 0 for the placeholder row of an empty share.
         users: (B,) raw user ids (GAUC groups).
+        position: (B,) int64 position bucket the sample was shown at (0 = unknown;
+            :meth:`RankerConfig.position_bucket`): a training-only input.
     """
 
     kjt: KeyedJaggedTensor
@@ -171,6 +173,7 @@ class RankerBatch:
     labels: torch.Tensor
     weights: torch.Tensor
     users: np.ndarray
+    position: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -314,6 +317,8 @@ class BatchBuilder:
         dense = np.stack([np.log1p(hist_len), np.log1p(gap_s)], axis=1).astype(np.float32)
         dense[~np.isfinite(dense)] = 0.0
         o, o_found, e, e_found, ci = self._lum(s, vectors)
+        slot = s.rows["slot"].astype(np.int64)
+        position = np.where(slot < 0, 0, np.minimum(slot, self.cfg.position_buckets - 1) + 1)
         return RankerBatch(
             kjt=kjt,
             dense=torch.from_numpy(dense),
@@ -325,6 +330,7 @@ class BatchBuilder:
             labels=torch.from_numpy(s.rows["label"].astype(np.float32)),
             weights=torch.from_numpy(weights),
             users=s.rows["user"].copy(),
+            position=torch.from_numpy(position),
         )
 
     def _lum(

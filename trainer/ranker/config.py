@@ -30,6 +30,17 @@ class RankerConfig:
     history_len: int = setting(
         50, "most recent history events fed to target attention", minimum=0, maximum=4096
     )
+    position_bias: bool = setting(
+        True,
+        "learn a per-position click bias (training only; a fixed position at serving) so the "
+        "rank an item was shown at is not learned as its relevance",
+    )
+    position_buckets: int = setting(
+        16, "positions with a bias of their own (later ones share the last)", minimum=1
+    )
+    serving_position: int = setting(
+        0, "the position every candidate is scored at outside training (0 = top)", minimum=0
+    )
     # -- model -----------------------------------------------------------------------------
     attention_hidden: int = setting(32, "hidden width of DIN's attention MLP", minimum=1)
     cross_layers: int = setting(2, "DCN-v2 cross layers over the feature fields", minimum=0)
@@ -72,6 +83,10 @@ class RankerConfig:
         "incremental refresher's records)",
         minimum=0.0,
     )
+
+    def position_bucket(self, slot: int) -> int:
+        """Bucket of a shown position (0-based); 0 is "unknown" (no position logged)."""
+        return 0 if slot < 0 else min(slot, self.position_buckets - 1) + 1
 
     @property
     def lum_direct(self) -> bool:

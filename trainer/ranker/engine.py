@@ -181,8 +181,8 @@ class RankerEngine:
         batch = self.builder.local(mapped, self.rank, self.world, vectors)
         self.net.train(learn)
         with torch.profiler.record_function("ranker.forward"):
-            if learn:
-                logits = self.net(*model_inputs(batch))
+            if learn:  # the shown position is a training-only input (model.py)
+                logits = self.net(*model_inputs(batch), batch.position)
             else:
                 with torch.no_grad():
                     logits = self.net(*model_inputs(batch))

@@ -12,6 +12,14 @@ condition) is replaced by a learned default and its flag is set; a missing simil
 with its flag set. The fields are concatenated, crossed (x_{l+1} = x_0 * (W x_l + b) + x_l)
 and fed to the MLP.
 
+Position bias (``ranker.position_bias``, on by default): a learned scalar per shown
+position (a "shallow tower", as in YouTube's multitask ranker and PAL) added to the logit
+in training only, so the main network does not learn "shown first" as relevance. Outside
+training every candidate is scored at one fixed position (``ranker.serving_position``):
+the same shift for all candidates, so the order is the main network's alone and the
+scores are calibrated as "if shown at that position". Samples without a logged position
+(bucket 0) get no bias. The biases start at zero (no draw from the seeded generator).
+
 Interest matching has its own field rather than sharing the dense projection: sharing it
 (with one flag per similarity) cost 0.015-0.02 progressive AUC on MovieLens
 (``bench/ranker.py lum-gain``; docs/ranker.md).
@@ -130,6 +138,9 @@ class RankerModel(nn.Module):
                 mlp += [nn.Linear(a, b), nn.SiLU()]
             mlp.append(nn.Linear(sizes[-1], 1))
             self.mlp = nn.Sequential(*mlp)
+        if cfg.position_bias:  # zeros: the seeded init of the other layers is unchanged
+            self.position_bias = nn.Parameter(torch.zeros(cfg.position_buckets))
+        self.serving_bucket = cfg.position_bucket(cfg.serving_position)
 
     def dense_parameters(self) -> Iterator[nn.Parameter]:
         """Every parameter outside the sparse tables."""
@@ -144,8 +155,14 @@ class RankerModel(nn.Module):
         lum_item: Tensor,
         lum_item_found: Tensor,
         cond_index: Tensor,
+        position: Tensor | None = None,
     ) -> Tensor:
-        """Click logits (B,) of one batch (the fields of a :class:`RankerBatch`)."""
+        """Click logits (B,) of one batch (the fields of a :class:`RankerBatch`).
+
+        Args:
+            position: (B,) position buckets the samples were shown at, in training only;
+                None (scoring, serving) scores every sample at ``serving_position``.
+        """
         emb = self.sparse(kjt)
         user, item = emb["user"].values(), emb["item"].values()  # (B, D)
         cond, cat = emb["cond"].values(), emb["cat"].values()  # (B, D)
@@ -171,7 +188,18 @@ class RankerModel(nn.Module):
                 fields.append(self.match_proj(torch.cat(match, dim=1)))  # (B, D)
         fields.append(self.dense_proj(torch.cat(extra, dim=1)))  # (B, D)
         x0 = torch.cat(fields, dim=1)  # (B, F * D)
-        return self.mlp(self.cross(x0)).squeeze(-1)  # (B,)
+        logits = self.mlp(self.cross(x0)).squeeze(-1)  # (B,)
+        if self.cfg.position_bias:
+            return logits + self._position_bias(position, len(logits))
+        return logits
+
+    def _position_bias(self, position: Tensor | None, bsz: int) -> Tensor:
+        """(B,) the learned bias of each sample's position bucket (0 for bucket 0)."""
+        if position is None:
+            b = self.serving_bucket
+            return self.position_bias[b - 1].expand(bsz) if b else torch.zeros(bsz)
+        known = position > 0  # (B,)
+        return torch.where(known, self.position_bias[(position - 1).clamp(min=0)], 0.0)
 
 
 def model_inputs(batch: RankerBatch) -> tuple[object, ...]:

@@ -102,7 +102,7 @@ LENGTHS_AT = HEADER.size + 4 * SAMPLE_DTYPE.itemsize
     [
         (b"", "shorter than its header"),
         (GOOD[:20], "shorter than its header"),
-        (b"LSB2" + GOOD[4:], "bad magic"),
+        (b"LSB1" + GOOD[4:], "bad magic"),
         (b'{"event_id": "not a block"}' + b" " * 20, "bad magic"),
         (GOOD[:-1], "header says"),
         (GOOD + b"\0", "header says"),
