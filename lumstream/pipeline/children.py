@@ -99,14 +99,16 @@ class Children:
         if url is None:
             return None
         try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
+            with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 (http: only)
                 text = resp.read().decode()
         except OSError:
             return None
         total, found = 0.0, False
         for family in text_string_to_metric_families(text):
             for s in family.samples:
-                if s.name == metric and all(s.labels.get(k) == v for k, v in (labels or {}).items()):
+                if s.name == metric and all(
+                    s.labels.get(k) == v for k, v in (labels or {}).items()
+                ):
                     total += s.value
                     found = True
         return total if found else None

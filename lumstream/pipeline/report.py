@@ -79,7 +79,12 @@ def write_report(
 
     ax = axes[1][1]
     if loop.freshness_s:
-        ax.hist(np.asarray(loop.freshness_s) * 1000.0, bins=30, alpha=0.7, label="click → served history (ms)")
+        ax.hist(
+            np.asarray(loop.freshness_s) * 1000.0,
+            bins=30,
+            alpha=0.7,
+            label="click → served history (ms)",
+        )
     ax.set_title("freshness")
     text = []
     if version_lag_s:
@@ -90,7 +95,15 @@ def write_report(
         text.append(f"click → served history: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
     text.append("alerts fired:" if alerts else "alerts fired: none")
     text += [f"  {a[:90]}" for a in alerts[:8]]
-    ax.text(0.02, 0.98, "\n".join(text), transform=ax.transAxes, va="top", fontsize=8, family="monospace")
+    ax.text(
+        0.02,
+        0.98,
+        "\n".join(text),
+        transform=ax.transAxes,
+        va="top",
+        fontsize=8,
+        family="monospace",
+    )
     ax.legend(fontsize=8, loc="lower right")
     fig.suptitle("lumstream closed-loop demo")
     fig.tight_layout()

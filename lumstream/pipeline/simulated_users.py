@@ -33,6 +33,7 @@ import orjson
 from streams.generator.world import World
 
 POPULARITY = "popularity"
+HTTP_ERRORS = (http.client.HTTPException, ValueError)  # a broken connection or body
 
 
 class LoopError(RuntimeError):
@@ -88,7 +89,9 @@ class ArmStats:
     randomized: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     buckets: dict[int, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
-    clicks_by_user: dict[int, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    clicks_by_user: dict[int, list[int]] = field(
+        default_factory=lambda: defaultdict(lambda: [0, 0])
+    )
     versions: dict[str, float] = field(default_factory=dict)  # ranker version -> first served
 
     @property
@@ -201,7 +204,7 @@ class ClosedLoop:
         status, answer = http[arm.name].post("/v1/rank", body)
         if status != 200:
             raise LoopError(f"{arm.name}: POST /v1/rank answered {status}: {answer}")
-        shown = [int(str(it["item_id"])) for it in answer["items"]]  # type: ignore[attr-defined, union-attr]
+        shown = [int(str(it["item_id"])) for it in answer["items"]]  # type: ignore[attr-defined]
         return shown, request_id, bool(answer.get("randomized", False)), answer
 
     def _view(
@@ -217,7 +220,7 @@ class ClosedLoop:
         stats = self.result.arms[arm.name]
         try:
             shown, request_id, randomized, answer = self._order(arm, http, user, cond, cands)
-        except (LoopError, OSError, http_errors) as exc:
+        except (LoopError, OSError, *HTTP_ERRORS) as exc:
             with self.lock:
                 stats.requests += 1
                 stats.errors += 1
@@ -233,7 +236,9 @@ class ClosedLoop:
         events: list[dict[str, object]] = []
         if arm.url is None:  # the services log their own lists; the client logs this one
             events += [
-                _event(f"{request_id}-{p}", user, item, "impression", category, now_ms, request_id, p)
+                _event(
+                    f"{request_id}-{p}", user, item, "impression", category, now_ms, request_id, p
+                )
                 for p, item in enumerate(shown)
             ]
         events += [
@@ -270,7 +275,7 @@ class ClosedLoop:
     def _post(self, http: dict[str, _Http], events: list[dict[str, object]]) -> None:
         try:
             status, answer = http["events"].post("/v1/events", events)
-        except (OSError, http_errors):
+        except (OSError, *HTTP_ERRORS):
             status, answer = 0, {}
         with self.lock:
             if status == 200:
@@ -315,7 +320,10 @@ class ClosedLoop:
         return conns
 
     def _client(
-        self, index: int, jobs: queue.Queue[float | None], probes: queue.Queue[tuple[int, float] | None]
+        self,
+        index: int,
+        jobs: queue.Queue[float | None],
+        probes: queue.Queue[tuple[int, float] | None],
     ) -> None:
         rng = np.random.default_rng([self.opts.seed, index])
         conns = self._connections()
@@ -352,7 +360,7 @@ class ClosedLoop:
     def _probe(conn: _Http, user: int, posted: float, timeout_s: float = 5.0) -> float | None:
         posted_ms = int(posted * 1000)
         while time.time() - posted < timeout_s:
-            with contextlib.suppress(OSError, *http_errors):
+            with contextlib.suppress(OSError, *HTTP_ERRORS):
                 status, answer = conn.post(
                     "/v1/rank",
                     {"user_id": str(user), "candidates": [{"item_id": "0"}], "k": 1},
@@ -362,9 +370,6 @@ class ClosedLoop:
                     return time.time() - posted
             time.sleep(0.02)
         return None
-
-
-http_errors: tuple[type[BaseException], ...] = (http.client.HTTPException, ValueError)
 
 
 def _event(
