@@ -113,7 +113,7 @@ class LoopResult:
     probe_timeouts: int = 0
 
 
-class _Http:
+class JsonHttp:
     """One keep-alive connection per thread to one host."""
 
     def __init__(self, base: str, timeout_s: float) -> None:
@@ -123,12 +123,18 @@ class _Http:
         self.conn: http.client.HTTPConnection | None = None
 
     def post(self, path: str, body: object) -> tuple[int, dict[str, object]]:
-        data = orjson.dumps(body)
+        """POST ``body`` as JSON; the status and the decoded answer."""
+        return self._request("POST", path, orjson.dumps(body))
+
+    def get(self, path: str) -> tuple[int, dict[str, object]]:
+        return self._request("GET", path, None)
+
+    def _request(self, method: str, path: str, data: bytes | None) -> tuple[int, dict[str, object]]:
         for attempt in range(2):  # one retry on a connection the server closed
             if self.conn is None:
                 self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
             try:
-                self.conn.request("POST", path, data, {"Content-Type": "application/json"})
+                self.conn.request(method, path, data, {"Content-Type": "application/json"})
                 resp = self.conn.getresponse()
                 raw = resp.read()
                 return resp.status, (orjson.loads(raw) if raw else {})
@@ -182,7 +188,7 @@ class ClosedLoop:
 
     # -- one page view -----------------------------------------------------------------------
     def _order(
-        self, arm: Arm, http: dict[str, _Http], user: int, cond: int, items: np.ndarray
+        self, arm: Arm, http: dict[str, JsonHttp], user: int, cond: int, items: np.ndarray
     ) -> tuple[list[int], str, bool, dict[str, object]]:
         """The shown items in order, the request id, whether the order was randomised, and
         the service's answer (empty for the popularity arm)."""
@@ -208,7 +214,7 @@ class ClosedLoop:
         return shown, request_id, bool(answer.get("randomized", False)), answer
 
     def _view(
-        self, rng: np.random.Generator, http: dict[str, _Http], scheduled: float
+        self, rng: np.random.Generator, http: dict[str, JsonHttp], scheduled: float
     ) -> list[tuple[int, float]]:
         drifted = self.drift_after_s is not None and (
             scheduled - self.result.started >= self.drift_after_s
@@ -272,7 +278,7 @@ class ClosedLoop:
             probes.append((user, time.time()))
         return probes
 
-    def _post(self, http: dict[str, _Http], events: list[dict[str, object]]) -> None:
+    def _post(self, http: dict[str, JsonHttp], events: list[dict[str, object]]) -> None:
         try:
             status, answer = http["events"].post("/v1/events", events)
         except (OSError, *HTTP_ERRORS):
@@ -314,9 +320,9 @@ class ClosedLoop:
         self.result.ended = time.time()
         return self.result
 
-    def _connections(self) -> dict[str, _Http]:
-        conns = {a.name: _Http(a.url, 10.0) for a in self.arms if a.url is not None}
-        conns["events"] = _Http(self.events_url, 30.0)
+    def _connections(self) -> dict[str, JsonHttp]:
+        conns = {a.name: JsonHttp(a.url, 10.0) for a in self.arms if a.url is not None}
+        conns["events"] = JsonHttp(self.events_url, 30.0)
         return conns
 
     def _client(
@@ -357,7 +363,7 @@ class ClosedLoop:
                 c.close()
 
     @staticmethod
-    def _probe(conn: _Http, user: int, posted: float, timeout_s: float = 5.0) -> float | None:
+    def _probe(conn: JsonHttp, user: int, posted: float, timeout_s: float = 5.0) -> float | None:
         posted_ms = int(posted * 1000)
         while time.time() - posted < timeout_s:
             with contextlib.suppress(OSError, *HTTP_ERRORS):

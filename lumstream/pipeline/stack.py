@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from streams.generator import ClickStream
 
 ARMS = ("lum", "no_lum", "popularity")
+LABEL_WINDOW_S = 10.0  # a served impression's sample is learned this soon after it
 RULES_FACTOR = 60.0  # the alert rules' clock: a drift alert's for: 15m becomes 15 s
 REPO = Path(__file__).resolve().parents[2]
 
@@ -131,7 +132,9 @@ def _demo_config(cfg: Config, opts: DemoOptions, root: Path, bootstrap: str) -> 
             drift_at=1.0 if opts.drift else -1.0,  # the world knows the shifted tastes
             drift_share=1.0,
             malformed_fraction=0.0,
+            click_delay_mean_s=2.0,  # the live users click at once: a short label window fits
         ),
+        worker=replace(cfg.worker, label_window_s=LABEL_WINDOW_S),
         store=replace(cfg.store, snapshot_every_s=0.0),
         backbone=replace(
             cfg.backbone, condition_fields=("cond",), epochs=min(cfg.backbone.epochs, 3)

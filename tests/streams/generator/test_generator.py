@@ -428,7 +428,8 @@ def test_page_views_draw_distinct_candidates_of_the_browsed_condition() -> None:
     world = World(GeneratorConfig(users=50, items=400, categories=4, drift_at=1.0, drift_share=1.0))
     rng = np.random.default_rng(0)
     users, conds, items = world.page_views(rng, 200, 30)
-    assert users.shape == conds.shape == (200,) and items.shape == (200, 30)
+    assert users.shape == conds.shape == (200,)
+    assert items.shape == (200, 30)
     for c, row in zip(conds, items, strict=True):
         row = row[row >= 0]
         assert len(row) == len(set(row.tolist())) > 0
