@@ -229,8 +229,11 @@ class World:
         return np.where(d, after, before)
 
     # -- page views ----------------------------------------------------------------------
-    def _slates(self, draws: Draws, tastes: Tastes) -> tuple[np.ndarray, ...]:
-        """Users (P,), conditions (P,) and deduplicated slates (P, S) for the draws."""
+    def _slates(
+        self, draws: Draws, tastes: Tastes, size: int | None = None
+    ) -> tuple[np.ndarray, ...]:
+        """Users (P,), conditions (P,) and deduplicated slates (P, S) for the draws (S =
+        ``size``, default the slate size)."""
         n_users = self.n_users
         users = np.minimum(np.searchsorted(self._user_cdf, draws.user, side="right"), n_users - 1)
         slot = np.minimum(
@@ -246,7 +249,7 @@ class World:
         popular = np.searchsorted(self._pop_cdf, lo + draws.slate * (hi - lo), side="right")
         uniform = start + (draws.fill * count).astype(np.int64)
         pos = np.clip(np.concatenate([popular, uniform], axis=1), start, start + count - 1)
-        return users, conds, dedupe(self._by_category[pos], self.slate_size)
+        return users, conds, dedupe(self._by_category[pos], size or self.slate_size)
 
     def views(self, draws: Draws, drifted: bool = False) -> Views:
         """Map the draws of P page views to slates and clicks (vectorised fast path of
@@ -274,6 +277,20 @@ class World:
         )
         probs = np.where(valid, sigmoid(logits), 0.0)
         return Views(users, conds, items, probs, draws.click < probs)
+
+    def page_views(
+        self, rng: np.random.Generator, n: int, candidates: int, drifted: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``n`` page views of a client that ranks for itself: who browses (by activity),
+        which condition (their interests, or a random category with ``explore_prob``) and
+        up to ``candidates`` distinct items of that condition drawn by popularity.
+
+        Returns:
+            users (n,), conditions (n,), candidate items (n, candidates), -1 in empty slots.
+        """
+        draws = Draws.draw(rng, n, candidates)
+        users, conds, items = self._slates(draws, self.tastes[int(drifted)], candidates)
+        return users, conds, items
 
     # -- names on the wire ---------------------------------------------------------------
     @staticmethod

@@ -420,3 +420,21 @@ def test_generate_command_produces_to_kafka(
         except EventError:
             rejected += 1
     assert rejected == sum(isinstance(e, Malformed) for e in ClickStream(cfg).events()) > 0
+
+
+def test_page_views_draw_distinct_candidates_of_the_browsed_condition() -> None:
+    from streams.generator.world import World
+
+    world = World(GeneratorConfig(users=50, items=400, categories=4, drift_at=1.0, drift_share=1.0))
+    rng = np.random.default_rng(0)
+    users, conds, items = world.page_views(rng, 200, 30)
+    assert users.shape == conds.shape == (200,)
+    assert items.shape == (200, 30)
+    for c, row in zip(conds, items, strict=True):
+        row = row[row >= 0]
+        assert len(row) == len(set(row.tolist())) > 0
+        assert (world.item_category[row] == c).all()
+    # shifted tastes move what the users browse
+    _, after, _ = world.page_views(np.random.default_rng(0), 2000, 5, drifted=True)
+    _, before, _ = world.page_views(np.random.default_rng(0), 2000, 5)
+    assert (after != before).mean() > 0.2
