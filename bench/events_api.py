@@ -44,6 +44,7 @@ from monitoring.metrics import Metrics
 from serving.loop_config import EventsApiConfig
 from streams.config import BrokerConfig, EventConfig, KafkaConfig
 from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.consumer import end_offsets
 from streams.kafka.topics import ensure_topics
 
 USERS = 1000
@@ -103,6 +104,7 @@ class Bodies:
 def _summary(lat: list[float], ok: int, bad: int, events: int, seconds: float) -> dict[str, Any]:
     arr = np.asarray(lat) * 1000 if lat else np.zeros(1)
     return {
+        "accepted_events": events,
         "requests": ok + bad,
         "errors": bad,
         "requests_per_s": ok / seconds,
@@ -197,7 +199,7 @@ async def measure(base: str, args: argparse.Namespace) -> dict[str, Any]:
     c, d = args.concurrency, args.duration
     out: dict[str, Any] = {"closed": {}, "open": {}}
     # warm-up: connections, the producer's metadata
-    await closed_loop(events, bodies.single, 1, 2, 0.5)
+    out["warmup"] = await closed_loop(events, bodies.single, 1, 2, 0.5)
     out["closed"]["noop_single"] = await closed_loop(noop, bodies.single, 1, c, d)
     out["closed"]["single"] = await closed_loop(events, bodies.single, 1, c, d)
     out["closed"]["noop_batch"] = await closed_loop(noop, bodies.many, args.batch, c, d)
@@ -247,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             _wait_up(port)
             results = asyncio.run(measure(f"http://127.0.0.1:{port}", args))
+            on_topic = sum(end_offsets(kafka, broker.bootstrap, kafka.topic_events).values())
         finally:
             server.terminate()
             server.wait(30)
@@ -261,11 +264,23 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         **results,
     }
+    errors = sum(r["errors"] for part in ("closed", "open") for r in result[part].values())
+    # every acknowledged event is on the topic (the no-op cases produce nothing)
+    acked = result["warmup"]["accepted_events"] + sum(
+        r["accepted_events"]
+        for part in ("closed", "open")
+        for case, r in result[part].items()
+        if not case.startswith("noop")
+    )
+    result["events_acknowledged"] = acked
+    result["events_on_topic"] = on_topic
     if args.json:
         print(orjson.dumps(result).decode())
     else:
         _print_table(result)
-    errors = sum(r["errors"] for part in ("closed", "open") for r in result[part].values())
+        print(f"acknowledged events: {acked:,}; on lum.events: {on_topic:,}")
+    if on_topic < acked:
+        return 1
     return 0 if errors == 0 else 1
 
 

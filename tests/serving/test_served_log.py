@@ -15,7 +15,7 @@ import pytest
 from monitoring.metrics import Metrics
 from serving.loop_config import ServedLogConfig
 from serving.served_log import ServedList, ServedLog, ServedLogError, spool_path
-from streams.config import EventConfig, KafkaConfig
+from streams.config import EventConfig, KafkaConfig, StoreConfig, WorkerConfig
 from streams.contracts.events import decode, encode, event_key
 from streams.kafka.consumer import read_topic
 
@@ -235,3 +235,58 @@ def test_close_does_not_wait_for_a_stuck_connection(tmp_path: Path, metrics: Met
     log.close()
     assert time.monotonic() - t0 < 2.0
     assert (tmp_path / "spool-000000000000.jsonl").stat().st_size > 0  # kept for next start
+
+
+def test_a_list_acknowledged_but_not_recorded_is_resent_and_deduplicated(
+    tmp_path: Path, kafka_cfg: KafkaConfig, metrics: Metrics
+) -> None:
+    """The window the kill test hits by chance: Kafka has the events, the position is not
+    yet saved. The round is repeated (a re-send); the worker drops the copies."""
+    from streams.worker.processor import open_processor
+
+    class LosesFirstPosition(ServedLog):
+        failed = False
+
+        def _save(self, segment: int, offset: int) -> None:
+            if not self.failed and offset:
+                self.failed = True
+                raise OSError("disk hiccup after the acknowledgement")
+            super()._save(segment, offset)
+
+    with LosesFirstPosition(
+        FAST,
+        tmp_path / "spool",
+        kafka_cfg,
+        kafka_cfg.bootstrap_servers,
+        EventConfig(),
+        metrics=metrics,
+    ) as served:
+        for lst in lists(5):
+            served.log(lst)
+        assert served.wait_shipped(20)
+        assert served.failed
+    records = read_topic(kafka_cfg, kafka_cfg.bootstrap_servers, kafka_cfg.topic_events)
+    ids = [orjson.loads(r.value)["event_id"] for r in records]
+    assert set(ids) == {f"req-{i}:{p}" for i in range(5) for p in range(3)}
+    assert len(ids) > len(set(ids))  # some were sent twice
+    applied = dropped = 0
+    for partition in {r.partition for r in records}:
+        part = [r for r in records if r.partition == partition]
+        proc = open_processor(
+            tmp_path / "store",
+            partition,
+            StoreConfig(sync_writes=False),
+            WorkerConfig(),
+            EventConfig(),
+            metrics,
+        )
+        try:
+            res = proc.process(
+                [r.offset for r in part], [r.key for r in part], [r.value for r in part]
+            )
+        finally:
+            proc.close()
+        applied += res.applied
+        dropped += sum(d.reason == "duplicate" for d in res.dead_letters)
+    assert applied == 15
+    assert dropped == len(ids) - 15
