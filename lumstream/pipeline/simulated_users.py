@@ -18,7 +18,9 @@ same share per arm.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import http.client
+import itertools
 import queue
 import threading
 import time
@@ -65,6 +67,8 @@ class LoopOptions:
         threads: concurrent clients (requests in flight at most).
         bucket_s: width of the time buckets of the CTR series.
         probe_share: share of clicks whose arrival in the served history is probed.
+        click_delay_s: how long after a list is shown its clicks are posted (a click
+            must reach lum.events after the served list's impressions to be joined).
         seed: random seed of the users' draws and arm assignment.
     """
 
@@ -75,6 +79,7 @@ class LoopOptions:
     threads: int = 6
     bucket_s: float = 10.0
     probe_share: float = 0.05
+    click_delay_s: float = 1.0
     seed: int = 1
 
 
@@ -185,6 +190,9 @@ class ClosedLoop:
         self.lock = threading.Lock()
         self.result = LoopResult({a.name: ArmStats() for a in arms}, started=time.time())
         self.stop = threading.Event()
+        # clicks waiting to be posted: (due, tie, user, events, probe)
+        self.clicks: list[tuple[float, int, int, list[dict[str, object]], bool]] = []
+        self.order = itertools.count()
 
     # -- one page view -----------------------------------------------------------------------
     def _order(
@@ -213,9 +221,7 @@ class ClosedLoop:
         shown = [int(str(it["item_id"])) for it in answer["items"]]  # type: ignore[attr-defined]
         return shown, request_id, bool(answer.get("randomized", False)), answer
 
-    def _view(
-        self, rng: np.random.Generator, http: dict[str, JsonHttp], scheduled: float
-    ) -> list[tuple[int, float]]:
+    def _view(self, rng: np.random.Generator, http: dict[str, JsonHttp], scheduled: float) -> None:
         drifted = self.drift_after_s is not None and (
             scheduled - self.result.started >= self.drift_after_s
         )
@@ -232,23 +238,32 @@ class ClosedLoop:
                 stats.errors += 1
             if stats.errors == 1:
                 print(f"  {arm.name}: a request failed: {exc}", flush=True)
-            return []
+            return
         latency_ms = (time.time() - scheduled) * 1000.0
         probs = self.world.click_prob(user, np.asarray(shown), cond, drifted)
         examine = (1.0 + np.arange(len(shown))) ** -self.opts.position_decay
         clicked = rng.random(len(shown)) < examine * probs
         now_ms = int(time.time() * 1000)
         category = World.condition_name(cond)
-        events: list[dict[str, object]] = []
         if arm.url is None:  # the services log their own lists; the client logs this one
-            events += [
-                _event(
-                    f"{request_id}-{p}", user, item, "impression", category, now_ms, request_id, p
-                )
-                for p, item in enumerate(shown)
-            ]
-        events += [
-            _event(f"{request_id}-c{p}", user, item, "click", category, now_ms + 1, request_id, p)
+            self._post(
+                http,
+                [
+                    _event(
+                        f"{request_id}-{p}",
+                        user,
+                        item,
+                        "impression",
+                        category,
+                        now_ms,
+                        request_id,
+                        p,
+                    )
+                    for p, item in enumerate(shown)
+                ],
+            )
+        clicks = [
+            _event(f"{request_id}-c{p}", user, item, "click", category, 0, request_id, p)
             for p, item in enumerate(shown)
             if clicked[p]
         ]
@@ -271,25 +286,54 @@ class ClosedLoop:
             version = answer.get("ranker_version")
             if version is not None and str(version) not in stats.versions:
                 stats.versions[str(version)] = time.time()
-        if events:
-            self._post(http, events)
-        probes = []
-        if arm.url is not None and clicked.any() and rng.random() < self.opts.probe_share:
-            probes.append((user, time.time()))
-        return probes
+        if clicks:
+            probe = arm.url is not None and rng.random() < self.opts.probe_share
+            due = time.time() + self.opts.click_delay_s
+            with self.lock:
+                heapq.heappush(self.clicks, (due, next(self.order), user, clicks, probe))
 
-    def _post(self, http: dict[str, JsonHttp], events: list[dict[str, object]]) -> None:
+    def _post(self, http: dict[str, JsonHttp], events: list[dict[str, object]]) -> bool:
         try:
             status, answer = http["events"].post("/v1/events", events)
         except (OSError, *HTTP_ERRORS):
             status, answer = 0, {}
+        ok = status in (200, 202)
         with self.lock:
-            if status == 200:
+            if ok:
                 self.result.events_posted += len(events)
             else:
                 self.result.events_rejected += len(events)
                 if self.result.events_rejected == len(events):
                     print(f"  POST /v1/events answered {status}: {answer}", flush=True)
+        return ok
+
+    def _poster(self, probes: queue.Queue[tuple[int, float] | None], done: threading.Event) -> None:
+        """Post each view's clicks ``click_delay_s`` after it was shown (with the time of
+        posting as their event time), then hand a sample of them to the prober."""
+        conns = self._connections()
+        try:
+            while True:
+                with self.lock:
+                    head = self.clicks[0] if self.clicks else None
+                    if head is not None and head[0] <= time.time():
+                        heapq.heappop(self.clicks)
+                if head is None:
+                    if done.is_set():
+                        return
+                    time.sleep(0.01)
+                    continue
+                if head[0] > time.time():
+                    time.sleep(min(0.01, head[0] - time.time()))
+                    continue
+                _, _, user, clicks, probe = head
+                now_ms = int(time.time() * 1000)
+                for ev in clicks:
+                    ev["ts"] = now_ms
+                if self._post(conns, clicks) and probe:
+                    probes.put((user, now_ms / 1000.0))
+        finally:
+            for c in conns.values():
+                c.close()
 
     # -- the schedule -------------------------------------------------------------------------
     def run(self, duration_s: float) -> LoopResult:
@@ -311,10 +355,15 @@ class ClosedLoop:
             jobs.put(None)
         prober = threading.Thread(target=self._prober, args=(probes,), daemon=True)
         prober.start()
+        clicks_done = threading.Event()
+        poster = threading.Thread(target=self._poster, args=(probes, clicks_done), daemon=True)
+        poster.start()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        clicks_done.set()
+        poster.join()
         probes.put(None)
         prober.join(timeout=10)
         self.result.ended = time.time()
@@ -338,8 +387,7 @@ class ClosedLoop:
                 delay = scheduled - time.time()
                 if delay > 0:
                     time.sleep(delay)
-                for probe in self._view(rng, conns, scheduled):
-                    probes.put(probe)
+                self._view(rng, conns, scheduled)
         finally:
             for c in conns.values():
                 c.close()
@@ -371,8 +419,8 @@ class ClosedLoop:
                     "/v1/rank",
                     {"user_id": str(user), "candidates": [{"item_id": "0"}], "k": 1},
                 )
-                newest = answer.get("history_newest_ts") if status == 200 else None
-                if isinstance(newest, int) and newest >= posted_ms - 1000:
+                newest = answer.get("history_ts") if status == 200 else None
+                if isinstance(newest, int) and newest >= posted_ms:
                     return time.time() - posted
             time.sleep(0.02)
         return None

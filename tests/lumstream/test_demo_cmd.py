@@ -23,7 +23,9 @@ from support.paths import REPO
 
 pytestmark = pytest.mark.slow
 
-ARM_ROW = re.compile(r"^  (lum|no_lum|popularity)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)", re.M)
+ARM_ROW = re.compile(
+    r"^  (lum|no_lum|popularity)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)", re.M
+)
 
 
 def _int(text: str) -> int:
