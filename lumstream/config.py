@@ -17,6 +17,7 @@ from core.settings import ConfigError, layered, read_toml
 from embeddings.config import EmbeddingsConfig
 from monitoring.config import DriftConfig, MetricsConfig, MonitorConfig
 from serving.config import ServingConfig
+from serving.loop_config import EventsApiConfig, ExploreConfig, ServedLogConfig
 from streams.config import (
     BrokerConfig,
     EventConfig,
@@ -46,6 +47,9 @@ SECTIONS: tuple[type[Any], ...] = (
     EmbeddingsConfig,
     RankerConfig,
     ServingConfig,
+    ServedLogConfig,
+    EventsApiConfig,
+    ExploreConfig,
     MetricsConfig,
     DriftConfig,
     MonitorConfig,
@@ -135,6 +139,9 @@ class Config:
     embeddings: EmbeddingsConfig
     ranker: RankerConfig
     serving: ServingConfig
+    served_log: ServedLogConfig
+    events_api: EventsApiConfig
+    explore: ExploreConfig
     metrics: MetricsConfig
     drift: DriftConfig
     monitor: MonitorConfig
