@@ -275,7 +275,8 @@ class RankService:
         item_text = [as_text(c.item_id) for c in req.candidates]
         cat_text = [None if c.category is None else as_text(c.category) for c in req.candidates]
         items = stable_ids(item_text)
-        cats = np.array([0 if c is None else stable_id(c) for c in cat_text], np.int64)
+        cats = stable_ids([c or "" for c in cat_text])  # memoised: categories repeat
+        cats[[c is None for c in cat_text]] = 0  # no category: 0, as the store records it
         seq = self.sequences.sequence(user)
         self._freshness(user, seq)
         samples = request_samples(user, cond, items, cats, seq, self.history_len, now)
