@@ -181,6 +181,8 @@ class RankService:
         self.vectors = VectorReader(
             paths.vectors, self._vec_scratch, metrics=metrics, consumer="serving"
         )
+        # read by /v1/models on the event loop; the store itself only on the scoring thread
+        self._vector_versions: list[int] = sorted(self.vectors.versions())
         self.watcher = VersionWatcher(paths.versions, cfg.pin_version, self._swap)
         self._store_at = 0.0
         self._vectors_at = time.monotonic()
@@ -240,7 +242,7 @@ class RankService:
                 backbone_version=m.get("backbone"),
                 samples_learned=int(m.get("samples_learned", 0)),
                 pinned=bool(self.cfg.pin_version),
-                vectors_versions=sorted(self.vectors.versions()),
+                vectors_versions=list(self._vector_versions),
                 data_watermark_ms=int(wm) if isinstance(wm, int) else None,
             )
         return ModelsResponse(loaded=info, available=self.watcher.available())
@@ -264,6 +266,7 @@ class RankService:
             self.sequences.catch_up()
         if self.vectors.layout is None:
             self.vectors.refresh()
+            self._vector_versions = sorted(self.vectors.versions())
         return self.not_ready()
 
     # -- stores ----------------------------------------------------------------------------
@@ -276,6 +279,7 @@ class RankService:
         if force or now - self._vectors_at >= self.cfg.vectors_refresh_s:
             self._vectors_at = now
             self.vectors.refresh()
+            self._vector_versions = sorted(self.vectors.versions())
 
     # -- ranking -------------------------------------------------------------------------
     def rank(self, req: RankRequest) -> RankResponse:
