@@ -24,7 +24,7 @@ class ServingConfig:
     host: str = setting("127.0.0.1", "address the service binds (loopback by default)")
     port: int = setting(8470, "port of the ranking API (0 picks a free one)", minimum=0)
     workers: int = setting(
-        1, "worker processes sharing the port (SO_REUSEPORT); 0 = one per core", minimum=0
+        0, "worker processes sharing the port (SO_REUSEPORT); 0 = one per core", minimum=0
     )
     torch_threads: int = setting(1, "torch intra-op threads in each worker process", minimum=1)
     shutdown_grace_s: float = setting(

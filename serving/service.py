@@ -38,7 +38,7 @@ from serving.models import Served, VersionWatcher
 from streams.config import KafkaConfig, StoreConfig
 from streams.contracts.ids import stable_id, stable_ids
 from streams.contracts.records import SEQ_DTYPE
-from streams.worker.store import StoreError, StoreReader
+from streams.worker.store import StoreError, StoreReader, partition_dir
 from trainer.vectors.store import VectorReader
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,22 @@ class ServicePaths:
     versions: Path
 
 
+def _signature(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """What changes whenever a RocksDB writer commits, flushes or compacts: the names,
+    sizes and mtimes of its WAL files, manifests and CURRENT."""
+    out = []
+    try:
+        with os.scandir(path) as it:
+            for e in it:
+                n = e.name
+                if n.endswith(".log") or n.startswith("MANIFEST") or n == "CURRENT":
+                    st = e.stat()
+                    out.append((n, st.st_size, st.st_mtime_ns))
+    except OSError:
+        return ()
+    return tuple(sorted(out))
+
+
 class Sequences:
     """The users' sequences as the workers' stores hold them now (secondary readers).
 
@@ -79,6 +95,7 @@ class Sequences:
         self.reader: StoreReader | None = None
         self._parts: tuple[str, ...] = ()
         self._scratch = Path(tempfile.mkdtemp(prefix="lumstream-serving-store-"))
+        self._signatures: dict[int, tuple[tuple[str, int, int], ...]] = {}
 
     def _partitions(self) -> tuple[str, ...]:
         try:
@@ -91,17 +108,29 @@ class Sequences:
         return tuple(p for p in parts if (self.root / p / "CURRENT").exists())
 
     def catch_up(self) -> None:
-        """Open partitions that appeared (one listing) and follow the writers."""
+        """Open partitions that appeared (one listing) and follow the writers.
+
+        A RocksDB catch-up costs about a millisecond per partition even when nothing
+        changed, so a partition is caught up only when its write-ahead log, manifest or
+        file set changed since the last catch-up: every write batch a worker commits
+        appends to its WAL, so the next request still sees it.
+        """
         parts = self._partitions()
         if parts != self._parts:
             self._reopen(parts)
-        if self.reader is not None:
-            self.reader.refresh()
+        if self.reader is None:
+            return
+        for part, db in self.reader.dbs.items():
+            sig = _signature(partition_dir(self.root, part))
+            if sig != self._signatures.get(part):
+                db.try_catch_up_with_primary()
+                self._signatures[part] = sig
 
     def _reopen(self, parts: tuple[str, ...]) -> None:
         if self.reader is not None:
             self.reader.close()  # removes its scratch
             self.reader = None
+        self._signatures.clear()
         if not parts:
             return
         scratch = self._scratch / f"r{time.monotonic_ns()}"
@@ -152,6 +181,8 @@ class RankService:
         self.vectors = VectorReader(
             paths.vectors, self._vec_scratch, metrics=metrics, consumer="serving"
         )
+        # read by /v1/models on the event loop; the store itself only on the scoring thread
+        self._vector_versions: list[int] = sorted(self.vectors.versions())
         self.watcher = VersionWatcher(paths.versions, cfg.pin_version, self._swap)
         self._store_at = 0.0
         self._vectors_at = time.monotonic()
@@ -211,7 +242,7 @@ class RankService:
                 backbone_version=m.get("backbone"),
                 samples_learned=int(m.get("samples_learned", 0)),
                 pinned=bool(self.cfg.pin_version),
-                vectors_versions=sorted(self.vectors.versions()),
+                vectors_versions=list(self._vector_versions),
                 data_watermark_ms=int(wm) if isinstance(wm, int) else None,
             )
         return ModelsResponse(loaded=info, available=self.watcher.available())
@@ -235,6 +266,7 @@ class RankService:
             self.sequences.catch_up()
         if self.vectors.layout is None:
             self.vectors.refresh()
+            self._vector_versions = sorted(self.vectors.versions())
         return self.not_ready()
 
     # -- stores ----------------------------------------------------------------------------
@@ -247,6 +279,7 @@ class RankService:
         if force or now - self._vectors_at >= self.cfg.vectors_refresh_s:
             self._vectors_at = now
             self.vectors.refresh()
+            self._vector_versions = sorted(self.vectors.versions())
 
     # -- ranking -------------------------------------------------------------------------
     def rank(self, req: RankRequest) -> RankResponse:
@@ -275,7 +308,8 @@ class RankService:
         item_text = [as_text(c.item_id) for c in req.candidates]
         cat_text = [None if c.category is None else as_text(c.category) for c in req.candidates]
         items = stable_ids(item_text)
-        cats = np.array([0 if c is None else stable_id(c) for c in cat_text], np.int64)
+        cats = stable_ids([c or "" for c in cat_text])  # memoised: categories repeat
+        cats[[c is None for c in cat_text]] = 0  # no category: 0, as the store records it
         seq = self.sequences.sequence(user)
         self._freshness(user, seq)
         samples = request_samples(user, cond, items, cats, seq, self.history_len, now)

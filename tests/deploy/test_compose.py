@@ -28,7 +28,7 @@ from lumstream.config import CONFIG_ENV, SECTIONS, load
 
 BOOTSTRAP = "kafka-1.example:9092,kafka-2.example:9092"
 # The long-running commands the deployment must run, one service each.
-REQUIRED = {("worker",), ("backbone", "refresh"), ("train",)}
+REQUIRED = {("worker",), ("backbone", "refresh"), ("train",), ("serve",)}
 KNOWN_ENV = {CONFIG_ENV} | {
     env_name(cls.section, f) for cls in SECTIONS for f in cls.__dataclass_fields__
 }

@@ -1,6 +1,7 @@
 """``lumstream serve`` as real processes: several workers share the port, each request is
-answered, /readyz, /healthz and /metrics work, and SIGTERM lets in-flight requests finish
-(no request fails; afterwards connections are refused)."""
+answered, /readyz, /healthz and /metrics work, a SIGKILLed worker is replaced while the
+other answers, and SIGTERM lets in-flight requests finish (no request fails; afterwards
+connections are refused)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,23 @@ def test_serve_runs_workers_and_stops_gracefully(tmp_path: Path) -> None:
             status, body = c.raw("GET", "/metrics")
             assert status == 200
             assert b"lumstream_serving_request_seconds_count" in body
+        # a worker SIGKILLed: the other keeps answering, the supervisor starts a new one
+        victim = _workers(supervisor)[0]
+        os.kill(victim, signal.SIGKILL)
+        for _ in range(20):
+            with svc.client() as c:  # a fresh connection each: the kernel picks a live worker
+                assert c.rank(req).ranker_version == "r1"
+        deadline = time.monotonic() + 60
+        while not (len(_workers(supervisor)) == 2 and victim not in _workers(supervisor)):
+            assert time.monotonic() < deadline, "the killed worker was not replaced"
+            time.sleep(0.2)
+        deadline = time.monotonic() + 60
+        while True:  # the new worker becomes ready (its readyz answers through the port)
+            with svc.client() as c:
+                if c.ready().status == "ready":
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
         ok: list[int] = []
         bad: list[BaseException] = []
         refused = threading.Event()

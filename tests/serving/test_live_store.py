@@ -77,7 +77,7 @@ def test_a_click_applied_by_a_worker_is_seen_by_the_next_request(
                 service(t.paths, ServingConfig(), metrics) as (svc, srv),
                 RankClient(srv.url) as client,
             ):
-                for n in range(1, 4):
+                for n in range(1, 9):
                     p.send(kafka_cfg.topic_events, *_click(user, str(10 + n), now - 5000 + n))
                     p.flush()
                     deadline = time.monotonic() + 60
