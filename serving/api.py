@@ -50,7 +50,10 @@ class ScoredItem(Struct):
 class RankResponse(Struct):
     """The candidates sorted by score (best first, at most ``k``), who scored them, and
     the cold-start flags: ``new_user`` (no row of its own in the version), ``history``
-    (events of the user's sequence used), ``lum_user`` (a condition-query vector found)."""
+    (events of the user's sequence used), ``lum_user`` (a condition-query vector found);
+    ``history_ts``: event time (ms) of the newest event in the user's stored sequence when
+    the list was scored (None: no sequence), so a client can tell that its click is in;
+    ``randomized``: served in a random order (exploration), not the ranker's."""
 
     request_id: str
     items: list[ScoredItem]
@@ -60,6 +63,8 @@ class RankResponse(Struct):
     history: int
     lum_user: bool
     new_condition: bool
+    history_ts: int | None = None
+    randomized: bool = False
 
 
 class ErrorBody(Struct):

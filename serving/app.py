@@ -41,7 +41,8 @@ from serving.service import RankService, Refused
 
 log = logging.getLogger(__name__)
 
-OnServed = Callable[[web.Request, RankResponse], None]
+# after a list is built, before it is sent: returns the list to send (None: unchanged)
+OnServed = Callable[[RankRequest, RankResponse], RankResponse | None]
 SERVICE_KEY: web.AppKey[RankService] = web.AppKey("service", RankService)
 JSON = "application/json"
 
@@ -143,7 +144,7 @@ class RankHandler:
             return _error(exc.status, exc.code, exc.detail), status
         if self.on_served is not None:
             try:
-                self.on_served(request, result)
+                result = self.on_served(req, result) or result
             except Exception:
                 log.exception("serving: on_served hook failed (the response is still sent)")
         return _json(ENCODER.encode(result)), "ok"

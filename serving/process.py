@@ -37,8 +37,10 @@ from aiohttp import web
 from core.processes import free_port
 from monitoring.config import MetricsConfig
 from monitoring.metrics import Metrics
+from serving.api import RankRequest, RankResponse
 from serving.app import OnServed, make_app
 from serving.config import ServingConfig
+from serving.loop import LoopSpec, ServedLoop
 from serving.service import RankService, ServicePaths
 from streams.config import KafkaConfig, StoreConfig
 
@@ -64,6 +66,8 @@ class ServeSpec:
         metrics / discovery_dir: each worker's /metrics endpoint and where it registers.
         kafka / bootstrap: where lum.model-updates is (None: only the directory is polled).
         hooks: ``module:function`` returning :class:`AppHooks` (empty: none).
+        loop: the closed loop's pieces in every worker (exploration, the served-list log,
+            ``POST /v1/events``; docs/serving.md); None: none of them.
     """
 
     serving: ServingConfig
@@ -75,6 +79,7 @@ class ServeSpec:
     kafka: KafkaConfig | None = None
     bootstrap: str | None = None
     hooks: str = ""
+    loop: LoopSpec | None = None
 
 
 def _die_with_parent() -> None:
@@ -92,12 +97,28 @@ def _load_hooks(path: str, service: RankService, metrics: Metrics) -> AppHooks:
     return hooks
 
 
-def build_app(spec: ServeSpec, service: RankService, metrics: Metrics) -> web.Application:
-    """The worker's application with the spec's hooks applied."""
-    hooks = _load_hooks(spec.hooks, service, metrics) if spec.hooks else AppHooks()
-    app = make_app(service, spec.serving, metrics, on_served=hooks.on_served)
-    if hooks.add_routes is not None:
-        hooks.add_routes(app)
+def build_app(
+    spec: ServeSpec, service: RankService, metrics: Metrics, worker: int = 0
+) -> web.Application:
+    """The worker's application: the closed loop's pieces (``spec.loop``) first, then the
+    spec's hooks (their ``on_served`` sees the list as the loop will send it)."""
+    chain = []
+    if spec.loop is not None:
+        loop = ServedLoop(spec.loop, metrics, worker)
+        chain.append(AppHooks(on_served=loop.on_served, add_routes=loop.add_routes))
+    if spec.hooks:
+        chain.append(_load_hooks(spec.hooks, service, metrics))
+    steps = [h.on_served for h in chain if h.on_served is not None]
+
+    def on_served(req: RankRequest, resp: RankResponse) -> RankResponse:
+        for step in steps:
+            resp = step(req, resp) or resp
+        return resp
+
+    app = make_app(service, spec.serving, metrics, on_served=on_served if steps else None)
+    for h in chain:
+        if h.add_routes is not None:
+            h.add_routes(app)
     return app
 
 
@@ -124,7 +145,7 @@ def worker_main(spec: ServeSpec, index: int, parent: int) -> None:
             service.watcher.check()
             service.watch(stop, spec.kafka, spec.bootstrap)
             web.run_app(
-                build_app(spec, service, metrics),
+                build_app(spec, service, metrics, index),
                 host=cfg.host,
                 port=cfg.port,
                 reuse_port=True,

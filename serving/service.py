@@ -339,6 +339,7 @@ class RankService:
             history=sc.history,
             lum_user=sc.lum_user,
             new_condition=sc.new_condition,
+            history_ts=int(seq["ts"][-1]) if len(seq) else None,
         )
 
     def _freshness(self, user: int, seq: np.ndarray) -> None:

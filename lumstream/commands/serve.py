@@ -4,8 +4,9 @@ Starts ``serving.workers`` worker processes sharing ``serving.host:serving.port`
 reads the sequence store (``store.path``) and the vector store live, serves the newest
 ranker version under ``ranker.versions_dir`` (or ``serving.pin_version``) and swaps to new
 ones without a restart, following ``kafka.topic_model_updates`` when a cluster is
-configured or a ``lumstream broker`` runs. Runs until Ctrl-C/SIGTERM, then lets in-flight
-requests finish. The work is :func:`serving.process.supervise`.
+configured or a ``lumstream broker`` runs; with a cluster it also logs every served list
+as impression events and takes ``POST /v1/events`` (the closed loop). Runs until
+Ctrl-C/SIGTERM, then lets in-flight requests finish. The work is :func:`serving.process.supervise`.
 """
 
 from __future__ import annotations
@@ -53,7 +54,13 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         print(
             f"serve: {worker_count(spec.serving)} worker(s) on {url} (versions "
             f"{spec.paths.versions}, store {spec.paths.store}, vectors {spec.paths.vectors}; "
-            f"model updates {'on ' + bootstrap if bootstrap else 'by polling only'})",
+            f"model updates {'on ' + bootstrap if bootstrap else 'by polling only'}; "
+            + (
+                "served lists logged to lum.events, POST /v1/events on"
+                if spec.loop is not None
+                else "no cluster: served lists not logged, no POST /v1/events"
+            )
+            + ")",
             file=sys.stderr,
             flush=True,
         )

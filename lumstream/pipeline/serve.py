@@ -19,6 +19,7 @@ from types import TracebackType
 from core.processes import ChildProcess, free_port, tail
 from lumstream.config import Config, to_toml
 from serving.client import RankClient
+from serving.loop import LoopSpec
 from serving.process import ServeSpec
 from serving.service import ServicePaths
 
@@ -28,8 +29,21 @@ class ServiceStartError(RuntimeError):
 
 
 def spec_of(cfg: Config, bootstrap: str | None = None, hooks: str = "") -> ServeSpec:
-    """The worker processes' spec: the same paths every command resolves (Config.layout)."""
+    """The worker processes' spec: the same paths every command resolves (Config.layout).
+    With a cluster (``bootstrap``) every worker also runs the closed loop's pieces:
+    exploration, the served-list log to lum.events and ``POST /v1/events``."""
     layout = cfg.layout
+    loop = None
+    if bootstrap:
+        loop = LoopSpec(
+            served_log=cfg.served_log,
+            events_api=cfg.events_api,
+            explore=cfg.explore,
+            events=cfg.events,
+            kafka=cfg.kafka,
+            bootstrap=bootstrap,
+            data_dir=layout.data_dir,
+        )
     return ServeSpec(
         serving=cfg.serving,
         store=cfg.store,
@@ -40,6 +54,7 @@ def spec_of(cfg: Config, bootstrap: str | None = None, hooks: str = "") -> Serve
         kafka=cfg.kafka,
         bootstrap=bootstrap,
         hooks=hooks,
+        loop=loop,
     )
 
 

@@ -274,8 +274,9 @@ class Pipeline:
         for arm in self.rankers:
             port = free_port("127.0.0.1")
             self.ports[arm] = port
-            sets = [*self._ranker_sets(arm), f"serving.port={port}"]
-            sets.append(f"serving.explore_share={self.opts.explore_share}")
+            sets = [*self._ranker_sets(arm), f"serving.port={port}", "serving.workers=1"]
+            sets += [f"explore.share={self.opts.explore_share}", f"explore.seed={len(self.ports)}"]
+            sets.append(f"served_log.spool_dir={self.root / 'data' / 'served-spool' / arm}")
             c.start(f"serve-{arm}", ["serve"], sets)
         c.wait("the ranking services", self._services_ready, 180)
         print(

@@ -27,7 +27,7 @@ from streams.kafka.broker import EmbeddedBroker
 from streams.kafka.producer import Producer
 from trainer.ranker.checkpoint import announce
 
-served_lists: list[tuple[str, RankResponse]] = []
+served_lists: list[tuple[str, RankResponse]] = []  # (request id, response)
 
 
 def hooks(service: RankService, metrics: Metrics) -> AppHooks:
@@ -39,8 +39,8 @@ def hooks(service: RankService, metrics: Metrics) -> AppHooks:
     def add_routes(app: web.Application) -> None:
         app.router.add_get("/v1/ping", ping)
 
-    def on_served(request: web.Request, response: RankResponse) -> None:
-        served_lists.append((request.path, response))
+    def on_served(request: RankRequest, response: RankResponse) -> None:
+        served_lists.append((request.request_id or "", response))
 
     return AppHooks(on_served=on_served, add_routes=add_routes)
 
@@ -61,7 +61,7 @@ def test_hooks_add_routes_and_see_every_served_list(tmp_path: Path, metrics: Met
                 assert c.raw("GET", "/v1/ping") == (200, b'{"version": "r1"}')
         finally:
             svc.close()
-    assert served_lists == [("/v1/rank", resp)]
+    assert served_lists == [("a", resp)]
 
 
 @pytest.mark.integration
