@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 _PARTITION = re.compile(r"p[0-9]+")
 _FRESH_USERS = 50_000  # users whose newest seen event time is remembered (freshness metric)
+_FRESH_GAP_MS = 1_000  # the freshness metric counts a user only when requests come this close
 
 
 def wall_ms() -> int:
@@ -187,7 +188,7 @@ class RankService:
         self._store_at = 0.0
         self._vectors_at = time.monotonic()
         self._recent_parts: list[np.ndarray] = []
-        self._newest_seen: OrderedDict[int, int] = OrderedDict()
+        self._newest_seen: OrderedDict[int, tuple[int, int]] = OrderedDict()  # newest, seen at
 
     # -- versions ------------------------------------------------------------------------
     def _swap(self, served: Served) -> None:
@@ -329,7 +330,9 @@ class RankService:
             )
             for i in order.tolist()
         ]
-        self._observe(served, sc.probs, sc.new_user, int(sc.new_item.sum()))
+        # the scores of what is served (the top k): the version's reference was taken over
+        # shown impressions, not over every candidate a client asks about
+        self._observe(served, sc.probs[order], sc.new_user, int(sc.new_item.sum()))
         return RankResponse(
             request_id=req.request_id or uuid.uuid4().hex,
             items=items_out,
@@ -343,16 +346,19 @@ class RankService:
         )
 
     def _freshness(self, user: int, seq: np.ndarray) -> None:
-        """Observe how long the newest event of a user's history took to be seen here
-        (event time to the first request that saw it)."""
+        """Observe how long the newest event of a user's history took to be seen here:
+        event time to the first request that saw it, when the user's previous request
+        (which did not see it) came at most ``_FRESH_GAP_MS`` before: the event became
+        visible between the two, so the figure is off by at most that gap. (Without the
+        bound it would measure how long users wait between requests.)"""
         if not len(seq):
             return
-        newest = int(seq["ts"][-1])
+        newest, now = int(seq["ts"][-1]), wall_ms()
         before = self._newest_seen.get(user)
-        if before is not None and newest > before:
-            age = max(wall_ms() - newest, 0) / 1000.0
+        if before is not None and newest > before[0] and now - before[1] <= _FRESH_GAP_MS:
+            age = max(now - newest, 0) / 1000.0
             self.metrics.serving_history_freshness.metric.observe(age)
-        self._newest_seen[user] = newest
+        self._newest_seen[user] = (newest, now)
         self._newest_seen.move_to_end(user)
         while len(self._newest_seen) > _FRESH_USERS:
             self._newest_seen.popitem(last=False)

@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="the short form the test suite runs (a smaller history, 40 s live); flags "
+        help="the short form the test suite runs (a smaller history, 60 s live); flags "
         "given with it still apply",
     )
     p.add_argument(

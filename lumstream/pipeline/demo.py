@@ -34,7 +34,7 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from lumstream.pipeline.stack import ARMS, DemoOptions, Pipeline
+from lumstream.pipeline.stack import ARMS, SHOWN, DemoOptions, Pipeline
 
 if TYPE_CHECKING:
     from lumstream.config import Config
@@ -81,7 +81,7 @@ class _Demo:
         world: World = self.p.stream.world
         arms = [Arm(a, self.p.url(a)) for a in ARMS[:2]]
         arms.append(Arm("popularity"))
-        loop_opts = LoopOptions(rate=self.opts.rate, seed=self.cfg.generator.seed)
+        loop_opts = LoopOptions(rate=self.opts.rate, k=SHOWN, seed=self.cfg.generator.seed)
         drift_after = self.opts.duration_s / 2 if self.opts.drift else None
         loop = ClosedLoop(world, arms, arms[0].url or "", loop_opts, self.p.prior, drift_after)
         print(
@@ -95,10 +95,36 @@ class _Demo:
         printer = threading.Thread(target=self._progress, args=(loop, done), daemon=True)
         printer.start()
         try:
-            return loop.run(self.opts.duration_s)
+            result = loop.run(self.opts.duration_s)
         finally:
             done.set()
             printer.join()
+        if self.opts.drift:
+            self._await_drift_alert()
+        return result
+
+    def _await_drift_alert(self, timeout_s: float = 30.0) -> None:
+        """The shift's samples reach the trainers a label window after the shift, and the
+        alert waits its (scaled) ``for:``: give it up to ``timeout_s`` after the loop."""
+        from monitoring.alerts import ApiError, api
+
+        if self.p.mon is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                alerts = api(self.p.mon.prometheus_url, "/api/v1/alerts")["alerts"]
+            except ApiError:
+                alerts = []
+            if any(
+                a["state"] == "firing"
+                and a["labels"]["alertname"].startswith("LumstreamRanker")
+                and "Drift" in a["labels"]["alertname"]
+                for a in alerts
+            ):
+                return
+            self.children.check()
+            time.sleep(1.0)
 
     def _progress(self, loop: object, done: threading.Event) -> None:
         from lumstream.pipeline.simulated_users import ClosedLoop

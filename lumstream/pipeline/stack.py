@@ -23,12 +23,15 @@ from core.settings import ConfigError
 if TYPE_CHECKING:
     from lumstream.config import Config
     from lumstream.pipeline.children import Children
+    from monitoring.config import DriftConfig
     from monitoring.stack import LocalMonitoring
     from streams.generator import ClickStream
 
 ARMS = ("lum", "no_lum", "popularity")
 LABEL_WINDOW_S = 10.0  # a served impression's sample is learned this soon after it
-RULES_FACTOR = 60.0  # the alert rules' clock: a drift alert's for: 15m becomes 15 s
+RULES_FACTOR = 120.0  # the alert rules' clock: a drift alert's for: 15m becomes 7.5 s
+SHOWN = 10  # items a simulated user is shown per request (LoopOptions.k)
+HISTORY_SAMPLES = 0.85  # samples per history event (10 impressions per view, plus clicks)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -76,7 +79,7 @@ class DemoOptions:
     @classmethod
     def quick(cls) -> DemoOptions:
         """The short form the test suite runs (``--quick``)."""
-        return cls(duration_s=40.0, rate=20.0, history_events=40_000, publish_every_s=5.0)
+        return cls(duration_s=60.0, rate=20.0, history_events=40_000, publish_every_s=5.0)
 
 
 @contextlib.contextmanager
@@ -145,8 +148,25 @@ def _demo_config(cfg: Config, opts: DemoOptions, root: Path, bootstrap: str) -> 
             incremental_every_s=opts.incremental_every_s,
         ),
         ranker=ranker,
-        drift=replace(cfg.drift, window=3_000, reference_samples=5_000, warmup_samples=10_000),
+        drift=_drift(cfg, opts),
         metrics=replace(cfg.metrics, enabled=True, port=0),
+    )
+
+
+def _drift(cfg: Config, opts: DemoOptions) -> DriftConfig:
+    """Drift references taken from the live loop before the users' tastes shift: the
+    history's samples are another traffic (lists the generator showed, samples from before
+    any vector existed), so comparing live samples with them would flag that difference,
+    not the shift. The trainers learn the history (about ``HISTORY_SAMPLES`` per event),
+    then the first quarter of the live loop, and the next version carries the reference
+    of its newest samples: all live, all before the shift."""
+    live_per_s = opts.rate * SHOWN
+    reference = max(int(live_per_s * opts.duration_s * 0.25), 500)
+    return replace(
+        cfg.drift,
+        warmup_samples=int(HISTORY_SAMPLES * opts.history_events) + reference,
+        reference_samples=reference,
+        window=max(reference // 2, 250),
     )
 
 
