@@ -50,7 +50,9 @@ from typing import Any
 
 import numpy as np
 import orjson
+from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
+from rocksdict import Rdict, WriteBatch, WriteOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -61,10 +63,12 @@ from streams.contracts.samples import HIST_DTYPE, SAMPLE_DTYPE
 from streams.generator import ClickStream
 from streams.kafka.broker import EmbeddedBroker
 from streams.kafka.consumer import end_offsets
+from streams.kafka.librdkafka import librdkafka_consumer_config
 from streams.kafka.producer import Producer
 from streams.kafka.topics import ensure_topics, with_topics
 from streams.worker.confluent_engine import StreamWorker
-from streams.worker.store import StoreReader
+from streams.worker.decode import decode_batch
+from streams.worker.store import StoreReader, _options
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -167,6 +171,105 @@ def run_worker(
         "p99_batch_apply_ms": _pct(values, 99) * 1000,
         "p50_event_to_store_ms": _pct(latencies, 50),
         "p99_event_to_store_ms": _pct(latencies, 99),
+    }
+
+
+# -- the limit loops --------------------------------------------------------------------------
+
+LIMITS = ("consume", "decode", "append")
+LIMIT_TITLES = {
+    "consume": "limit: raw consume",
+    "decode": "limit: consume + decode",
+    "append": "limit: consume + decode + durable append",
+}
+
+
+def run_limit(
+    cfg: Config,
+    kafka: KafkaConfig,
+    bootstrap: str,
+    root: Path,
+    total: int,
+    level: str,
+    overrides: dict[str, Any],
+) -> dict[str, Any]:
+    """The worker's building blocks alone, on the same records: the rate it cannot beat.
+
+    ``consume``: a confluent-kafka consumer with the worker's settings (plus
+    ``overrides``), all partitions assigned from offset 0, ``worker.batch_max`` records per
+    poll, the values, keys, offsets and timestamps taken out of every record as the worker
+    does. ``decode``: + the worker's :func:`decode_batch` of each partition slice (msgspec,
+    validation, id columns). ``append``: + one fsynced RocksDB WriteBatch per partition
+    slice (one database per partition, the store's options) holding the slice's decoded
+    columns and its next offset, append-only (no reads, no sequences, join or samples).
+    Timed like the worker: from the first non-empty poll to the end of the last slice.
+    """
+    conf = librdkafka_consumer_config(kafka, bootstrap, f"limit-{uuid.uuid4().hex[:8]}", "limit")
+    conf |= overrides
+    consumer = Consumer(conf)
+    parts = sorted(end_offsets(kafka, bootstrap, kafka.topic_events))
+    consumer.assign([TopicPartition(kafka.topic_events, p, 0) for p in parts])
+    dbs: dict[int, Rdict] = {}
+    sync = WriteOptions()
+    sync.sync = cfg.store.sync_writes
+    if level == "append":
+        for p in parts:
+            (root / f"p{p:05d}").mkdir(parents=True, exist_ok=True)
+            dbs[p] = Rdict(str(root / f"p{p:05d}"), _options(create=True))
+    timeout_s = cfg.worker.batch_timeout_ms / 1000
+    seen = polls = empty = 0
+    first = 0.0
+    cpu_start = time.process_time()
+    deadline = time.monotonic() + 60 + total / 5_000
+    try:
+        while seen < total:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"limit loop {level!r}: {seen} of {total} records in time")
+            records = consumer.consume(num_messages=cfg.worker.batch_max, timeout=timeout_s)
+            if not records:
+                empty += bool(seen)
+                continue
+            if not seen:
+                first = time.perf_counter()
+            polls += 1
+            by_partition: dict[int, list[Any]] = {}
+            for rec in records:
+                by_partition.setdefault(rec.partition(), []).append(rec)
+            for p, recs in by_partition.items():
+                offsets = [r.offset() for r in recs]
+                _keys = [r.key() for r in recs]
+                values = [r.value() or b"" for r in recs]
+                stamps = [r.timestamp()[1] for r in recs]
+                seen += len(recs)
+                if level == "consume":
+                    continue
+                wall = int(time.time() * 1000)
+                now = np.minimum(np.asarray(stamps, np.int64), wall)
+                cols, _bad = decode_batch(values, cfg.events, now)
+                if level == "decode":
+                    continue
+                wb = WriteBatch(raw_mode=True)
+                wb.put(
+                    b"b" + offsets[0].to_bytes(8, "big"),
+                    b"".join(
+                        getattr(cols, c).tobytes()
+                        for c in ("user", "item", "cond", "cat", "action", "ts")
+                    ),
+                )
+                wb.put(b"P", str(offsets[-1] + 1).encode())
+                dbs[p].write(wb, sync)
+        seconds = time.perf_counter() - first
+        cpu = time.process_time() - cpu_start
+    finally:
+        consumer.close()
+        for db in dbs.values():
+            db.close()
+    return {
+        "events_per_s": seen / seconds,
+        "events_per_cpu_s": seen / max(cpu, 1e-9),
+        "seconds": seconds,
+        "polls": polls,
+        "empty_polls": empty,
     }
 
 
@@ -378,7 +481,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         total = sum(end_offsets(kafka, bootstrap, kafka.topic_events).values())
         if total != args.events:
             raise RuntimeError(f"pre-filled {total} records, expected {args.events}")
-        result |= run_worker(cfg, kafka, bootstrap, tmp / "store", total)
+        result |= measure_rounds(cfg, kafka, bootstrap, tmp, total, args)
         if args.profile:
             prof = cProfile.Profile()
             run_worker(cfg, kafka, bootstrap, tmp / "store-profiled", total, profile=prof)
@@ -403,6 +506,60 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             )
     result["machine"]["load_average_1m_end"] = round(os.getloadavg()[0], 2)
     return result
+
+
+def measure_rounds(
+    cfg: Config,
+    kafka: KafkaConfig,
+    bootstrap: str,
+    tmp: Path,
+    total: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """``args.rounds`` interleaved rounds (worker, then each limit loop) on the same
+    records; the worker's figures are those of its median round, each limit its median."""
+    overrides = dict(_parse_set(kv) for kv in args.consumer_set)
+    workers: list[dict[str, Any]] = []
+    limits: dict[str, list[dict[str, Any]]] = {}
+    loops = [(level, level, {}) for level in LIMITS]
+    if overrides:
+        loops += [(f"{level}+set", level, overrides) for level in LIMITS]
+    for r in range(args.rounds):
+        workers.append(run_worker(cfg, kafka, bootstrap, tmp / f"store-{r}", total))
+        if args.skip_limits:
+            continue
+        for name, level, conf in loops:
+            limits.setdefault(name, []).append(
+                run_limit(cfg, kafka, bootstrap, tmp / f"limit-{name}-{r}", total, level, conf)
+            )
+    rates = [w["events_per_s"] for w in workers]
+    out = dict(workers[int(np.argsort(rates)[len(rates) // 2])])
+    out["worker_rounds_events_per_s"] = rates
+    out["limits"] = {
+        name: {
+            "events_per_s": float(np.median([x["events_per_s"] for x in runs])),
+            "events_per_cpu_s": float(np.median([x["events_per_cpu_s"] for x in runs])),
+            "empty_polls": int(np.median([x["empty_polls"] for x in runs])),
+            "rounds_events_per_s": [x["events_per_s"] for x in runs],
+        }
+        for name, runs in limits.items()
+    }
+    out["consumer_set"] = overrides
+    out["worker_rounds_fraction_of_append"] = (
+        [w / a["events_per_s"] for w, a in zip(rates, limits["append"], strict=True)]
+        if "append" in limits
+        else []
+    )
+    fractions = out["worker_rounds_fraction_of_append"]
+    out["worker_fraction_of_append"] = float(np.median(fractions)) if fractions else None
+    return out
+
+
+def _parse_set(kv: str) -> tuple[str, Any]:
+    key, sep, value = kv.partition("=")
+    if not sep:
+        raise SystemExit(f"--consumer-set wants KEY=VALUE, got {kv!r}")
+    return key, int(value) if value.lstrip("-").isdigit() else value
 
 
 def _profile_text(prof: cProfile.Profile, top: int) -> str:
@@ -430,7 +587,9 @@ def _print_table(r: dict[str, Any]) -> None:
         (
             "worker: one process",
             f"{r['events_per_s']:>10,.0f} events/s  "
-            f"({r['seconds']:.2f} s, first batch to last commit)",
+            f"({r['seconds']:.2f} s, first batch to last commit; rounds "
+            + ", ".join(f"{x:,.0f}" for x in r["worker_rounds_events_per_s"])
+            + ")",
         ),
         ("  per CPU second", f"{r['events_per_cpu_s']:>10,.0f} events/s"),
         (
@@ -456,6 +615,28 @@ def _print_table(r: dict[str, Any]) -> None:
             "pre-filled topic)",
         ),
     ]
+    for name, lim in r.get("limits", {}).items():
+        level, _, tuned = name.partition("+")
+        title = LIMIT_TITLES[level] + (" (--consumer-set)" if tuned else "")
+        rows.append(
+            (
+                title,
+                f"{lim['events_per_s']:>10,.0f} events/s  "
+                f"({lim['events_per_cpu_s']:,.0f} per CPU second, "
+                f"{lim['empty_polls']} empty polls)",
+            )
+        )
+    if r.get("worker_fraction_of_append") is not None:
+        rows.append(
+            (
+                "worker / durable-append limit",
+                f"{r['worker_fraction_of_append']:>10.2f}  (median of the per-round ratios "
+                + ", ".join(f"{f:.2f}" for f in r["worker_rounds_fraction_of_append"])
+                + ")",
+            )
+        )
+    if r.get("consumer_set"):
+        rows.append(("--consumer-set", ", ".join(f"{k}={v}" for k, v in r["consumer_set"].items())))
     if naive:
         rows += [
             ("naive faust Table", f"{naive:>10,.0f} events/s  ({r['naive_events']:,} events)"),
@@ -491,6 +672,22 @@ def main(argv: list[str] | None = None) -> int:
         help="records for the naive faust baseline (0 = skip)",
     )
     parser.add_argument("--skip-naive", action="store_true", help="same as --naive-events 0")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="interleaved rounds of the worker and the limit loops (medians printed)",
+    )
+    parser.add_argument(
+        "--skip-limits", action="store_true", help="time the worker only (no limit loops)"
+    )
+    parser.add_argument(
+        "--consumer-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also run the limit loops with this librdkafka consumer setting (repeatable)",
+    )
     parser.add_argument(
         "--faust-engine-events",
         type=int,
