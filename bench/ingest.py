@@ -460,6 +460,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "chunk_events": cfg.store.chunk_events,
             "label_window_s": cfg.worker.label_window_s,
             "history_len": cfg.worker.history_len,
+            "pipeline": cfg.worker.pipeline,
             "users": gen.users,
             "items": gen.items,
             "malformed_fraction": gen.malformed_fraction,
@@ -524,8 +525,12 @@ def measure_rounds(
     loops = [(level, level, {}) for level in LIMITS]
     if overrides:
         loops += [(f"{level}+set", level, overrides) for level in LIMITS]
+    sequential: list[dict[str, Any]] = []
+    seq_cfg = dataclasses.replace(cfg, worker=dataclasses.replace(cfg.worker, pipeline=False))
     for r in range(args.rounds):
         workers.append(run_worker(cfg, kafka, bootstrap, tmp / f"store-{r}", total))
+        if args.sequential:
+            sequential.append(run_worker(seq_cfg, kafka, bootstrap, tmp / f"seq-{r}", total))
         if args.skip_limits:
             continue
         for name, level, conf in loops:
@@ -545,6 +550,16 @@ def measure_rounds(
         for name, runs in limits.items()
     }
     out["consumer_set"] = overrides
+    if sequential:
+        seq_rates = [w["events_per_s"] for w in sequential]
+        out["sequential"] = {
+            "events_per_s": float(np.median(seq_rates)),
+            "events_per_cpu_s": float(np.median([w["events_per_cpu_s"] for w in sequential])),
+            "rounds_events_per_s": seq_rates,
+            "p50_event_to_store_ms": float(
+                np.median([w["p50_event_to_store_ms"] for w in sequential])
+            ),
+        }
     out["worker_rounds_fraction_of_append"] = (
         [w / a["events_per_s"] for w, a in zip(rates, limits["append"], strict=True)]
         if "append" in limits
@@ -615,6 +630,15 @@ def _print_table(r: dict[str, Any]) -> None:
             "pre-filled topic)",
         ),
     ]
+    if r.get("sequential"):
+        sq = r["sequential"]
+        rows.append(
+            (
+                "worker, worker.pipeline=false",
+                f"{sq['events_per_s']:>10,.0f} events/s  ({sq['events_per_cpu_s']:,.0f} per CPU "
+                "second; rounds " + ", ".join(f"{x:,.0f}" for x in sq["rounds_events_per_s"]) + ")",
+            )
+        )
     for name, lim in r.get("limits", {}).items():
         level, _, tuned = name.partition("+")
         title = LIMIT_TITLES[level] + (" (--consumer-set)" if tuned else "")
@@ -677,6 +701,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         help="interleaved rounds of the worker and the limit loops (medians printed)",
+    )
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="each round also times the worker with worker.pipeline=false (one poll at a time)",
     )
     parser.add_argument(
         "--skip-limits", action="store_true", help="time the worker only (no limit loops)"

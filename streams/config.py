@@ -176,6 +176,11 @@ class WorkerConfig:
     max_samples_per_message: int = setting(
         256, "samples per lum.samples message (a block)", minimum=1
     )
+    pipeline: bool = setting(
+        True,
+        "confluent engine: process the next poll while the previous one's samples are "
+        "flushed and its store batches written (in a second thread)",
+    )
 
 
 @dataclass(frozen=True)
