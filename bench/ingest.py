@@ -59,10 +59,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lumstream.config import Config, load
 from monitoring.metrics import Metrics
 from streams.config import KafkaConfig
-from streams.contracts.samples import HIST_DTYPE, SAMPLE_DTYPE
+from streams.contracts.samples import HIST_DTYPE, SAMPLE_DTYPE, decode_block
 from streams.generator import ClickStream
 from streams.kafka.broker import EmbeddedBroker
-from streams.kafka.consumer import end_offsets
+from streams.kafka.consumer import PositionedConsumer, end_offsets
 from streams.kafka.librdkafka import librdkafka_consumer_config
 from streams.kafka.producer import Producer
 from streams.kafka.topics import ensure_topics, with_topics
@@ -273,6 +273,106 @@ def run_limit(
     }
 
 
+# -- open loop: event-to-store latency at a steady rate ----------------------------------------
+
+
+def open_loop_child(bootstrap: str, topic: str, rate: float, n: int, malformed: float) -> None:
+    """``lumstream generate``'s pump: ``n`` generator records into ``topic`` at ``rate``
+    events/s, whatever the worker does (open loop); prints the rate it held."""
+    from streams.generator.pump import generate
+
+    cfg = load()
+    gen = dataclasses.replace(
+        cfg.generator,
+        events=n,
+        rate=rate,
+        start_ts_ms=int(time.time() * 1000) - 86_400_000,
+        malformed_fraction=malformed,
+    )
+    result = generate(gen, kafka=cfg.kafka, bootstrap=bootstrap, topic=topic)
+    print(orjson.dumps({"events": result.stats.events, "seconds": result.seconds}).decode())
+
+
+def run_open_loop(
+    cfg: Config, kafka_base: KafkaConfig, bootstrap: str, tmp: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """A worker on an empty topic; once it owns every partition, a child process produces
+    ``--open-loop-rate`` events/s for ``--open-loop-seconds``; event-to-store latency is
+    the Kafka record timestamp (set when the generator produced it) to the durable store
+    commit. The first ``--open-loop-warmup-s`` seconds of records are left out."""
+    kafka = with_topics(kafka_base, f".open.{uuid.uuid4().hex[:8]}")
+    ensure_topics(kafka, bootstrap)
+    total = int(args.open_loop_rate * args.open_loop_seconds)
+    worker_cfg = dataclasses.replace(
+        cfg.worker,
+        group_id=f"bench-open-{uuid.uuid4().hex[:8]}",
+        batch_timeout_ms=args.open_loop_batch_timeout_ms or cfg.worker.batch_timeout_ms,
+    )
+    root = tmp / "open-loop"
+    store_cfg = dataclasses.replace(cfg.store, path=str(root))
+    metrics = Metrics(CollectorRegistry())
+    worker = StreamWorker(kafka, store_cfg, worker_cfg, cfg.events, bootstrap, root, metrics)
+    worker.keep_latencies = True
+    stop = threading.Event()
+
+    def on_batch(stats: Any) -> None:
+        if stats.applied + stats.dead_letters >= total:
+            stop.set()
+
+    runner = threading.Thread(target=worker.run, args=(stop,), kwargs={"on_batch": on_batch})
+    runner.start()
+    child: subprocess.Popen[bytes] | None = None
+    try:
+        deadline = time.monotonic() + 60
+        while len(worker.processors) < args.partitions:
+            if time.monotonic() > deadline or not runner.is_alive():
+                raise RuntimeError("open loop: the worker did not get its partitions")
+            time.sleep(0.05)
+        started_ms = time.time() * 1000.0
+        argv = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--open-loop-child",
+            bootstrap,
+            kafka.topic_events,
+            str(args.open_loop_rate),
+            str(total),
+            str(args.malformed),
+        ]
+        child = subprocess.Popen(
+            argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        )
+        out, err = child.communicate(timeout=120 + 2 * args.open_loop_seconds)
+        if child.returncode != 0:
+            raise RuntimeError(f"open-loop producer failed:\n{err.decode()[-3000:]}")
+        produced = orjson.loads(out.splitlines()[-1])
+        runner.join(60)
+        if runner.is_alive():
+            raise RuntimeError("open loop: the worker did not apply every record in time")
+    finally:
+        stop.set()
+        runner.join(30)
+        if child is not None and child.poll() is None:
+            _stop(child)
+    warm_ms = started_ms + args.open_loop_warmup_s * 1000.0
+    lat = np.concatenate(worker.latencies_ms) if worker.latencies_ms else np.empty(0)
+    ends = np.repeat(worker.commit_ms, [len(x) for x in worker.latencies_ms])
+    keep = (ends - lat) >= warm_ms  # record timestamp after the warm-up
+    lat = lat[keep]
+    return {
+        "rate": args.open_loop_rate,
+        "produced_events_per_s": produced["events"] / produced["seconds"],
+        "seconds": args.open_loop_seconds,
+        "batch_timeout_ms": worker_cfg.batch_timeout_ms,
+        "measured_events": len(lat),
+        "p50_ms": _pct(lat, 50),
+        "p99_ms": _pct(lat, 99),
+        "p999_ms": _pct(lat, 99.9),
+        "max_ms": float(lat.max()) if len(lat) else float("nan"),
+        "batches": worker.stats.batches,
+    }
+
+
 # -- the naive faust baseline -----------------------------------------------------------------
 
 
@@ -461,6 +561,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "label_window_s": cfg.worker.label_window_s,
             "history_len": cfg.worker.history_len,
             "pipeline": cfg.worker.pipeline,
+            "compression": cfg.worker.compression,
             "users": gen.users,
             "items": gen.items,
             "malformed_fraction": gen.malformed_fraction,
@@ -483,6 +584,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         if total != args.events:
             raise RuntimeError(f"pre-filled {total} records, expected {args.events}")
         result |= measure_rounds(cfg, kafka, bootstrap, tmp, total, args)
+        if args.open_loop_rate:
+            result["open_loop"] = run_open_loop(cfg, kafka_base, bootstrap, tmp, args)
         if args.profile:
             prof = cProfile.Profile()
             run_worker(cfg, kafka, bootstrap, tmp / "store-profiled", total, profile=prof)
@@ -525,12 +628,23 @@ def measure_rounds(
     loops = [(level, level, {}) for level in LIMITS]
     if overrides:
         loops += [(f"{level}+set", level, overrides) for level in LIMITS]
-    sequential: list[dict[str, Any]] = []
-    seq_cfg = dataclasses.replace(cfg, worker=dataclasses.replace(cfg.worker, pipeline=False))
+    variants = {kv: _worker_variant(cfg, kv) for kv in args.variant}
+    ran: dict[str, list[dict[str, Any]]] = {kv: [] for kv in variants}
     for r in range(args.rounds):
-        workers.append(run_worker(cfg, kafka, bootstrap, tmp / f"store-{r}", total))
-        if args.sequential:
-            sequential.append(run_worker(seq_cfg, kafka, bootstrap, tmp / f"seq-{r}", total))
+        workers.append(
+            run_worker(
+                cfg, own_samples(kafka, bootstrap, f"w{r}"), bootstrap, tmp / f"w-{r}", total
+            )
+        )
+        if args.drain_samples and r == 0:
+            workers[-1]["trainer_source"] = drain_samples(kafka, bootstrap, f"w{r}")
+        for i, (kv, vcfg) in enumerate(variants.items()):
+            tag = f"v{i}r{r}"
+            ran[kv].append(
+                run_worker(vcfg, own_samples(kafka, bootstrap, tag), bootstrap, tmp / tag, total)
+            )
+            if args.drain_samples and r == 0:
+                ran[kv][-1]["trainer_source"] = drain_samples(kafka, bootstrap, tag)
         if args.skip_limits:
             continue
         for name, level, conf in loops:
@@ -550,16 +664,16 @@ def measure_rounds(
         for name, runs in limits.items()
     }
     out["consumer_set"] = overrides
-    if sequential:
-        seq_rates = [w["events_per_s"] for w in sequential]
-        out["sequential"] = {
-            "events_per_s": float(np.median(seq_rates)),
-            "events_per_cpu_s": float(np.median([w["events_per_cpu_s"] for w in sequential])),
-            "rounds_events_per_s": seq_rates,
-            "p50_event_to_store_ms": float(
-                np.median([w["p50_event_to_store_ms"] for w in sequential])
-            ),
+    out["variants"] = {
+        kv: {
+            "events_per_s": float(np.median([w["events_per_s"] for w in runs])),
+            "events_per_cpu_s": float(np.median([w["events_per_cpu_s"] for w in runs])),
+            "rounds_events_per_s": [w["events_per_s"] for w in runs],
+            "trainer_source": runs[0].get("trainer_source"),
         }
+        for kv, runs in ran.items()
+    }
+    out["trainer_source"] = workers[0].get("trainer_source")
     out["worker_rounds_fraction_of_append"] = (
         [w / a["events_per_s"] for w, a in zip(rates, limits["append"], strict=True)]
         if "append" in limits
@@ -568,6 +682,54 @@ def measure_rounds(
     fractions = out["worker_rounds_fraction_of_append"]
     out["worker_fraction_of_append"] = float(np.median(fractions)) if fractions else None
     return out
+
+
+def _worker_variant(cfg: Config, kv: str) -> Config:
+    """``cfg`` with one ``worker`` setting changed (``pipeline=false``, ``compression=lz4``)."""
+    name, _, value = kv.partition("=")
+    fields = {f.name: f for f in dataclasses.fields(cfg.worker)}
+    if name not in fields or not value:
+        raise SystemExit(f"--variant wants NAME=VALUE of a worker setting, got {kv!r}")
+    current = getattr(cfg.worker, name)
+    typed: Any = value.lower() in ("1", "true", "yes") if isinstance(current, bool) else value
+    if isinstance(current, (int, float)) and not isinstance(current, bool):
+        typed = type(current)(value)
+    return dataclasses.replace(cfg, worker=dataclasses.replace(cfg.worker, **{name: typed}))
+
+
+def own_samples(kafka: KafkaConfig, bootstrap: str, tag: str) -> KafkaConfig:
+    """``kafka`` with a samples topic of this worker run's own (same events topic)."""
+    out = dataclasses.replace(kafka, topic_samples=f"{kafka.topic_samples}.{tag}")
+    ensure_topics(out, bootstrap)
+    return out
+
+
+def drain_samples(kafka: KafkaConfig, bootstrap: str, tag: str) -> dict[str, Any]:
+    """The trainer's source on one run's samples topic: its ``PositionedConsumer`` reads
+    every message and ``decode_block`` decodes it (what the ranker's assembler gets)."""
+    topic = f"{kafka.topic_samples}.{tag}"
+    ends = end_offsets(kafka, bootstrap, topic)
+    src = PositionedConsumer(kafka, bootstrap, topic, stop_at=ends)
+    messages = samples = 0
+    nbytes = 0
+    start = time.perf_counter()
+    try:
+        while not src.exhausted():
+            for rec in src.poll(64, 0.2):
+                block = decode_block(rec.value)
+                messages += 1
+                samples += len(block)
+                nbytes += len(rec.value)
+    finally:
+        src.close()
+    seconds = time.perf_counter() - start
+    return {
+        "messages": messages,
+        "samples": samples,
+        "mib": nbytes / 2**20,
+        "seconds": seconds,
+        "samples_per_s": samples / seconds,
+    }
 
 
 def _parse_set(kv: str) -> tuple[str, Any]:
@@ -630,15 +792,18 @@ def _print_table(r: dict[str, Any]) -> None:
             "pre-filled topic)",
         ),
     ]
-    if r.get("sequential"):
-        sq = r["sequential"]
+    if r.get("trainer_source"):
+        rows.append(("  trainer source", _source_text(r["trainer_source"])))
+    for kv, v in r.get("variants", {}).items():
         rows.append(
             (
-                "worker, worker.pipeline=false",
-                f"{sq['events_per_s']:>10,.0f} events/s  ({sq['events_per_cpu_s']:,.0f} per CPU "
-                "second; rounds " + ", ".join(f"{x:,.0f}" for x in sq["rounds_events_per_s"]) + ")",
+                f"worker, worker.{kv}",
+                f"{v['events_per_s']:>10,.0f} events/s  ({v['events_per_cpu_s']:,.0f} per CPU "
+                "second; rounds " + ", ".join(f"{x:,.0f}" for x in v["rounds_events_per_s"]) + ")",
             )
         )
+        if v.get("trainer_source"):
+            rows.append(("  trainer source", _source_text(v["trainer_source"])))
     for name, lim in r.get("limits", {}).items():
         level, _, tuned = name.partition("+")
         title = LIMIT_TITLES[level] + (" (--consumer-set)" if tuned else "")
@@ -661,6 +826,21 @@ def _print_table(r: dict[str, Any]) -> None:
         )
     if r.get("consumer_set"):
         rows.append(("--consumer-set", ", ".join(f"{k}={v}" for k, v in r["consumer_set"].items())))
+    if r.get("open_loop"):
+        ol = r["open_loop"]
+        rows += [
+            (
+                "open loop",
+                f"{ol['rate']:,.0f} events/s for {ol['seconds']:.0f} s (held "
+                f"{ol['produced_events_per_s']:,.0f}), batch_timeout_ms="
+                f"{ol['batch_timeout_ms']}, {ol['batches']:,} batches",
+            ),
+            (
+                "  event-to-store p50 / p99",
+                f"{ol['p50_ms']:,.0f} / {ol['p99_ms']:,.0f} ms  (p99.9 {ol['p999_ms']:,.0f}, "
+                f"max {ol['max_ms']:,.0f}; {ol['measured_events']:,} records after the warm-up)",
+            ),
+        ]
     if naive:
         rows += [
             ("naive faust Table", f"{naive:>10,.0f} events/s  ({r['naive_events']:,} events)"),
@@ -678,8 +858,19 @@ def _print_table(r: dict[str, Any]) -> None:
         print(r["profile"])
 
 
+def _source_text(src: dict[str, Any]) -> str:
+    return (
+        f"{src['samples_per_s']:>10,.0f} samples/s  ({src['samples']:,} samples in "
+        f"{src['messages']:,} messages, {src['mib']:,.0f} MiB as fetched, PositionedConsumer "
+        "+ decode_block)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--open-loop-child"]:
+        open_loop_child(argv[1], argv[2], float(argv[3]), int(argv[4]), float(argv[5]))
+        return 0
     if argv[:1] == ["--naive-child"]:
         naive_child(argv[1], argv[2], int(argv[3]), argv[4], argv[5])
         return 0
@@ -705,7 +896,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sequential",
         action="store_true",
-        help="each round also times the worker with worker.pipeline=false (one poll at a time)",
+        help="same as --variant pipeline=false (one poll at a time)",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="each round also times the worker with this worker setting (repeatable), "
+        "e.g. compression=lz4",
+    )
+    parser.add_argument(
+        "--drain-samples",
+        action="store_true",
+        help="time the trainer's source (PositionedConsumer + decode_block) over each "
+        "variant's samples of the first round",
     )
     parser.add_argument(
         "--skip-limits", action="store_true", help="time the worker only (no limit loops)"
@@ -729,10 +934,31 @@ def main(argv: list[str] | None = None) -> int:
         help="a second worker run under cProfile; print the top functions",
     )
     parser.add_argument("--profile-top", type=int, default=25, help="functions to print")
+    parser.add_argument(
+        "--open-loop-rate",
+        type=float,
+        default=0.0,
+        help="also measure event-to-store latency with an open-loop producer at this "
+        "many events/s (0 = skip)",
+    )
+    parser.add_argument(
+        "--open-loop-seconds", type=float, default=20.0, help="how long the open loop produces"
+    )
+    parser.add_argument(
+        "--open-loop-warmup-s", type=float, default=2.0, help="records left out at its start"
+    )
+    parser.add_argument(
+        "--open-loop-batch-timeout-ms",
+        type=int,
+        default=0,
+        help="worker.batch_timeout_ms for the open loop (0 = the configured one)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if args.skip_naive:
         args.naive_events = 0
+    if args.sequential and "pipeline=false" not in args.variant:
+        args.variant.append("pipeline=false")
     result = bench(args)
     if args.json:
         print(orjson.dumps(result).decode())

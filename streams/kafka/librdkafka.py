@@ -101,6 +101,12 @@ def librdkafka_consumer_config(
         # then waited on empty 200 ms polls, capping raw consumption near 200k records/s.
         # 10 ms looks again almost at once (docs/ingest.md "Consumer settings")
         "fetch.queue.backoff.ms": 10,
+        # how long the broker may hold a fetch that has too little data (default 500 ms):
+        # tansu held the worker's fetches that long with records waiting, so at a steady
+        # 20k events/s a poll got its records up to half a second late (bench/ingest.py
+        # --open-loop-rate: event-to-store p50 540 -> 339 ms); an idle partition costs
+        # one empty fetch per 20 ms
+        "fetch.wait.max.ms": 20,
         # per partition, several of the worker's polls (worker.batch_max = 20,000) queued
         # ahead, so one fetch response refills it before the next poll empties it
         "queued.min.messages": 200_000,

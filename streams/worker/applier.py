@@ -108,6 +108,7 @@ class BatchApplier:
         self.snapshots = snapshots
         self.keep_latencies = keep_latencies
         self.latencies_ms: list[np.ndarray] = []
+        self.commit_ms: list[float] = []  # with keep_latencies: each batch's commit time
 
     def apply(
         self,
@@ -221,6 +222,7 @@ class BatchApplier:
                 m.event_to_store_seconds.observe(max(v, 0.0))
             if self.keep_latencies:
                 self.latencies_ms.append(lat * 1000.0)
+                self.commit_ms.append(done_ms)
         m.open_impressions.labels(partition=part).set(proc.join.open_count)
         m.store_users.labels(partition=part).set(proc.store.state.counters.get("users", 0))
         if self.stats.batches % _SIZE_EVERY == 1:

@@ -108,6 +108,11 @@ class StreamWorker:
         """Event-to-store latencies per batch when ``keep_latencies`` was set."""
         return self._applier.latencies_ms if self._applier is not None else []
 
+    @property
+    def commit_ms(self) -> list[float]:
+        """Wall-clock commit time (ms) of each batch in ``latencies_ms``."""
+        return self._applier.commit_ms if self._applier is not None else []
+
     # -- partition ownership ---------------------------------------------------------------
     def _open(self, partition: int) -> PartitionProcessor:
         return open_processor(
@@ -168,7 +173,9 @@ class StreamWorker:
         consumer = Consumer(
             librdkafka_consumer_config(self.kafka, self.bootstrap, self.cfg.group_id, "worker")
         )
-        producer = Producer(self.kafka, self.bootstrap, metrics=self.metrics)
+        producer = Producer(
+            self.kafka, self.bootstrap, metrics=self.metrics, compression_type=self.cfg.compression
+        )
         self._applier = kafka_applier(
             self.kafka,
             self.cfg,
