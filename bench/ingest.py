@@ -1,32 +1,52 @@
-"""End-to-end ingest rate of one stream worker process, against the naive faust baseline.
+"""End-to-end ingest rate of one stream worker process, against the limit of its own
+building blocks and the naive faust baseline, all in one run on this machine.
 
-One run on this machine, one fresh embedded broker:
+One fresh embedded broker:
 
 1. pre-fill ``lum.events`` (4 partitions) with ``--events`` generator records (1% malformed
    by default) through ``Producer.send_many``;
-2. **worker**: one :class:`streams.worker.confluent_engine.StreamWorker` in this process
-   consumes them all: validate, sequence update, label join, samples and dead letters
-   produced and flushed, one fsynced RocksDB WriteBatch with the offsets per partition
-   batch. Timed from the start of the first batch to the end of the last commit (the
-   group join before and the idle tail after are excluded). Also: event-to-store latency
-   (Kafka record timestamp -> durable commit; on a pre-filled topic this is mostly the
-   time a record waited in the topic) and the per-batch apply latency (process + send +
-   flush + commit of one partition batch: the latency the worker adds);
-3. **naive**: a faust-streaming agent over the first ``--naive-events`` of the same
+2. ``--rounds`` interleaved rounds of (medians printed):
+
+   - **worker**: one :class:`streams.worker.confluent_engine.StreamWorker` (the confluent
+     engine: librdkafka consumer, ``worker.pipeline`` on by default) in this process
+     consumes them all: validate, sequence update, label join, samples and dead letters
+     produced and flushed, one fsynced RocksDB WriteBatch with the offsets per partition
+     batch. Timed from the start of the first batch to the end of the last commit (the
+     group join before and the idle tail after are excluded). Also: event-to-store
+     latency (on a pre-filled topic mostly the time a record waited in the topic) and the
+     per-batch apply latency;
+   - ``--variant NAME=VALUE`` (``--sequential`` = ``pipeline=false``): the worker again
+     with one worker setting changed, each run with its own samples topic;
+   - **limit loops** on the same records, the rate the worker cannot beat: raw consume
+     (the worker's consumer settings), + the worker's ``decode_batch`` of every partition
+     slice, + one fsynced RocksDB WriteBatch per partition slice (append-only); the
+     worker's fraction of the last is printed. ``--consumer-set KEY=VALUE`` runs them a
+     second time with other librdkafka consumer settings (e.g. the old defaults);
+
+3. ``--drain-samples``: the trainer's source (``PositionedConsumer`` + ``decode_block``)
+   over the first round's samples of the worker and of each variant;
+4. ``--open-loop-rate R``: a worker on an empty topic while a child process produces R
+   events/s for ``--open-loop-seconds`` (open loop: it does not wait for the worker);
+   event-to-store latency from each record's timestamp to its durable commit, p50/p99;
+5. **naive**: a faust-streaming agent over the first ``--naive-events`` of the same
    records, updating a RocksDB-backed faust Table per event
    (``table[user] = table[user] + [event]``), in a child process, timed from its first
    to its last event;
-4. optionally (``--faust-engine-events N``) the worker's faust engine
+6. optionally (``--faust-engine-events N``) the worker's faust engine
    (``worker.engine=faust``) as a ``lumstream worker`` subprocess, timed from its first
    to its last applied offset by polling the store (0.1 s resolution).
 
-``--profile`` adds a second worker run under cProfile and prints where the time goes.
+``--profile`` adds a worker run under cProfile and prints where the time goes (the main
+thread only: the committer thread's flush and commit are not in it).
 
 Usage::
 
     python bench/ingest.py                           # a table
-    python bench/ingest.py --events 500000 --naive-events 20000 --json
-    python bench/ingest.py --events 200000 --profile --skip-naive
+    python bench/ingest.py --events 500000 --rounds 3 --sequential --skip-naive
+    python bench/ingest.py --consumer-set fetch.queue.backoff.ms=1000 --skip-naive
+    python bench/ingest.py --variant compression=gzip --drain-samples --skip-naive
+    python bench/ingest.py --events 20000 --skip-limits --open-loop-rate 20000
+    python bench/ingest.py --events 200000 --profile --skip-naive --json
 """
 
 from __future__ import annotations
@@ -270,6 +290,42 @@ def run_limit(
         "seconds": seconds,
         "polls": polls,
         "empty_polls": empty,
+    }
+
+
+# -- decode alone ------------------------------------------------------------------------------
+
+
+def decode_rates(cfg: Config, n: int, repeats: int) -> dict[str, Any]:
+    """``decode_batch`` alone on ``n`` generator records (no Kafka), in ``worker.batch_max``
+    slices: the joined-column blank check against the per-string reference it replaced
+    (the same function patched in), alternating, ``repeats`` times each; median events/s."""
+    import streams.worker.decode as dec
+
+    gen = dataclasses.replace(cfg.generator, events=n)
+    values = [v for batch in ClickStream(gen).pair_batches() for _, v in batch]
+    now = int(time.time() * 1000)
+    step = cfg.worker.batch_max
+    fast = dec.any_blank
+
+    def reference(col: list[str]) -> bool:
+        return any(map(str.isspace, col))
+
+    runs: dict[str, list[float]] = {"joined": [], "per_string": []}
+    try:
+        for _ in range(repeats):
+            for name, check in (("joined", fast), ("per_string", reference)):
+                dec.any_blank = check  # type: ignore[assignment]
+                t0 = time.perf_counter()
+                for i in range(0, len(values), step):
+                    dec.decode_batch(values[i : i + step], cfg.events, now)
+                runs[name].append(len(values) / (time.perf_counter() - t0))
+    finally:
+        dec.any_blank = fast  # type: ignore[assignment]
+    return {
+        "events": len(values),
+        "events_per_s": {k: float(np.median(v)) for k, v in runs.items()},
+        "runs": runs,
     }
 
 
@@ -584,6 +640,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         if total != args.events:
             raise RuntimeError(f"pre-filled {total} records, expected {args.events}")
         result |= measure_rounds(cfg, kafka, bootstrap, tmp, total, args)
+        if args.decode_events:
+            result["decode"] = decode_rates(cfg, args.decode_events, args.decode_repeats)
         if args.open_loop_rate:
             result["open_loop"] = run_open_loop(cfg, kafka_base, bootstrap, tmp, args)
         if args.profile:
@@ -826,6 +884,15 @@ def _print_table(r: dict[str, Any]) -> None:
         )
     if r.get("consumer_set"):
         rows.append(("--consumer-set", ", ".join(f"{k}={v}" for k, v in r["consumer_set"].items())))
+    if r.get("decode"):
+        d = r["decode"]["events_per_s"]
+        rows.append(
+            (
+                "decode_batch alone",
+                f"{d['joined']:>10,.0f} events/s  (blank check per string, as before: "
+                f"{d['per_string']:,.0f}; {r['decode']['events']:,} records, median)",
+            )
+        )
     if r.get("open_loop"):
         ol = r["open_loop"]
         rows += [
@@ -934,6 +1001,13 @@ def main(argv: list[str] | None = None) -> int:
         help="a second worker run under cProfile; print the top functions",
     )
     parser.add_argument("--profile-top", type=int, default=25, help="functions to print")
+    parser.add_argument(
+        "--decode-events",
+        type=int,
+        default=0,
+        help="also time decode_batch alone on this many records (0 = skip)",
+    )
+    parser.add_argument("--decode-repeats", type=int, default=5, help="alternating repeats")
     parser.add_argument(
         "--open-loop-rate",
         type=float,
