@@ -293,42 +293,6 @@ def run_limit(
     }
 
 
-# -- decode alone ------------------------------------------------------------------------------
-
-
-def decode_rates(cfg: Config, n: int, repeats: int) -> dict[str, Any]:
-    """``decode_batch`` alone on ``n`` generator records (no Kafka), in ``worker.batch_max``
-    slices: the joined-column blank check against the per-string reference it replaced
-    (the same function patched in), alternating, ``repeats`` times each; median events/s."""
-    import streams.worker.decode as dec
-
-    gen = dataclasses.replace(cfg.generator, events=n)
-    values = [v for batch in ClickStream(gen).pair_batches() for _, v in batch]
-    now = int(time.time() * 1000)
-    step = cfg.worker.batch_max
-    fast = dec.any_blank
-
-    def reference(col: list[str]) -> bool:
-        return any(map(str.isspace, col))
-
-    runs: dict[str, list[float]] = {"joined": [], "per_string": []}
-    try:
-        for _ in range(repeats):
-            for name, check in (("joined", fast), ("per_string", reference)):
-                dec.any_blank = check  # type: ignore[assignment]
-                t0 = time.perf_counter()
-                for i in range(0, len(values), step):
-                    dec.decode_batch(values[i : i + step], cfg.events, now)
-                runs[name].append(len(values) / (time.perf_counter() - t0))
-    finally:
-        dec.any_blank = fast  # type: ignore[assignment]
-    return {
-        "events": len(values),
-        "events_per_s": {k: float(np.median(v)) for k, v in runs.items()},
-        "runs": runs,
-    }
-
-
 # -- open loop: event-to-store latency at a steady rate ----------------------------------------
 
 
@@ -640,8 +604,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         if total != args.events:
             raise RuntimeError(f"pre-filled {total} records, expected {args.events}")
         result |= measure_rounds(cfg, kafka, bootstrap, tmp, total, args)
-        if args.decode_events:
-            result["decode"] = decode_rates(cfg, args.decode_events, args.decode_repeats)
         if args.open_loop_rate:
             result["open_loop"] = run_open_loop(cfg, kafka_base, bootstrap, tmp, args)
         if args.profile:
@@ -739,6 +701,20 @@ def measure_rounds(
     )
     fractions = out["worker_rounds_fraction_of_append"]
     out["worker_fraction_of_append"] = float(np.median(fractions)) if fractions else None
+    # per CPU second: what the process did with the CPU it got (a loaded machine moves
+    # the wall-clock rates of both sides with its scheduler, far less this one)
+    out["worker_cpu_fraction_of_append"] = (
+        float(
+            np.median(
+                [
+                    w["events_per_cpu_s"] / a["events_per_cpu_s"]
+                    for w, a in zip(workers, limits["append"], strict=True)
+                ]
+            )
+        )
+        if "append" in limits
+        else None
+    )
     return out
 
 
@@ -882,17 +858,16 @@ def _print_table(r: dict[str, Any]) -> None:
                 + ")",
             )
         )
-    if r.get("consumer_set"):
-        rows.append(("--consumer-set", ", ".join(f"{k}={v}" for k, v in r["consumer_set"].items())))
-    if r.get("decode"):
-        d = r["decode"]["events_per_s"]
+    if r.get("worker_cpu_fraction_of_append") is not None:
         rows.append(
             (
-                "decode_batch alone",
-                f"{d['joined']:>10,.0f} events/s  (blank check per string, as before: "
-                f"{d['per_string']:,.0f}; {r['decode']['events']:,} records, median)",
+                "  per CPU second",
+                f"{r['worker_cpu_fraction_of_append']:>10.2f}  (worker events per CPU second / "
+                "the limit's, median of the rounds)",
             )
         )
+    if r.get("consumer_set"):
+        rows.append(("--consumer-set", ", ".join(f"{k}={v}" for k, v in r["consumer_set"].items())))
     if r.get("open_loop"):
         ol = r["open_loop"]
         rows += [
@@ -1001,13 +976,6 @@ def main(argv: list[str] | None = None) -> int:
         help="a second worker run under cProfile; print the top functions",
     )
     parser.add_argument("--profile-top", type=int, default=25, help="functions to print")
-    parser.add_argument(
-        "--decode-events",
-        type=int,
-        default=0,
-        help="also time decode_batch alone on this many records (0 = skip)",
-    )
-    parser.add_argument("--decode-repeats", type=int, default=5, help="alternating repeats")
     parser.add_argument(
         "--open-loop-rate",
         type=float,

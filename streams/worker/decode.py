@@ -93,18 +93,6 @@ def event_hashes(ids: Sequence[str]) -> np.ndarray:
         return (h ^ lens.astype(np.uint64)) * _FNV_PRIME
 
 
-def any_blank(col: list[str]) -> bool:
-    """``any(map(str.isspace, col))`` (some string is all whitespace), in one C pass over
-    the joined column when no string holds any whitespace at all (the usual case): ``split``
-    and ``isspace`` use the same whitespace table, so a joined column that ``split`` leaves
-    whole has no whitespace-only member; else the exact per-string check."""
-    joined = "".join(col)
-    parts = joined.split(None, 1)
-    if len(parts) == 1 and len(parts[0]) == len(joined):
-        return False
-    return any(map(str.isspace, col))
-
-
 @functools.cache
 def _decoder(cfg: EventConfig) -> msgspec.json.Decoder[Any]:
     """A msgspec decoder that checks the contract's types and limits in C."""
@@ -161,7 +149,7 @@ def _fast(
     bad = np.zeros(len(objs), bool)
     event_id, user, item, cond = (list(map(attrgetter(f), objs)) for f in _TEXT)
     for col in (event_id, user, item, cond):
-        if any_blank(col):
+        if any(map(str.isspace, col)):
             bad |= np.fromiter(map(str.isspace, col), bool, len(col))
     ts = np.fromiter(map(_TS, objs), np.int64, len(objs))
     kept = np.asarray(keep, np.int64)
@@ -172,7 +160,7 @@ def _fast(
     if features.count(None) != len(features):
         cats = [f.get("category") if f else None for f in features]
         given = [c for c in cats if c is not None]
-        if given and (set(map(type, given)) != {str} or any_blank(given)):
+        if given and (set(map(type, given)) != {str} or any(map(str.isspace, given))):
             bad |= np.fromiter(
                 (c is not None and (type(c) is not str or c.isspace()) for c in cats),
                 bool,

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from streams.config import EventConfig, GeneratorConfig
 from streams.generator import ClickStream
-from streams.worker.decode import _reference, any_blank, decode_batch, event_hash, event_hashes
+from streams.worker.decode import _reference, decode_batch, event_hash, event_hashes
 
 NOW = 1_800_000_000_000
 CFG = EventConfig()
@@ -92,20 +92,3 @@ def test_vectorised_event_hash_equals_reference(ids: list[str]) -> None:
 @given(st.lists(st.text(min_size=1, max_size=12), max_size=20))
 def test_vectorised_event_hash_equals_reference_on_any_text(ids: list[str]) -> None:
     assert event_hashes(ids).tolist() == [event_hash(i) for i in ids]
-
-
-_WS = st.sampled_from([" ", "\t", "\n", "\x1c", "\x85", "\u3000", "\u2028", "a", "7", "é"])
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.one_of(st.text(min_size=1, max_size=6), st.text(_WS, min_size=1)), max_size=12))
-def test_blank_check_equals_the_per_string_reference(col: list[str]) -> None:
-    assert any_blank(col) == any(map(str.isspace, col))
-
-
-@pytest.mark.parametrize(
-    ("col", "blank"),
-    [([], False), (["12", "a b"], False), (["12", " a"], False), (["12", "\u3000"], True)],
-)
-def test_blank_check_cases(col: list[str], blank: bool) -> None:
-    assert any_blank(col) is blank
