@@ -488,55 +488,72 @@ def _stop(child: subprocess.Popen[bytes]) -> None:
 
 def run_faust_engine(kafka: KafkaConfig, bootstrap: str, total: int, tmp: Path) -> float:
     """``lumstream worker`` with worker.engine=faust; rate from polling its store."""
-    root = tmp / "faust-engine"
-    argv = [sys.executable, "-m", "lumstream.cli", "--set", "worker.engine=faust"]
-    for name in (
+    return run_cli_workers(kafka, bootstrap, total, tmp, "faust-engine", ["worker.engine=faust"])
+
+
+def run_cli_workers(
+    kafka: KafkaConfig,
+    bootstrap: str,
+    total: int,
+    tmp: Path,
+    name: str,
+    settings: list[str],
+    processes: int = 1,
+    from_fraction: float = 0.0,
+) -> float:
+    """``processes`` ``lumstream worker`` processes in one group over one store root; the
+    rate from polling the store (0.1 s resolution), from the first progress (or from
+    ``from_fraction`` of ``total``: leaves the group join and its first rebalance out) to
+    the last record."""
+    root = tmp / name
+    argv = [sys.executable, "-m", "lumstream.cli"]
+    for item in settings:
+        argv += ["--set", item]
+    for topic in (
         "topic_events",
         "topic_samples",
         "topic_deadletter",
         "topic_model_updates",
     ):
-        argv += ["--set", f"kafka.{name}={getattr(kafka, name)}"]
-    argv += [
-        "worker",
-        "--store",
-        str(root),
-        "--group",
-        f"bench-faust-{uuid.uuid4().hex[:8]}",
-        "--quiet",
-    ]
+        argv += ["--set", f"kafka.{topic}={getattr(kafka, topic)}"]
+    argv += ["worker", "--store", str(root), "--group", f"bench-{name}-{uuid.uuid4().hex[:8]}"]
+    argv += ["--quiet"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("LUMSTREAM_")}
     env |= {
         "LUMSTREAM_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "LUMSTREAM_PATHS_DATA_DIR": str(tmp / "faust-data"),
         "LUMSTREAM_METRICS_ENABLED": "false",
     }
-    child = subprocess.Popen(
-        argv,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    children = [
+        subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env=env | {"LUMSTREAM_PATHS_DATA_DIR": str(tmp / f"{name}-data-{i}")},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        for i in range(processes)
+    ]
     first: tuple[float, int] | None = None
     try:
         deadline = time.monotonic() + 120 + total / 1000
         while True:
             done = _applied(root, tmp)
             now = time.perf_counter()
-            if first is None and done > 0:
+            if first is None and done > 0 and done >= from_fraction * total:
                 first = (now, done)
             if done >= total:
                 break
-            if child.poll() is not None:
-                err = child.stderr.read().decode(errors="replace") if child.stderr else ""
-                raise RuntimeError(f"faust engine worker exited early:\n{err[-3000:]}")
+            for child in children:
+                if child.poll() is not None:
+                    err = child.stderr.read().decode(errors="replace") if child.stderr else ""
+                    raise RuntimeError(f"{name} worker exited early:\n{err[-3000:]}")
             if time.monotonic() > deadline:
-                raise RuntimeError("faust engine worker did not finish in time")
+                raise RuntimeError(f"{name} workers did not finish in time")
             time.sleep(0.1)
     finally:
-        _stop(child)
+        for child in children:
+            _stop(child)
     assert first is not None
     return (total - first[1]) / max(now - first[0], 1e-9)
 
@@ -604,6 +621,20 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         if total != args.events:
             raise RuntimeError(f"pre-filled {total} records, expected {args.events}")
         result |= measure_rounds(cfg, kafka, bootstrap, tmp, total, args)
+        if args.processes > 1:
+            result["processes"] = {
+                str(n): run_cli_workers(
+                    own_samples(kafka, bootstrap, f"procs{n}"),
+                    bootstrap,
+                    total,
+                    tmp,
+                    f"procs{n}",
+                    [],
+                    n,
+                    from_fraction=0.1,
+                )
+                for n in (1, args.processes)
+            }
         if args.open_loop_rate:
             result["open_loop"] = run_open_loop(cfg, kafka_base, bootstrap, tmp, args)
         if args.profile:
@@ -868,6 +899,14 @@ def _print_table(r: dict[str, Any]) -> None:
         )
     if r.get("consumer_set"):
         rows.append(("--consumer-set", ", ".join(f"{k}={v}" for k, v in r["consumer_set"].items())))
+    for n, rate in (r.get("processes") or {}).items():
+        rows.append(
+            (
+                f"`lumstream worker` x {n}",
+                f"{rate:>10,.0f} events/s  (one group, subprocesses, store polled, from 10% "
+                "of the records on)",
+            )
+        )
     if r.get("open_loop"):
         ol = r["open_loop"]
         rows += [
@@ -976,6 +1015,13 @@ def main(argv: list[str] | None = None) -> int:
         help="a second worker run under cProfile; print the top functions",
     )
     parser.add_argument("--profile-top", type=int, default=25, help="functions to print")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="also time this many `lumstream worker` processes in one group against one "
+        "(subprocesses, from 10%% of the records on; 1 = skip)",
+    )
     parser.add_argument(
         "--open-loop-rate",
         type=float,
