@@ -262,7 +262,11 @@ class StreamWorker:
         # the previous poll's flush and commit ran while this one was processed
         if not self._settle(consumer, also=staged.partitions):
             return  # recovered: this poll is re-read from the stores' offsets
-        applier.send(staged)
+        try:
+            applier.send(staged)
+        except ProduceError as exc:  # refused before anything was committed
+            self._recover_all(consumer, staged.partitions, exc)
+            return
         self._inflight = (staged, self._committer.submit(applier.deliver, staged))
 
     def _settle(self, consumer: Consumer, also: list[int] | None = None) -> bool:

@@ -411,6 +411,38 @@ def test_worker_killed_between_an_overlapped_flush_and_its_commit_converges(
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_a_failed_flush_under_the_pipeline_reprocesses_both_polls(
+    broker: EmbeddedBroker, kafka_cfg: KafkaConfig, spawn: Any, tmp_path: Path
+) -> None:
+    """worker.pipeline: the 4th flush (in the committer thread) fails after its records
+    went out (tests/support/flaky_worker.py), while the next poll was already processed
+    on top of it; both polls' partitions are reopened and re-read, and the run ends like
+    an uninterrupted one."""
+    bootstrap = broker.bootstrap
+    produce(kafka_cfg, bootstrap, generated(6_000, seed=23))
+    total = sum(end_offsets(kafka_cfg, bootstrap, kafka_cfg.topic_events).values())
+
+    ref_cfg = side_topics(kafka_cfg, "ref", bootstrap)
+    ref = spawn(ref_cfg, tmp_path / "ref", "ref-" + uuid.uuid4().hex[:6], idle_exit=5)
+    assert ref.wait() == 0, ref.tail()
+
+    flaky_cfg = side_topics(kafka_cfg, "flaky", bootstrap)
+    report = tmp_path / "flaky.json"
+    flaky = (str(REPO / "tests" / "support" / "flaky_worker.py"), "4", str(report), "--")
+    store = tmp_path / "flaky"
+    w = spawn(flaky_cfg, store, "flaky-" + uuid.uuid4().hex[:6], idle_exit=5, launcher=flaky)
+    assert w.wait() == 0, w.tail()
+    seen = orjson.loads(report.read_bytes())
+    assert seen["failures"] >= 1, seen  # worker_batch_failures: one per partition reopened
+    assert seen["flushes"] > 4, seen  # and work went on after it
+
+    want = read_final(tmp_path / "ref", ref_cfg, bootstrap)
+    got = read_final(store, flaky_cfg, bootstrap)
+    assert_same_final(got, want, total)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_a_lost_partition_store_is_restored_from_its_snapshot_and_converges(
     broker: EmbeddedBroker, kafka_cfg: KafkaConfig, spawn: Any, tmp_path: Path
 ) -> None:
