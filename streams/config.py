@@ -176,6 +176,18 @@ class WorkerConfig:
     max_samples_per_message: int = setting(
         256, "samples per lum.samples message (a block)", minimum=1
     )
+    compression: str = setting(
+        "none",
+        "librdkafka compression.type of the worker's producer (sample blocks, dead letters); "
+        "consumers decompress transparently. Only gzip: kafka-python (streams.kafka.consumer."
+        "end_offsets, the trainer's replay) has no lz4, zstd or snappy codec here",
+        choices=("none", "gzip"),
+    )
+    pipeline: bool = setting(
+        True,
+        "confluent engine: process the next poll while the previous one's samples are "
+        "flushed and its store batches written (in a second thread)",
+    )
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,25 @@ def librdkafka_consumer_config(
         # whole sample blocks (~150 kB) per fetch, and the largest record lumstream accepts
         "fetch.max.bytes": 64 * 1024 * 1024,
         "max.partition.fetch.bytes": 16 * 1024 * 1024,
+        # librdkafka stops fetching a partition while its local queue holds
+        # queued.min.messages records (or queued.max.messages.kbytes in all) and then waits
+        # fetch.queue.backoff.ms (default 1000 ms) before it looks again, however soon the
+        # application drains the queue: a worker taking 20,000-record polls emptied it and
+        # then waited on empty 200 ms polls, capping raw consumption near 200k records/s.
+        # 10 ms looks again almost at once (docs/ingest.md "Consumer settings")
+        "fetch.queue.backoff.ms": 10,
+        # how long the broker may hold a fetch that has too little data (default 500 ms):
+        # tansu held the worker's fetches that long with records waiting, so at a steady
+        # 20k events/s a poll got its records up to half a second late (bench/ingest.py
+        # --open-loop-rate: event-to-store p50 540 -> 339 ms); an idle partition costs
+        # one empty fetch per 20 ms
+        "fetch.wait.max.ms": 20,
+        # per partition, several of the worker's polls (worker.batch_max = 20,000) queued
+        # ahead, so one fetch response refills it before the next poll empties it
+        "queued.min.messages": 200_000,
+        # the bound on memory for all queued records of the consumer (the default, 64 MiB,
+        # stated: it must hold at least one max.partition.fetch.bytes)
+        "queued.max.messages.kbytes": 64 * 1024,
         "message.max.bytes": kafka.max_message_bytes + _FRAMING_BYTES,
         "socket.timeout.ms": kafka.request_timeout_ms,
     }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from streams.sinks.deadletters import DeadLetterSink, DeadLetterWriter, KafkaDea
 from streams.sinks.samples import KafkaSampleSink, SampleSink
 from streams.worker.processor import BatchResult, PartitionProcessor
 from streams.worker.snapshots import Snapshots
+from streams.worker.store import SealedBatch
 
 _LATENCY_SAMPLES = 256  # event-to-store latencies observed per batch (evenly strided)
 _SIZE_EVERY = 50  # batches between RocksDB size estimates (a property read, not free)
@@ -54,6 +55,27 @@ class PartitionBatch:
     values: list[bytes]
     timestamps_ms: list[int] | None = None
     origin: Callable[[Rejected], SourceRef] | None = None
+
+    @property
+    def args(self) -> tuple[list[int], list[bytes | None], list[bytes], list[int] | None]:
+        """What :meth:`PartitionProcessor.process` takes."""
+        return self.offsets, self.keys, self.values, self.timestamps_ms
+
+
+@dataclass
+class StagedPoll:
+    """One poll's batches on their way through :class:`BatchApplier`'s steps."""
+
+    batches: list[PartitionBatch]
+    results: list[BatchResult]
+    t0: float  # perf_counter at the start of processing
+    sealed: list[SealedBatch] = field(default_factory=list)
+    done_ms: float = 0.0  # wall clock (ms) when the store batches were written
+    seconds: float = 0.0  # process + send + flush + commit
+
+    @property
+    def partitions(self) -> list[int]:
+        return [b.proc.partition for b in self.batches]
 
 
 class BatchApplier:
@@ -86,6 +108,7 @@ class BatchApplier:
         self.snapshots = snapshots
         self.keep_latencies = keep_latencies
         self.latencies_ms: list[np.ndarray] = []
+        self.commit_ms: list[float] = []  # with keep_latencies: each batch's commit time
 
     def apply(
         self,
@@ -111,24 +134,51 @@ class BatchApplier:
     def apply_many(self, batches: list[PartitionBatch]) -> list[BatchResult]:
         """Batches of different partitions: all processed and sent, one flush, then every
         store committed. A failed flush raises before any commit (nothing is applied)."""
+        staged = self.process_many(batches)
+        self.send(staged)
+        self.deliver(staged)
+        return self.account(staged)
+
+    # The steps of apply_many, for a caller that overlaps them (the confluent engine
+    # processes the next poll while the previous one's deliver runs in another thread):
+    # process_many -> send -> deliver -> account, each poll's in this order, deliver of
+    # one poll finished before the next poll is sent.
+    def process_many(self, batches: list[PartitionBatch]) -> StagedPoll:
+        """Process every batch (its effects wait in the stores' current batches); nothing
+        is sent yet."""
         t0 = time.perf_counter()
-        results = [self._stage(b) for b in batches]
+        return StagedPoll(batches, [b.proc.process(*b.args) for b in batches], t0)
+
+    def send(self, staged: StagedPoll) -> None:
+        """Queue the sample blocks and dead letters, and seal every store's batch."""
+        for b, result in zip(staged.batches, staged.results, strict=True):
+            self._send(b, result)
+            staged.sealed.append(b.proc.store.seal())
+
+    def deliver(self, staged: StagedPoll) -> None:
+        """Wait until everything sent is durable, then write the sealed store batches.
+
+        Raises:
+            ProduceError: the sinks could not deliver; no store batch was written.
+        """
         self.samples.flush()
         self.dead.flush()
-        for b in batches:
-            b.proc.commit()
-        if self.snapshots is not None:
-            for b in batches:
-                self.snapshots.maybe_take(b.proc.store)
-        done_ms = time.time() * 1000.0
-        seconds = time.perf_counter() - t0
-        for b, result in zip(batches, results, strict=True):
-            self._count(b.proc, result, b.timestamps_ms, done_ms, seconds)
-        return results
+        for b, sealed in zip(staged.batches, staged.sealed, strict=True):
+            b.proc.store.write_sealed(sealed)
+        staged.done_ms = time.time() * 1000.0
+        staged.seconds = time.perf_counter() - staged.t0
 
-    def _stage(self, b: PartitionBatch) -> BatchResult:
+    def account(self, staged: StagedPoll) -> list[BatchResult]:
+        """After :meth:`deliver`: snapshots when due, metrics."""
+        if self.snapshots is not None:
+            for b in staged.batches:
+                self.snapshots.maybe_take(b.proc.store)
+        for b, result in zip(staged.batches, staged.results, strict=True):
+            self._count(b.proc, result, b.timestamps_ms, staged.done_ms, staged.seconds)
+        return staged.results
+
+    def _send(self, b: PartitionBatch, result: BatchResult) -> None:
         proc = b.proc
-        result = proc.process(b.offsets, b.keys, b.values, b.timestamps_ms)
         stats = self.stats
         if result.samples is not None:
             for block in split_blocks(result.samples, self.cfg.max_samples_per_message):
@@ -147,7 +197,6 @@ class BatchApplier:
         stats.skipped += result.skipped
         stats.dead_letters += len(result.dead_letters)
         stats.batches += 1
-        return result
 
     def _count(
         self,
@@ -173,6 +222,7 @@ class BatchApplier:
                 m.event_to_store_seconds.observe(max(v, 0.0))
             if self.keep_latencies:
                 self.latencies_ms.append(lat * 1000.0)
+                self.commit_ms.append(done_ms)
         m.open_impressions.labels(partition=part).set(proc.join.open_count)
         m.store_users.labels(partition=part).set(proc.store.state.counters.get("users", 0))
         if self.stats.batches % _SIZE_EVERY == 1:

@@ -13,6 +13,17 @@ then (:class:`BatchApplier`):
 
 A crash between any two steps re-processes the batch from step 1: the store skips
 nothing and doubles nothing; re-sent samples carry the same (partition, seq).
+
+With ``worker.pipeline`` (the default) steps 1's flush and 2 of one poll run in a second
+thread while the main thread polls and processes the next one (decoding, sequences, join
+and histories are Python and numpy work that holds the GIL; the flush waits in
+librdkafka and the fsync in RocksDB). The next poll is processed on top of the previous
+one's sealed, not yet written, store batch (reads see it); its samples are sent only
+after the previous flush and commit have finished, and its own commit again only after
+its own flush. If a flush fails, every partition of both polls is reopened from its
+store and re-read from its stored offset: the samples of the second poll that went out
+were computed from the same records and state as the re-run's, so they are the same.
+
 Partitions move between workers of the group with their RocksDB directories (a revoked
 partition's store is closed, an assigned one opened and the consumer positioned at its
 stored offset, both inside the rebalance callbacks).
@@ -25,6 +36,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +51,7 @@ from streams.worker.applier import (
     RETRY_BACKOFF_S,
     BatchApplier,
     PartitionBatch,
+    StagedPoll,
     WorkerStats,
     kafka_applier,
 )
@@ -83,6 +96,9 @@ class StreamWorker:
         self.stats = WorkerStats()
         self.keep_latencies = False  # keep every event-to-store latency (benchmarks)
         self._applier: BatchApplier | None = None
+        # the poll whose flush and commit run in the committer thread (pipeline mode)
+        self._inflight: tuple[StagedPoll, Future[None]] | None = None
+        self._committer: ThreadPoolExecutor | None = None
         # partition -> Kafka timestamp (s) of the newest record applied, or the time of
         # assignment until one is: how far behind in time a lagging partition is
         self._behind_since: dict[int, float] = {}
@@ -91,6 +107,11 @@ class StreamWorker:
     def latencies_ms(self) -> list[np.ndarray]:
         """Event-to-store latencies per batch when ``keep_latencies`` was set."""
         return self._applier.latencies_ms if self._applier is not None else []
+
+    @property
+    def commit_ms(self) -> list[float]:
+        """Wall-clock commit time (ms) of each batch in ``latencies_ms``."""
+        return self._applier.commit_ms if self._applier is not None else []
 
     # -- partition ownership ---------------------------------------------------------------
     def _open(self, partition: int) -> PartitionProcessor:
@@ -129,6 +150,7 @@ class StreamWorker:
         log.info("assigned partitions %s", {tp.partition: tp.offset for tp in partitions})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._settle(consumer)  # the poll in flight is committed (or recovered) first
         for tp in partitions:
             self._close(tp.partition)
             self._behind_since.pop(tp.partition, None)
@@ -151,7 +173,9 @@ class StreamWorker:
         consumer = Consumer(
             librdkafka_consumer_config(self.kafka, self.bootstrap, self.cfg.group_id, "worker")
         )
-        producer = Producer(self.kafka, self.bootstrap, metrics=self.metrics)
+        producer = Producer(
+            self.kafka, self.bootstrap, metrics=self.metrics, compression_type=self.cfg.compression
+        )
         self._applier = kafka_applier(
             self.kafka,
             self.cfg,
@@ -169,10 +193,13 @@ class StreamWorker:
         )
         self.stats.last_record_at = time.monotonic()
         timeout_s = self.cfg.batch_timeout_ms / 1000
+        if self.cfg.pipeline:
+            self._committer = ThreadPoolExecutor(1, thread_name_prefix="lumstream-commit")
         try:
             while not stop.is_set():
                 records = consumer.consume(num_messages=self.cfg.batch_max, timeout=timeout_s)
                 if not records:
+                    self._settle(consumer)
                     for p, proc in list(self.processors.items()):  # lag moves while idle
                         self._lag(consumer, p, proc)
                     idle = time.monotonic() - self.stats.last_record_at
@@ -184,6 +211,12 @@ class StreamWorker:
                 if on_batch is not None:
                     on_batch(self.stats)
         finally:
+            try:
+                self._settle(consumer)
+            finally:
+                if self._committer is not None:
+                    self._committer.shutdown()
+                    self._committer = None
             consumer.close()
             for part in list(self.processors):
                 self._close(part)
@@ -205,38 +238,83 @@ class StreamWorker:
             if p in self.processors
         ]  # else revoked while the records were in flight
         assert self._applier is not None
-        try:
-            results = self._applier.apply_many(
-                [
-                    PartitionBatch(
-                        proc,
-                        [r.offset() for r in recs],
-                        [r.key() for r in recs],
-                        [r.value() for r in recs],
-                        [r.timestamp()[1] for r in recs],
-                    )
-                    for _, proc, recs in todo
-                ]
+        applier = self._applier
+        batches = [
+            PartitionBatch(
+                proc,
+                [r.offset() for r in recs],
+                [r.key() for r in recs],
+                [r.value() for r in recs],
+                [r.timestamp()[1] for r in recs],
             )
-        except ProduceError as exc:
-            for p, _, _ in todo:
-                self._recover(consumer, p, exc)
+            for _, proc, recs in todo
+        ]
+        staged = applier.process_many(batches)
+        if self._committer is None:  # one poll at a time
+            try:
+                applier.send(staged)
+                applier.deliver(staged)
+            except ProduceError as exc:
+                self._recover_all(consumer, staged.partitions, exc)
+                return
+            self._finish(consumer, staged)
             return
+        # the previous poll's flush and commit ran while this one was processed
+        if not self._settle(consumer, also=staged.partitions):
+            return  # recovered: this poll is re-read from the stores' offsets
+        try:
+            applier.send(staged)
+        except ProduceError as exc:  # refused before anything was committed
+            self._recover_all(consumer, staged.partitions, exc)
+            return
+        self._inflight = (staged, self._committer.submit(applier.deliver, staged))
+
+    def _settle(self, consumer: Consumer, also: list[int] | None = None) -> bool:
+        """Wait for the poll in flight (its flush and store commit) and account for it.
+
+        Returns False when its flush failed: its partitions, and ``also`` (a poll already
+        processed on top of it), were reopened from their stores and are re-read.
+        """
+        if self._inflight is None:
+            return True
+        staged, done = self._inflight
+        self._inflight = None
+        try:
+            done.result()
+        except ProduceError as exc:
+            self._recover_all(consumer, sorted({*staged.partitions, *(also or [])}), exc)
+            return False
+        self._finish(consumer, staged)
+        return True
+
+    def _finish(self, consumer: Consumer, staged: StagedPoll) -> None:
+        """A poll is durable: metrics, the Kafka offset commit (a hint), lag."""
+        assert self._applier is not None
+        results = self._applier.account(staged)
         commits = [
-            TopicPartition(self.kafka.topic_events, p, r.next_offset)
-            for (p, _, _), r in zip(todo, results, strict=True)
+            TopicPartition(self.kafka.topic_events, r.partition, r.next_offset) for r in results
         ]
         try:
             consumer.commit(offsets=commits, asynchronous=True)
         except KafkaException as exc:  # the store holds the truth; this only costs a re-read
             log.warning("offset commit failed (%s); the store offsets still hold", exc)
-        for p, proc, recs in todo:
-            stamps = [r.timestamp()[1] for r in recs]
+        for b in staged.batches:
+            p = b.proc.partition
+            stamps = b.timestamps_ms or []
             if stamps and max(stamps) > 0:
                 self._behind_since[p] = max(stamps) / 1000.0
-            self._lag(consumer, p, proc)
+            if self.processors.get(p) is b.proc:
+                self._lag(consumer, p, b.proc)
 
-    def _recover(self, consumer: Consumer, partition: int, exc: Exception) -> None:
+    def _recover_all(self, consumer: Consumer, partitions: list[int], exc: Exception) -> None:
+        for p in partitions:
+            if p in self.processors:  # else revoked meanwhile (closed without its commit)
+                self._recover(consumer, p, exc, pause=False)
+        time.sleep(RETRY_BACKOFF_S)
+
+    def _recover(
+        self, consumer: Consumer, partition: int, exc: Exception, *, pause: bool = True
+    ) -> None:
         """A batch could not be delivered: rebuild the partition from its store and retry.
 
         Nothing of the batch was committed, so reopening the store (which rebuilds the
@@ -250,7 +328,8 @@ class StreamWorker:
         proc = self._open(partition)
         self.processors[partition] = proc
         consumer.seek(TopicPartition(self.kafka.topic_events, partition, proc.next_offset))
-        time.sleep(RETRY_BACKOFF_S)
+        if pause:
+            time.sleep(RETRY_BACKOFF_S)
 
     def _lag(
         self, consumer: Consumer, partition: int, proc: PartitionProcessor, cached: bool = True

@@ -113,7 +113,8 @@ class Snapshots:
         manifest = {
             "format": FORMAT,
             "partition": store.partition,
-            "state": orjson.loads(store.state.to_bytes()),
+            # the state of the last write (the checkpoint's), not one being processed
+            "state": orjson.loads(store.committed_state),
             "taken_at_ms": time.time_ns() // 1_000_000,
         }
         if not self.background:

@@ -141,6 +141,16 @@ def sequence_from(
     return seq[first - (first // c) * c :]
 
 
+@dataclass
+class SealedBatch:
+    """A batch closed for writing (:meth:`PartitionStore.seal`) and not yet written: its
+    WriteBatch, what it changed (later batches read through it) and the state it stores."""
+
+    wb: WriteBatch
+    overlay: dict[bytes, bytes | None]
+    state: bytes
+
+
 class PartitionStore:
     """The writable state of one partition (only one process may hold it).
 
@@ -165,6 +175,11 @@ class PartitionStore:
         self._write_opts = WriteOptions()
         self._write_opts.sync = cfg.sync_writes
         self.state = PartitionState.from_bytes(self.db.get(STATE_KEY))
+        # the state as of the last write (what a checkpoint of the database holds)
+        self.committed_state = self.state.to_bytes()
+        # sealed batches not yet written, oldest first; replaced whole (never mutated), so
+        # a reader in another thread sees a batch either here or in the database
+        self._sealed: tuple[SealedBatch, ...] = ()
         self._meta: dict[int, list[int]] = {}
         self._tail: dict[int, bytes] = {}
         self.last_lengths = np.empty(0, np.int64)  # sequence lengths of the last append's users
@@ -185,21 +200,77 @@ class PartitionStore:
 
     def commit(self) -> None:
         """Write the batch and the partition state atomically (fsynced when configured)."""
-        self.wb.put(STATE_KEY, self.state.to_bytes())
         try:
-            self.db.write(self.wb, self._write_opts)
+            self.write_sealed(self.seal())
         except Exception:
             self.drop_caches()
             raise
+
+    def seal(self) -> SealedBatch:
+        """Close the current batch with the partition state as it is now, and begin the
+        next: the sealed batch is written later by :meth:`write_sealed` (in order), while
+        the next batch is processed on top of it (reads see both, newest first)."""
         if len(self._meta) > _CACHE_LIMIT:
-            self.drop_caches()
+            self.drop_caches()  # every unwritten change is still in an overlay
+        state = self.state.to_bytes()
+        self.wb.put(STATE_KEY, state)
+        sealed = SealedBatch(self.wb, self.overlay, state)
+        self._sealed = (*self._sealed, sealed)
         self._begin()
+        return sealed
+
+    def write_sealed(self, sealed: SealedBatch) -> None:
+        """Write the oldest sealed batch atomically (fsynced when configured). May run in
+        another thread than the one processing the next batch (never two at once).
+
+        Raises:
+            StoreError: ``sealed`` is not the oldest unwritten batch.
+        """
+        if not self._sealed or self._sealed[0] is not sealed:
+            raise StoreError(f"partition {self.partition}: sealed batches written out of order")
+        self.db.write(sealed.wb, self._write_opts)
+        self.committed_state = sealed.state
+        self._sealed = self._sealed[1:]
+
+    @property
+    def pending(self) -> int:
+        """Sealed batches not yet written."""
+        return len(self._sealed)
 
     def abort(self) -> None:
-        """Forget an unwritten batch (caches may hold its effects, so drop them too)."""
+        """Forget every unwritten batch (caches may hold their effects, so drop them too)."""
         self.drop_caches()
         self.state = PartitionState.from_bytes(self.db.get(STATE_KEY))
+        self._sealed = ()
         self._begin()
+
+    def _layers(self) -> list[dict[bytes, bytes | None]]:
+        """Unwritten changes, newest first: the current batch, then the sealed ones."""
+        return [self.overlay, *(s.overlay for s in reversed(self._sealed))]
+
+    def _get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        """Values of ``keys`` as this process sees them: unwritten batches, then RocksDB."""
+        layers = self._layers()
+        out: list[bytes | None] = [None] * len(keys)
+        missing: list[int] = []
+        for i, k in enumerate(keys):
+            for layer in layers:
+                if k in layer:
+                    out[i] = layer[k]
+                    break
+            else:
+                missing.append(i)
+        if missing:
+            got = multi_get(self.db, [keys[i] for i in missing])
+            for i, raw in zip(missing, got, strict=True):
+                out[i] = raw
+        return out
+
+    def _merged_overlay(self) -> dict[bytes, bytes | None]:
+        merged: dict[bytes, bytes | None] = {}
+        for layer in reversed(self._layers()):
+            merged.update(layer)
+        return merged
 
     def drop_caches(self) -> None:
         self._meta.clear()
@@ -209,7 +280,7 @@ class PartitionStore:
     def _load_meta(self, users: np.ndarray) -> list[list[int]]:
         want = [int(u) for u in users if int(u) not in self._meta]
         if want:
-            for u, raw in zip(want, multi_get(self.db, [meta_key(u) for u in want]), strict=True):
+            for u, raw in zip(want, self._get_many([meta_key(u) for u in want]), strict=True):
                 self._meta[u] = list(_META.unpack(raw)) if raw else [0, 0, 0] + [0] * MAX_ACTIONS
         return [self._meta[int(u)] for u in users]
 
@@ -243,7 +314,7 @@ class PartitionStore:
             if m[0] % c and int(u) not in self._tail
         ]
         if need_tail:
-            got = multi_get(self.db, [chunk_key(u, self._meta[u][0] // c) for u in need_tail])
+            got = self._get_many([chunk_key(u, self._meta[u][0] // c) for u in need_tail])
             for u, raw in zip(need_tail, got, strict=True):
                 if raw is None:
                     raise StoreError(f"partition {self.partition}: user {u} tail chunk missing")
@@ -290,7 +361,7 @@ class PartitionStore:
         return self._load_meta(np.array([user], np.int64))[0][0]
 
     def sequence(self, user: int) -> np.ndarray:
-        return sequence_from(self.db, user, self.cfg, self.n_total(user), self.overlay)
+        return sequence_from(self.db, user, self.cfg, self.n_total(user), self._merged_overlay())
 
     def history(
         self, users: np.ndarray, positions: np.ndarray, length: int
@@ -320,11 +391,8 @@ class PartitionStore:
         pair = dense_user * (1 << 32) + q // c
         pairs, pair_inv = np.unique(pair, return_inverse=True)
         keys = [chunk_key(int(uniq[p >> 32]), int(p & 0xFFFFFFFF)) for p in pairs.tolist()]
-        missing = [k for k in keys if k not in self.overlay]
-        fetched = dict(zip(missing, multi_get(self.db, missing), strict=True))
         buf = np.zeros((len(keys), c), SEQ_DTYPE)
-        for i, k in enumerate(keys):
-            raw = self.overlay[k] if k in self.overlay else fetched[k]
+        for i, (k, raw) in enumerate(zip(keys, self._get_many(keys), strict=True)):
             if raw is None:
                 raise StoreError(f"partition {self.partition}: chunk {k.hex()} missing")
             chunk = np.frombuffer(raw, SEQ_DTYPE)

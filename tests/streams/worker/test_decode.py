@@ -86,3 +86,9 @@ def test_future_bound_counts_from_each_record_time() -> None:
 @pytest.mark.parametrize("ids", [["a", "bb", "ccc", "g7-12345"], ["é", "日本", "x" * 100]])
 def test_vectorised_event_hash_equals_reference(ids: list[str]) -> None:
     assert event_hashes(ids).tolist() == [event_hash(i) for i in ids]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=12), max_size=20))
+def test_vectorised_event_hash_equals_reference_on_any_text(ids: list[str]) -> None:
+    assert event_hashes(ids).tolist() == [event_hash(i) for i in ids]

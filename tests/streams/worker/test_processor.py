@@ -22,6 +22,7 @@ from streams.contracts.samples import SAMPLE_DTYPE, SampleBlock
 from streams.generator import ClickStream
 from streams.worker.join import PENDING_DTYPE
 from streams.worker.processor import BatchResult, PartitionProcessor, open_processor
+from streams.worker.store import StoreError
 
 T0 = 1_767_225_600_000  # the generator's default start time
 NOW = T0 + 86_400_000
@@ -424,4 +425,65 @@ def test_a_record_without_a_timestamp_is_bounded_by_the_clock(tmp_path: Path) ->
     result = proc.process([0, 1], [b"k", b"k"], values, now_ms=[-1, 0])
     assert result.dead_letters == []
     assert result.applied == 2
+    proc.close()
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(1, 900), st.integers(0, 2), st.booleans()), min_size=1, max_size=8
+    ),
+    drop_caches=st.booleans(),
+)
+def test_pipelined_commits_give_the_outcome_of_one_batch(
+    steps: list[tuple[int, int, bool]], drop_caches: bool
+) -> None:
+    """As the pipelined worker: each batch is processed on top of up to ``lag`` sealed,
+    unwritten batches (reads go through them), which are written oldest first; a crash
+    loses every unwritten batch (results already "sent"). ``drop_caches`` empties the user
+    caches at every seal, so every read of an unwritten change goes through the overlays."""
+    import streams.worker.store as store_mod
+
+    out = Outcome()
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
+        if drop_caches:
+            mp.setattr(store_mod, "_CACHE_LIMIT", -1)
+        proc = open_proc(Path(tmp))
+        sealed: list[store_mod.SealedBatch] = []
+        for size, lag, crash in steps:
+            stop = min(len(RECORDS), proc.next_offset + size)
+            out.receive(feed(proc, RECORDS, proc.next_offset, stop))
+            sealed.append(proc.store.seal())
+            while len(sealed) > lag:
+                proc.store.write_sealed(sealed.pop(0))
+            if crash:
+                proc.close()
+                proc, sealed = open_proc(Path(tmp)), []
+        for s in sealed:
+            proc.store.write_sealed(s)
+        assert proc.store.pending == 0
+        out.receive(feed(proc, RECORDS, proc.next_offset, len(RECORDS)))
+        proc.commit()
+        out.finish(proc)
+        proc.close()
+    ref = reference()
+    assert out.samples == ref.samples
+    assert out.dead == ref.dead
+    assert out.store == ref.store
+    assert out.state == ref.state
+    assert out.open_impressions == ref.open_impressions
+
+
+def test_sealed_batches_are_written_in_order(tmp_path: Path) -> None:
+    proc = open_proc(tmp_path)
+    feed(proc, RECORDS, 0, 50)
+    first = proc.store.seal()
+    feed(proc, RECORDS, 50, 100)
+    second = proc.store.seal()
+    with pytest.raises(StoreError, match="out of order"):
+        proc.store.write_sealed(second)
+    proc.store.write_sealed(first)
+    assert orjson.loads(proc.store.committed_state)["next_offset"] == 50
+    proc.store.write_sealed(second)
+    assert orjson.loads(proc.store.committed_state)["next_offset"] == 100
     proc.close()

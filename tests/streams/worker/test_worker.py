@@ -119,8 +119,9 @@ class WorkerProcess:
         data_dir: Path,
         idle_exit: float | None = None,
         settings: tuple[str, ...] = (),
+        launcher: tuple[str, ...] = ("-m", "lumstream.cli"),
     ) -> None:
-        argv = [sys.executable, "-m", "lumstream.cli"]
+        argv = [sys.executable, *launcher]
         for name in (
             "topic_events",
             "topic_samples",
@@ -199,9 +200,10 @@ def spawn(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Any]:
         group: str,
         idle_exit: float | None = None,
         settings: tuple[str, ...] = (),
+        launcher: tuple[str, ...] = ("-m", "lumstream.cli"),
     ) -> WorkerProcess:
         data = tmp_path / f"data-{len(started)}"
-        w = WorkerProcess(broker, cfg, store, group, data, idle_exit, settings)
+        w = WorkerProcess(broker, cfg, store, group, data, idle_exit, settings, launcher)
         started.append(w)
         return w
 
@@ -366,6 +368,76 @@ def test_sigkilled_worker_ends_with_the_store_of_an_uninterrupted_run(
 
     want = read_final(tmp_path / "ref", ref_cfg, bootstrap)
     got = read_final(store, crash_cfg, bootstrap)
+    assert_same_final(got, want, total)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_worker_killed_between_an_overlapped_flush_and_its_commit_converges(
+    broker: EmbeddedBroker, kafka_cfg: KafkaConfig, spawn: Any, tmp_path: Path
+) -> None:
+    """worker.pipeline: a poll's samples are acknowledged, the next poll is processed on
+    top of its sealed store batch, and the process dies before that batch is written
+    (tests/support/killed_worker.py), twice; a restart ends like an uninterrupted run."""
+    bootstrap = broker.bootstrap
+    produce(kafka_cfg, bootstrap, generated(8_000, seed=17))
+    total = sum(end_offsets(kafka_cfg, bootstrap, kafka_cfg.topic_events).values())
+
+    ref_cfg = side_topics(kafka_cfg, "ref", bootstrap)
+    ref = spawn(ref_cfg, tmp_path / "ref", "ref-" + uuid.uuid4().hex[:6], idle_exit=5)
+    assert ref.wait() == 0, ref.tail()
+
+    crash_cfg = side_topics(kafka_cfg, "crash", bootstrap)
+    store = tmp_path / "crash"
+    killer = (str(REPO / "tests" / "support" / "killed_worker.py"),)
+    for attempt, kill_at in enumerate((4, 9)):
+        group = f"crash-{attempt}-{uuid.uuid4().hex[:6]}"
+        w = spawn(crash_cfg, store, group, launcher=(*killer, str(kill_at), "--"))
+        assert w.wait() == -signal.SIGKILL, w.tail()
+        assert "SIGKILL after flush" in w.tail(), w.tail()
+        at_kill = applied_offsets(store, tmp_path)
+        assert sum(at_kill.values()) < total  # mid-stream
+    # the killed poll's samples reached lum.samples, its store batch did not
+    killed = read_final(store, crash_cfg, bootstrap)
+    stored_seq = {p: s["sample_seq"] for p, s in killed.states.items()}
+    assert any(seq >= stored_seq[p] for p, seq in killed.samples), "none beyond the commit"
+    last = spawn(crash_cfg, store, "crash-last-" + uuid.uuid4().hex[:6], idle_exit=5)
+    assert last.wait() == 0, last.tail()
+
+    want = read_final(tmp_path / "ref", ref_cfg, bootstrap)
+    got = read_final(store, crash_cfg, bootstrap)
+    assert_same_final(got, want, total)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_failed_flush_under_the_pipeline_reprocesses_both_polls(
+    broker: EmbeddedBroker, kafka_cfg: KafkaConfig, spawn: Any, tmp_path: Path
+) -> None:
+    """worker.pipeline: the 4th flush (in the committer thread) fails after its records
+    went out (tests/support/flaky_worker.py), while the next poll was already processed
+    on top of it; both polls' partitions are reopened and re-read, and the run ends like
+    an uninterrupted one."""
+    bootstrap = broker.bootstrap
+    produce(kafka_cfg, bootstrap, generated(6_000, seed=23))
+    total = sum(end_offsets(kafka_cfg, bootstrap, kafka_cfg.topic_events).values())
+
+    ref_cfg = side_topics(kafka_cfg, "ref", bootstrap)
+    ref = spawn(ref_cfg, tmp_path / "ref", "ref-" + uuid.uuid4().hex[:6], idle_exit=5)
+    assert ref.wait() == 0, ref.tail()
+
+    flaky_cfg = side_topics(kafka_cfg, "flaky", bootstrap)
+    report = tmp_path / "flaky.json"
+    flaky = (str(REPO / "tests" / "support" / "flaky_worker.py"), "4", str(report), "--")
+    store = tmp_path / "flaky"
+    w = spawn(flaky_cfg, store, "flaky-" + uuid.uuid4().hex[:6], idle_exit=5, launcher=flaky)
+    assert w.wait() == 0, w.tail()
+    seen = orjson.loads(report.read_bytes())
+    assert seen["failures"] >= 1, seen  # worker_batch_failures: one per partition reopened
+    assert seen["flushes"] > 4, seen  # and work went on after it
+
+    want = read_final(tmp_path / "ref", ref_cfg, bootstrap)
+    got = read_final(store, flaky_cfg, bootstrap)
     assert_same_final(got, want, total)
 
 
