@@ -88,13 +88,13 @@ def write_report(
     ax.set_title("freshness")
     text = []
     if version_lag_s:
-        p50, p99 = percentiles(version_lag_s, (50, 99))
-        text.append(f"sample → served ranker version: p50 {p50:.0f} s, p99 {p99:.0f} s")
+        means = ", ".join(f"{v:.0f} s" for v in version_lag_s)
+        text.append(f"sample → published version (mean per trainer): {means}")
     if loop.freshness_s:
         p50, p99 = percentiles(loop.freshness_s, (50, 99))
         text.append(f"click → served history: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
     text.append("alerts fired:" if alerts else "alerts fired: none")
-    text += [f"  {a[:90]}" for a in alerts[:8]]
+    text += [f"  {a[:68]}" for a in alerts[:12]]
     ax.text(
         0.02,
         0.98,
