@@ -44,16 +44,16 @@ from lumstream.pipeline.stack import DemoOptions, Pipeline, local_pipeline
 from streams.generator.world import World
 
 
-def _histogram_quantiles(
+def _buckets(
     children: object, name: str, metric: str, labels: dict[str, str]
-) -> list[float]:
-    """p50 and p99 of a child's Prometheus histogram (linear within a bucket)."""
+) -> dict[float, float]:
+    """A child's Prometheus histogram: cumulative count per upper bound."""
     from lumstream.pipeline.children import Children
 
     assert isinstance(children, Children)
     url = children.metrics_url(name)
     if url is None:
-        return [float("nan")] * 2
+        return {}
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -68,6 +68,16 @@ def _histogram_quantiles(
             ):
                 le = float(s.labels["le"])
                 buckets[le] = buckets.get(le, 0.0) + s.value
+    return buckets
+
+
+def _quantiles(
+    buckets: dict[float, float], before: dict[float, float] | None = None
+) -> list[float]:
+    """p50 and p99 of a histogram (linear within a bucket); ``before``: an earlier snapshot
+    of it, subtracted (the observations in between)."""
+    if before:
+        buckets = {le: n - before.get(le, 0.0) for le, n in buckets.items()}
     if not buckets:
         return [float("nan")] * 2
     edges = sorted(buckets)
@@ -126,7 +136,7 @@ class Freshness:
             },
         ]
         status, answer = conn.post("/v1/events", events)
-        if status != 200:
+        if status not in (200, 202):
             with self.lock:
                 self.errors += 1
                 if self.errors == 1:
