@@ -263,16 +263,16 @@ def main() -> int:
         explore_share=0.0,
     )
     started = time.time()
+    store_metric = "lumstream_worker_event_to_store_seconds"
+    age_metric, serving = "lumstream_vectors_age_seconds", {"consumer": "serving"}
     with local_pipeline(cfg, opts, rankers=("lum",)) as pipeline:
+        children = pipeline.children
+        store_before = _buckets(children, "worker", store_metric, {})
+        age_before = _buckets(children, "serve-lum", age_metric, serving)
         bench = Freshness(pipeline, args.click_rate, args.threads, seed=3)
         bench.run(args.duration, args.drain)
-        children = pipeline.children
-        store = _histogram_quantiles(
-            children, "worker", "lumstream_worker_event_to_store_seconds", {}
-        )
-        vec_age = _histogram_quantiles(
-            children, "serve-lum", "lumstream_vectors_age_seconds", {"consumer": "serving"}
-        )
+        store = _quantiles(_buckets(children, "worker", store_metric, {}), store_before)
+        vec_age = _quantiles(_buckets(children, "serve-lum", age_metric, serving), age_before)
         worker_cfg = pipeline.cfg.worker
     s2v, never = bench.sample_to_version()
     c2h = _pct(bench.click_to_history)
