@@ -299,6 +299,7 @@ def import_movielens(
         parsed.ts_ms.append(ts * 1000)
         parsed.liked.append(rating >= click_threshold)
     _write_in_time_order(run, genres, parsed)
+    run.flush()
     return flavour
 
 

@@ -8,7 +8,7 @@ did not interact with around that time, drawn from the items seen so far in the 
 
 - ``uniform``: every item seen so far equally likely;
 - ``popularity``: proportional to its interactions so far (the cumulative counts are
-  refreshed every ``_REFRESH`` interactions).
+  rebuilt once 1% more interactions, at most ``_REFRESH``, came since the last build).
 
 An item is never drawn for a user who interacted with it within ``exclude_s`` seconds
 before or after the interaction (``inf``: ever, in the whole log; that keeps the whole
@@ -172,7 +172,8 @@ class NegativeSampler:
     def _candidates(self, n: int) -> np.ndarray:
         if self.cfg.mode == "uniform":
             return self.rng.integers(0, len(self.items), size=n)
-        if self._since >= _REFRESH or len(self._cum) == 0:
+        total = int(self._cum[-1]) if len(self._cum) else 0
+        if self._since >= min(_REFRESH, 1 + total // 100):  # >1% new, or _REFRESH new
             self._cum = np.cumsum(self.counts[: len(self.items)])
             self._since = 0
         if self._cum[-1] == 0:

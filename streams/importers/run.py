@@ -63,7 +63,8 @@ def run_import(
 
     The log is written atomically: it appears when the import is complete, and nothing is
     left when it fails (also at a ``strict`` stop). Events queued for Kafka before a
-    failure are still delivered. Counts ``import_rows``, ``events_rejected{stage="import"}``
+    failure are still delivered (events are
+    queued only once the input has been read and sorted). Counts ``import_rows``, ``events_rejected{stage="import"}``
     and ``events_produced{source="import-<name>"}``.
 
     Args:
@@ -116,7 +117,6 @@ def run_import(
             import_movielens(what.directory, run, click_threshold=what.click_threshold)
         else:
             import_generic(what.file, what.options, run)
-        run.flush()
     stats = run.finish()
     if out is not None:
         write_json_atomic(
