@@ -2,7 +2,7 @@
 
 A log of implicit feedback (every row an interaction: a purchase, a rating, a play) has
 no record of what was shown and ignored, so the label join finds no negatives at all.
-:class:`NegativeSampler` adds, after each interaction, ``k`` impressions of items the user
+:class:`ImpressionSampler` adds, after each interaction, ``k`` impressions of items the user
 did not interact with around that time, drawn from the items seen so far in the log
 (never from later ones: no leakage of the catalogue's future):
 
@@ -25,7 +25,7 @@ Example:
     >>> ev = [Event(f"e{u}{i}", str(u), str(i), "click", "c", 1000 * i) for u in (1, 2)
     ...       for i in range(4)]
     >>> ev.sort(key=lambda e: e.ts)
-    >>> s = NegativeSampler(NegativeSampling(k=1, seed=3, exclude_s=10.0))
+    >>> s = ImpressionSampler(NegativeSampling(k=1, seed=3, exclude_s=10.0))
     >>> out = list(s.run(iter(ev)))
     >>> len(out), s.sampled, s.short
     (8, 0, 8)
@@ -79,7 +79,7 @@ class NegativeSampling:
             raise ValueError(f"negatives: exclude_s must be >= 0, got {self.exclude_s}")
 
 
-class NegativeSampler:
+class ImpressionSampler:
     """Adds sampled impressions to a time-ordered event stream (see the module doc).
 
     Counts: ``sampled`` (impressions added), ``short`` (wanted draws that found no item:

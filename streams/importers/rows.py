@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from streams.config import EventConfig
 from streams.contracts.events import Event, EventError, to_dict, validate
-from streams.importers.negatives import NegativeSampler, NegativeSampling
+from streams.importers.negatives import ImpressionSampler, NegativeSampling
 from streams.importers.order import DEFAULT_RUN_EVENTS, Disorder, EventSorter
 from streams.importers.windows import DEFAULT_HORIZON_S, LabelDelays
 
@@ -328,7 +328,7 @@ class ImportRun:
         stream: Iterator[Event] = self.sorter.sorted()
         sampler = None
         if self.options.negatives is not None:
-            sampler = NegativeSampler(self.options.negatives)
+            sampler = ImpressionSampler(self.options.negatives)
             stream = self._checked(sampler.run(stream))
         try:
             for ev in self.progress(stream, desc="writing", unit=" events"):

@@ -13,7 +13,7 @@ from lumstream.cli import main
 from streams.config import EventConfig
 from streams.contracts.eventlog import iter_event_log, read_meta
 from streams.contracts.events import Event, decode
-from streams.importers.negatives import NegativeSampler, NegativeSampling
+from streams.importers.negatives import ImpressionSampler, NegativeSampling
 
 CFG = EventConfig()
 T0 = 1_700_000_000_000
@@ -35,8 +35,8 @@ def interactions(seed: int = 0, users: int = 20, per_user: int = 30) -> list[Eve
     return out
 
 
-def run(cfg: NegativeSampling, events: list[Event]) -> tuple[list[Event], NegativeSampler]:
-    s = NegativeSampler(cfg)
+def run(cfg: NegativeSampling, events: list[Event]) -> tuple[list[Event], ImpressionSampler]:
+    s = ImpressionSampler(cfg)
     return list(s.run(iter(events))), s
 
 

@@ -74,7 +74,10 @@ def samples_of(log: Path, window_s: float) -> np.ndarray:
 
 def import_csv(path: Path, out: Path, **write: object) -> dict[str, object]:
     stats = run_import(
-        GenericInput(path, OPTS), CFG, out=out, write=WriteOptions(**write)  # type: ignore[arg-type]
+        GenericInput(path, OPTS),
+        CFG,
+        out=out,
+        write=WriteOptions(**write),  # type: ignore[arg-type]
     )
     return stats.to_dict()
 
