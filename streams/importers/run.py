@@ -63,9 +63,9 @@ def run_import(
 
     The log is written atomically: it appears when the import is complete, and nothing is
     left when it fails (also at a ``strict`` stop). Events queued for Kafka before a
-    failure are still delivered (events are
-    queued only once the input has been read and sorted). Counts ``import_rows``, ``events_rejected{stage="import"}``
-    and ``events_produced{source="import-<name>"}``.
+    failure are still delivered (events are queued only once the input has been read
+    and sorted). Counts ``import_rows``, ``events_rejected{stage="import"}`` and
+    ``events_produced{source="import-<name>"}``.
 
     Args:
         events: the event contract every event must pass.

@@ -74,19 +74,24 @@ def test_ecommerce_log_from_import_to_lum_gain(
     out = tmp_path / "shop.jsonl"
     assert main(["import", "generic", str(log), *MAP, *ACTIONS, "--out", str(out), "--quiet"]) == 0
     text = capsys.readouterr().out
-    assert "recommended worker.label_window_s" in text and "came after a later one" in text
+    assert "recommended worker.label_window_s" in text
+    assert "came after a later one" in text
     meta = read_meta(out)
     assert meta is not None
     window = meta["recommended_label_window_s"]
-    assert isinstance(window, float) and 3600 < window <= 6 * 3600 + 600
+    assert isinstance(window, float)
+    assert 3600 < window <= 6 * 3600 + 600
 
     data = load(str(out), OVER)  # the recorded window, not the 60 s default
-    assert data.worker.label_window_s == window and data.window_from.endswith(".meta.json")
+    assert data.worker.label_window_s == window
+    assert data.window_from.endswith(".meta.json")
     _, tr, ev = split(data.samples, 0.8)
-    assert tr.rows["label"].sum() > 0 and ev.rows["label"].sum() > 0
+    assert tr.rows["label"].sum() > 0
+    assert ev.rows["label"].sum() > 0
     res = lum_gain(bench_args(out), OVER)
     assert res["labels"]["window_s"] == window
-    assert res["labels"]["train_label_rate"] > 0 and res["labels"]["eval_label_rate"] > 0
+    assert res["labels"]["train_label_rate"] > 0
+    assert res["labels"]["eval_label_rate"] > 0
     for metric in ("auc", "gauc", "logloss"):
         for variant, value in res[metric].items():
             assert math.isfinite(value), (metric, variant, value)

@@ -53,8 +53,10 @@ def test_sampled_impressions_avoid_the_users_items_near_that_time(mode: str) -> 
     for e in events:
         near.setdefault((e.user_id, e.item_id), []).append(e.ts)
     for e in sampled:
-        assert e.action == "impression" and e.features is not None
-        assert e.features["sampled"] == mode and "~n" in e.event_id
+        assert e.action == "impression"
+        assert e.features is not None
+        assert e.features["sampled"] == mode
+        assert "~n" in e.event_id
         assert e.condition == f"c{int(e.item_id[1:]) % 3}"  # the drawn item's own condition
         for t in near.get((e.user_id, e.item_id), []):
             assert abs(t - e.ts) > 48 * HOUR, (e, t)
@@ -122,11 +124,13 @@ def test_cli_purchases_only_log_gets_impressions_and_negatives(
     assert main(args) == 0
     stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert stats["negatives"]["sampled"] > len(rows)
-    assert stats["disorder"]["behind"] > 0 and stats["disorder"]["sorted"] is True
+    assert stats["disorder"]["behind"] > 0
+    assert stats["disorder"]["sorted"] is True
     got = [decode(r, CFG) for _, r in iter_event_log(out)]
     assert Counter(e.action for e in got)["impression"] == len(rows) + stats["negatives"]["sampled"]
     meta = read_meta(out)
-    assert meta is not None and meta["negatives"] == stats["negatives"]
+    assert meta is not None
+    assert meta["negatives"] == stats["negatives"]
     assert meta["recommended_label_window_s"] == 1.0  # impression and purchase at one time
     assert main([*args[:-6], "--negatives", "-1"]) == 2
     assert "--negatives -1" in capsys.readouterr().err

@@ -89,13 +89,15 @@ def test_user_sorted_file_gives_the_samples_of_its_time_sorted_twin(tmp_path: Pa
     a = import_csv(write_csv(tmp_path / "user.csv", by_user), tmp_path / "a.jsonl", run_events=7)
     b = import_csv(write_csv(tmp_path / "time.csv", by_time), tmp_path / "b.jsonl")
     assert a["sorted_runs"] >= 10  # the merge of spilled runs ran
-    assert a["disorder"]["behind"] > 0 and b["disorder"]["behind"] == 0
+    assert a["disorder"]["behind"] > 0
+    assert b["disorder"]["behind"] == 0
     ev_a = [decode(r, CFG) for _, r in iter_event_log(tmp_path / "a.jsonl")]
     ev_b = [decode(r, CFG) for _, r in iter_event_log(tmp_path / "b.jsonl")]
     assert [e.ts for e in ev_a] == sorted(e.ts for e in ev_a)
     assert sorted(ev_a, key=lambda e: e.event_id) == sorted(ev_b, key=lambda e: e.event_id)
     window = recommended_window_s(tmp_path / "a.jsonl")
-    assert window is not None and 5 * 60 <= window <= 90 * 60
+    assert window is not None
+    assert 5 * 60 <= window <= 90 * 60
     sa, sb = samples_of(tmp_path / "a.jsonl", window), samples_of(tmp_path / "b.jsonl", window)
     key = ["user", "item", "ts", "label"]
     assert 0.9 * sum(r[2] == "view" for r in rows) < len(sa)  # the last windows stay open
@@ -114,7 +116,8 @@ def test_sort_is_stable_for_equal_times_across_runs() -> None:
     out = [int(e.event_id[1:]) for e in s.sorted()]
     assert out == sorted(range(len(times)), key=lambda i: times[i])
     assert s.runs_spilled == 3
-    assert s.disorder.behind == 6 and s.disorder.max_back_ms == 4
+    assert s.disorder.behind == 6
+    assert s.disorder.max_back_ms == 4
 
 
 def test_presorted_keeps_input_order_and_still_measures(tmp_path: Path) -> None:
@@ -122,9 +125,11 @@ def test_presorted_keeps_input_order_and_still_measures(tmp_path: Path) -> None:
     stats = import_csv(write_csv(tmp_path / "u.csv", rows), tmp_path / "o.jsonl", presorted=True)
     got = [decode(r, CFG) for _, r in iter_event_log(tmp_path / "o.jsonl")]
     assert [(e.user_id, e.ts) for e in got] == [(u, t) for u, _, _, t in rows]
-    assert stats["disorder"]["sorted"] is False and stats["disorder"]["behind"] > 0
+    assert stats["disorder"]["sorted"] is False
+    assert stats["disorder"]["behind"] > 0
     meta = read_meta(tmp_path / "o.jsonl")
-    assert meta is not None and meta["disorder"] == stats["disorder"]
+    assert meta is not None
+    assert meta["disorder"] == stats["disorder"]
 
 
 def test_disorder_measure() -> None:
@@ -140,7 +145,8 @@ def test_window_for_log_defaults_to_the_recorded_window(tmp_path: Path) -> None:
     assert window_for_log(WorkerConfig(), log) == (WorkerConfig(), "settings")
     meta_path(log).write_bytes(orjson.dumps({"format": 1, "recommended_label_window_s": 7200}))
     worker, source = window_for_log(WorkerConfig(), log)
-    assert worker.label_window_s == 7200 and source == str(meta_path(log))
+    assert worker.label_window_s == 7200
+    assert source == str(meta_path(log))
     explicit = WorkerConfig(label_window_s=30.0)
     assert window_for_log(explicit, log) == (explicit, "settings")
     meta_path(log).write_bytes(b"[1]")
