@@ -1,5 +1,6 @@
-"""The docs/importers.md worked example, small: an e-commerce log (view/cart/fav/buy, sorted
-by user, purchases minutes to hours after the view) from import to ``lum-gain``."""
+"""The docs/importers.md worked example, small: an e-commerce log (view/cart/buy, sorted by
+user, purchases minutes to hours after the view; ``bench/shoplog.py``) from import to
+``lum-gain``."""
 
 from __future__ import annotations
 
@@ -8,14 +9,13 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from bench.ranker import load, lum_gain, split
+from bench.shoplog import write_log
 from lumstream.cli import main
 from streams.contracts.eventlog import read_meta
 
-T0 = 1_700_000_000  # seconds
 MAP = ["--map", "user_id=user,item_id=item,ts=ts,action=behavior,category=category"]
 ACTIONS = ["--action-map", "pv=impression,cart=click,fav=click,buy=click", "--ts-unit", "s"]
 OVER = {
@@ -23,33 +23,6 @@ OVER = {
     "embeddings": {"dim": "8", "user_rows": "512", "item_rows": "1024", "admit_count": "1"},
     "backbone": {"epochs": "1", "dim": "16"},
 }
-
-
-def write_log(path: Path, users: int = 150, seed: int = 0) -> int:
-    """``user,item,category,behavior,timestamp`` rows sorted by user, then time; each user
-    views items of two favourite categories (mostly) over ten days and buys some of them
-    5 minutes to 6 hours later. Returns the number of purchases."""
-    rng = np.random.default_rng(seed)
-    cats = 6
-    lines, buys = [], 0
-    for u in range(users):
-        fav = rng.choice(cats, 2, replace=False)
-        rows = []
-        for _ in range(int(rng.integers(20, 40))):
-            c = int(fav[rng.integers(0, 2)]) if rng.random() < 0.7 else int(rng.integers(cats))
-            item = c * 40 + int(rng.integers(0, 40))
-            t = T0 + int(rng.integers(0, 10 * 86_400))
-            rows.append((item, c, "pv", t))
-            liked = c in fav and item % 40 < 25
-            if liked and rng.random() < 0.5:
-                rows.append((item, c, "cart", t + int(rng.integers(30, 600))))
-                if rng.random() < 0.7:
-                    rows.append((item, c, "buy", t + int(rng.integers(300, 6 * 3600))))
-                    buys += 1
-        rows.sort(key=lambda r: r[3])
-        lines += [f"{u},{i},{c},{b},{t}\n" for i, c, b, t in rows]
-    path.write_text("user,item,category,behavior,ts\n" + "".join(lines))
-    return buys
 
 
 def bench_args(data: Path) -> argparse.Namespace:
