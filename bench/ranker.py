@@ -13,8 +13,13 @@ Usage::
 rating an impression, a rating >= 4 adds a click). Events go through the stream worker's
 own label join (``streams.worker.processor``, one partition) to become samples, so the ranker sees
 what it sees live. ``--set SECTION.NAME=VALUE`` overrides a ``ranker``, ``embeddings``,
-``backbone`` or ``generator`` setting. Each run prints a table with its configuration and
-the machine, or with ``--json`` one JSON object.
+``backbone``, ``generator`` or ``worker`` setting (``worker.label_window_s`` and the other
+label-join settings reach the join every benchmark runs; on an event log without it, the
+window its import recorded in ``<log>.meta.json`` is used). Each run prints a table with
+its configuration and the machine, the label window (and where it came from), the label
+rate of the train and eval parts and the positives outside the window, or with ``--json``
+one JSON object. A part that is empty or holds one class stops the run with the cause and
+the fix (never a ``nan`` in the table); GAUC on too few users is printed with a warning.
 
 - lum-gain: ``--protocol time`` (default) splits at the ``--split`` quantile of sample
   time; ``--protocol user`` holds out each user's last ``1 - --split`` of samples (as CTR
