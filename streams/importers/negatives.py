@@ -97,6 +97,10 @@ class ImpressionSampler:
         self._cum: np.ndarray = np.zeros(0, np.int64)
         self._since = 0
         self.near: dict[str, Counter[str]] = {}
+        self._pending: deque[Event] = deque()  # read, not yet given back
+        self._entered: deque[Event] = deque()  # interactions counted in ``near``, by time
+        self._inter = set(cfg.interactions)
+        self._last: int | None = None
         self.sampled = 0
         self.short = 0
         self.interactions = 0
@@ -107,25 +111,31 @@ class ImpressionSampler:
         Raises:
             ValueError: the input is not in event-time order.
         """
-        pending: deque[Event] = deque()
-        entered: deque[Event] = deque()  # interactions counted in ``near``, by time
-        inter = set(self.cfg.interactions)
-        last = None
         for ev in events:
-            if last is not None and ev.ts < last:
-                raise ValueError(
-                    "negative sampling needs events in event-time order "
-                    f"({ev.event_id} at {ev.ts} after {last}); do not pass --presorted"
-                )
-            last = ev.ts
-            if ev.action in inter:
-                self.near.setdefault(ev.user_id, Counter())[ev.item_id] += 1
-                entered.append(ev)
-            pending.append(ev)
-            while pending and pending[0].ts + self.window_ms < ev.ts:
-                yield from self._emit(pending.popleft(), entered, inter)
-        while pending:
-            yield from self._emit(pending.popleft(), entered, inter)
+            yield from self.push(ev)
+        yield from self.finish()
+
+    def push(self, ev: Event) -> Iterator[Event]:
+        """Take the next event (in event-time order); give the events now ready: those
+        whose exclusion window ahead has been read, with their sampled impressions."""
+        if self._last is not None and ev.ts < self._last:
+            raise ValueError(
+                "negative sampling needs events in event-time order "
+                f"({ev.event_id} at {ev.ts} after {self._last}); do not pass --presorted"
+            )
+        self._last = ev.ts
+        if ev.action in self._inter:
+            self.near.setdefault(ev.user_id, Counter())[ev.item_id] += 1
+            self._entered.append(ev)
+        self._pending.append(ev)
+        pending = self._pending
+        while pending and pending[0].ts + self.window_ms < ev.ts:
+            yield from self._emit(pending.popleft(), self._entered, self._inter)
+
+    def finish(self) -> Iterator[Event]:
+        """The events still held back, at the end of the input."""
+        while self._pending:
+            yield from self._emit(self._pending.popleft(), self._entered, self._inter)
 
     def _emit(self, ev: Event, entered: deque[Event], inter: set[str]) -> Iterator[Event]:
         while entered and entered[0].ts + self.window_ms < ev.ts:

@@ -271,6 +271,8 @@ class ImportRun:
         )
         self.delays = LabelDelays(horizon_s=self.options.delay_horizon_s)
         self.input_disorder: Disorder | None = None  # set by an importer that sorts itself
+        neg = self.options.negatives
+        self.sampler = ImpressionSampler(neg) if neg is not None else None
 
     def check(self, file: str, line: int, objs: Sequence[Mapping[str, Any]]) -> list[Event] | None:
         """Validate the events of one input row; all pass (row ok) or the row is bad (None)."""
@@ -317,38 +319,48 @@ class ImportRun:
             self.metrics.import_rows.labels(importer=self.importer, outcome="dropped").inc()
 
     def write(self, events: Iterable[Event]) -> None:
-        """Queue already validated events for the sink (they are written by :meth:`flush`)."""
+        """Hand over validated events: sorted runs collect them (they reach the sink in
+        :meth:`flush`); when presorted they go on at once (through the sampler)."""
         for ev in events:
-            self.sorter.add(ev)
+            if not self.options.presorted:
+                self.sorter.add(ev)
+                continue
+            self.sorter.disorder.see(ev.ts)
+            try:
+                self._out(self.sampler.push(ev) if self.sampler else (ev,))
+            except ValueError as exc:  # the sampler met events out of order
+                raise ImportSetupError(str(exc)) from None
+
+    def _out(self, events: Iterable[Event]) -> None:
+        sink, actions, stats = self.sink, self.stats.actions, self.stats
+        for ev in self._checked(events) if self.sampler else events:
+            self.delays.see(ev)
+            sink.write(ev)
+            actions[ev.action] += 1
+            stats.events += 1
 
     def flush(self) -> None:
-        """Write the queued events to the sink in event-time order (input order when
-        presorted), with the sampled negatives; measure the label delays."""
-        sink, actions, stats = self.sink, self.stats.actions, self.stats
-        stream: Iterator[Event] = self.sorter.sorted()
-        sampler = None
-        if self.options.negatives is not None:
-            sampler = ImpressionSampler(self.options.negatives)
-            stream = self._checked(sampler.run(stream))
+        """Write what is still held to the sink: every event in event-time order unless
+        presorted, with the sampled negatives; then fill in the order, delay and sampling
+        stats."""
+        stream: Iterable[Event] = () if self.options.presorted else self.sorter.sorted()
+        sampler = self.sampler
+        if sampler is not None:
+            stream = sampler.run(iter(stream))  # presorted: what it still holds back
         try:
-            for ev in self.progress(stream, desc="writing", unit=" events"):
-                self.delays.see(ev)
-                sink.write(ev)
-                actions[ev.action] += 1
-                stats.events += 1
+            self._out(self.progress(stream, desc="writing", unit=" events"))
         except ValueError as exc:  # the sampler met events out of order (--presorted)
             raise ImportSetupError(str(exc)) from None
         disorder = self.input_disorder or self.sorter.disorder
-        stats.disorder = {
+        self.stats.disorder = {
             **disorder.to_dict(),
             "sorted": not self.options.presorted or self.input_disorder is not None,
         }
-        stats.sorted_runs = self.sorter.runs_spilled
-        stats.label_delays = self.delays.to_dict()
+        self.stats.sorted_runs = self.sorter.runs_spilled
+        self.stats.label_delays = self.delays.to_dict()
         if sampler is not None:
-            neg = self.options.negatives
-            assert neg is not None
-            stats.negatives = {
+            neg = sampler.cfg
+            self.stats.negatives = {
                 "k": neg.k,
                 "mode": neg.mode,
                 "seed": neg.seed,
@@ -358,7 +370,7 @@ class ImportRun:
                 "short": sampler.short,
             }
 
-    def _checked(self, events: Iterator[Event]) -> Iterator[Event]:
+    def _checked(self, events: Iterable[Event]) -> Iterator[Event]:
         """Sampled events through the contract (their ids are longer than the input's)."""
         for ev in events:
             if "~" in ev.event_id:
