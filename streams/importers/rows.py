@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import enum
+import math
 import sys
 import threading
 import time
@@ -364,7 +365,7 @@ class ImportRun:
                 "k": neg.k,
                 "mode": neg.mode,
                 "seed": neg.seed,
-                "exclude_s": neg.exclude_s,
+                "exclude_s": "inf" if math.isinf(neg.exclude_s) else neg.exclude_s,
                 "interactions": sampler.interactions,
                 "sampled": sampler.sampled,
                 "short": sampler.short,
