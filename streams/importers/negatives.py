@@ -15,7 +15,10 @@ before or after the interaction (``inf``: ever, in the whole log; that keeps the
 log in memory). The stream is read ``exclude_s`` ahead of what is written, so the
 future side is known. A draw is seeded and a function of the (sorted) log alone: the
 same log and settings give the same events. Each sampled impression has the interacted
-event's time, the drawn item's last-seen condition and features, ``features["sampled"]``
+event's time and goes just *before* the events of that time (so its history, like that
+of the interaction's own impression, does not hold the interaction yet: placed after it,
+a sampled impression would be told apart by "seconds since the last history event"
+alone), the drawn item's last-seen condition and features, ``features["sampled"]``
 = the mode (so analyses can tell them apart) and the id ``<interaction id>~n<j>``. With
 ``impress_interactions`` an impression of the interacted item itself (``~i``) goes just
 before the interaction, for logs that record only interactions.
@@ -130,15 +133,28 @@ class ImpressionSampler:
         self._pending.append(ev)
         pending = self._pending
         while pending and pending[0].ts + self.window_ms < ev.ts:
-            yield from self._emit(pending.popleft(), self._entered, self._inter)
+            yield from self._emit(self._group())
 
     def finish(self) -> Iterator[Event]:
         """The events still held back, at the end of the input."""
         while self._pending:
-            yield from self._emit(self._pending.popleft(), self._entered, self._inter)
+            yield from self._emit(self._group())
 
-    def _emit(self, ev: Event, entered: deque[Event], inter: set[str]) -> Iterator[Event]:
-        while entered and entered[0].ts + self.window_ms < ev.ts:
+    def _group(self) -> list[Event]:
+        """The held events of the earliest time (all read: later times have arrived)."""
+        pending, t = self._pending, self._pending[0].ts
+        group = []
+        while pending and pending[0].ts == t:
+            group.append(pending.popleft())
+        return group
+
+    def _emit(self, group: list[Event]) -> Iterator[Event]:
+        """One time's events, preceded by the sampled impressions of its interactions: a
+        sampled impression then has the history its interaction's own impression had
+        (the interactions of that time are not in it yet), so nothing but the item tells
+        them apart."""
+        t, entered = group[0].ts, self._entered
+        while entered and entered[0].ts + self.window_ms < t:
             old = entered.popleft()
             near = self.near[old.user_id]
             near[old.item_id] -= 1
@@ -146,23 +162,24 @@ class ImpressionSampler:
                 del near[old.item_id]
                 if not near:
                     del self.near[old.user_id]
-        self._see(ev)
-        if ev.action not in inter:
+        for ev in group:
+            self._see(ev)
+        for ev in group:
+            if ev.action in self._inter:
+                self.interactions += 1
+                yield from self._draw(ev)
+        for ev in group:
+            if self.cfg.impress_interactions and ev.action in self._inter:
+                yield Event(
+                    f"{ev.event_id}~i",
+                    ev.user_id,
+                    ev.item_id,
+                    self.cfg.impression_action,
+                    ev.condition,
+                    ev.ts,
+                    ev.features,
+                )
             yield ev
-            return
-        self.interactions += 1
-        if self.cfg.impress_interactions:
-            yield Event(
-                f"{ev.event_id}~i",
-                ev.user_id,
-                ev.item_id,
-                self.cfg.impression_action,
-                ev.condition,
-                ev.ts,
-                ev.features,
-            )
-        yield ev
-        yield from self._draw(ev)
 
     def _see(self, ev: Event) -> None:
         i = self.index.get(ev.item_id)

@@ -60,6 +60,12 @@ def test_sampled_impressions_avoid_the_users_items_near_that_time(mode: str) -> 
         assert e.condition == f"c{int(e.item_id[1:]) % 3}"  # the drawn item's own condition
         for t in near.get((e.user_id, e.item_id), []):
             assert abs(t - e.ts) > 48 * HOUR, (e, t)
+    # a sampled impression goes before every event of its time, so the user's history at
+    # it does not hold its interaction yet (as at the interaction's own impression)
+    where = {e.event_id: k for k, e in enumerate(out)}
+    for e in sampled:
+        same_time = [where[x.event_id] for x in events if x.ts == e.ts]
+        assert where[e.event_id] < min(same_time)
     # one interaction's draws are distinct items
     per = Counter((e.event_id.split("~")[0], e.item_id) for e in sampled)
     assert max(per.values()) == 1
@@ -88,13 +94,13 @@ def test_exclude_ever_and_items_seen_so_far_only() -> None:
     events = interactions(4, users=5, per_user=10)
     out, _ = run(NegativeSampling(k=2, seed=0, exclude_s=float("inf")), events)
     ever = {(e.user_id, e.item_id) for e in events}
-    seen: set[str] = set()
+    first: dict[str, int] = {}
+    for e in events:
+        first.setdefault(e.item_id, e.ts)
     for e in out:
         if e.features and "sampled" in e.features:
             assert (e.user_id, e.item_id) not in ever
-            assert e.item_id in seen  # never an item that appears only later in the log
-        else:
-            seen.add(e.item_id)
+            assert first[e.item_id] <= e.ts  # never an item that appears only later in the log
 
 
 def test_out_of_order_input_is_refused() -> None:
