@@ -239,7 +239,7 @@ def check_part(
         >>> try:
         ...     check_part(np.array([0, 0]), np.array([1, 2]), "eval")
         ... except MetricError as exc:
-        ...     print(str(exc)[:58])
+        ...     print(str(exc)[:57])
         eval part: 2 samples, no positive (label 1): AUC and GAUC
     """
     y = np.asarray(labels) > 0
