@@ -86,7 +86,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="K",
-        help="add K sampled impressions of other items after each interaction (click, "
+        help="add K sampled impressions of other items with each interaction (click, "
         "purchase), marked features.sampled; for logs with no record of what was shown",
     )
     neg.add_argument(
