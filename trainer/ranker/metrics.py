@@ -254,6 +254,7 @@ def check_part(
         missing = "no positive (label 1)" if pos == 0 else "no negative (label 0)"
         raise MetricError(
             f"{part} part: {len(y):,} samples, {missing}: AUC and GAUC are undefined. Fix: "
+            + ("a larger part (move --split), or " if len(y) < 1000 else "")
             + (
                 "a label window that covers the log's delays (--set worker.label_window_s=..., "
                 "see the import's recommended window), an input in event-time order, or "
