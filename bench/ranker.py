@@ -13,8 +13,13 @@ Usage::
 rating an impression, a rating >= 4 adds a click). Events go through the stream worker's
 own label join (``streams.worker.processor``, one partition) to become samples, so the ranker sees
 what it sees live. ``--set SECTION.NAME=VALUE`` overrides a ``ranker``, ``embeddings``,
-``backbone`` or ``generator`` setting. Each run prints a table with its configuration and
-the machine, or with ``--json`` one JSON object.
+``backbone``, ``generator`` or ``worker`` setting (``worker.label_window_s`` and the other
+label-join settings reach the join every benchmark runs; on an event log without it, the
+window its import recorded in ``<log>.meta.json`` is used). Each run prints a table with
+its configuration and the machine, the label window (and where it came from), the label
+rate of the train and eval parts and the positives outside the window, or with ``--json``
+one JSON object. A part that is empty or holds one class stops the run with the cause and
+the fix (never a ``nan`` in the table); GAUC on too few users is printed with a warning.
 
 - lum-gain: ``--protocol time`` (default) splits at the ``--split`` quantile of sample
   time; ``--protocol user`` holds out each user's last ``1 - --split`` of samples (as CTR
@@ -73,6 +78,7 @@ from core.settings import build
 from embeddings.config import EmbeddingsConfig
 from monitoring.metrics import Metrics
 from streams.config import EventConfig, GeneratorConfig, StoreConfig, WorkerConfig
+from streams.contracts.eventlog import window_for_log
 from streams.contracts.events import EventError, decode
 from streams.contracts.ids import stable_id
 from streams.contracts.samples import SampleBlock, encode_block, split_blocks
@@ -82,7 +88,7 @@ from trainer.backbone.data import MemorySequences, sequences_from_events
 from trainer.ranker.batch import Samples
 from trainer.ranker.config import RankerConfig
 from trainer.ranker.engine import RankerEngine, Scored
-from trainer.ranker.metrics import bootstrap_gain, summary
+from trainer.ranker.metrics import MetricError, bootstrap_gain, check_part, summary
 from trainer.ranker.multi_epoch import train_epochs
 from trainer.vectors.layout import ConditionLayout
 from trainer.vectors.lookup import MemoryVectors
@@ -145,12 +151,16 @@ def machine(threads: int) -> dict[str, Any]:
 # -- data ----------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Data:
-    """Samples (emission order), the valid events (for sequences) and the world (synthetic)."""
+    """Samples (emission order), the valid events (for sequences) and the world (synthetic);
+    the worker settings of the label join, where its window came from and what it did."""
 
     name: str
     samples: Samples
     values: list[bytes]
     world: Any = None
+    worker: WorkerConfig = dataclasses.field(default_factory=WorkerConfig)
+    window_from: str = "settings"
+    join: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def synthetic(gen_over: dict[str, str]) -> tuple[list[bytes], Any]:
@@ -162,33 +172,51 @@ def synthetic(gen_over: dict[str, str]) -> tuple[list[bytes], Any]:
     return [v for batch in stream.pair_batches() for _, v in batch], stream.world
 
 
-def load(data: str, gen_over: dict[str, str]) -> Data:
+def worker_cfg(data: str, over: dict[str, dict[str, str]]) -> tuple[WorkerConfig, str]:
+    """The label join's settings, as every bench uses them: ``--set worker.NAME=VALUE``
+    over the defaults; an event log's recorded window (``<log>.meta.json``, written by
+    ``lumstream import``) when ``worker.label_window_s`` is not set."""
+    worker = build(WorkerConfig, over.get("worker", {}), source="bench")
+    if data == "synthetic" or "label_window_s" in over.get("worker", {}):
+        return worker, "--set" if "label_window_s" in over.get("worker", {}) else "settings"
+    return window_for_log(worker, data)
+
+
+def load(data: str, over: dict[str, dict[str, str]]) -> Data:
+    worker, window_from = worker_cfg(data, over)
     if data == "synthetic":
-        values, world = synthetic(gen_over)
+        values, world = synthetic(over.get("generator", {}))
     else:
         from streams.contracts.eventlog import iter_event_log
 
         values = [raw for _, raw in iter_event_log(data)]
         world = None
-    return Data(data, to_samples(values), values, world)
+    blocks, join = to_blocks(values, worker)
+    samples = Samples.concat([Samples.from_block(b) for b in blocks])
+    return Data(data, samples, values, world, worker, window_from, join)
 
 
-def to_samples(values: list[bytes]) -> Samples:
+def to_samples(values: list[bytes], worker: WorkerConfig | None = None) -> Samples:
     """The stream worker's label join over the events (one partition)."""
-    return Samples.concat([Samples.from_block(b) for b in to_blocks(values)])
+    return Samples.concat([Samples.from_block(b) for b in to_blocks(values, worker)[0]])
 
 
-def to_blocks(values: list[bytes]) -> list[SampleBlock]:
-    """The sample blocks the stream worker emits for the events (one partition)."""
+def to_blocks(
+    values: list[bytes], worker: WorkerConfig | None = None
+) -> tuple[list[SampleBlock], dict[str, int]]:
+    """The sample blocks the stream worker emits for the events (one partition), and the
+    join's counts of positives it could not match (``late``: after the window closed,
+    ``no_impression``: no impression of the item before it within the window)."""
     parts = []
+    registry = CollectorRegistry()
     with tempfile.TemporaryDirectory() as d:
         proc = open_processor(
             Path(d),
             0,
             StoreConfig(sync_writes=False),
-            WorkerConfig(),
+            worker or WorkerConfig(),
             EventConfig(),
-            Metrics(CollectorRegistry()),
+            Metrics(registry),
         )
         step = 20_000
         for i in range(0, len(values), step):
@@ -198,7 +226,49 @@ def to_blocks(values: list[bytes]) -> list[SampleBlock]:
                 parts.append(res.samples)
             proc.commit()
         proc.close()
-    return parts
+    join = {
+        reason: int(
+            registry.get_sample_value(
+                "lumstream_worker_unmatched_positives_total", {"reason": reason}
+            )
+            or 0
+        )
+        for reason in ("late", "no_impression")
+    }
+    return parts, join
+
+
+def label_report(data: Data, tr: Samples, ev: Samples) -> dict[str, Any]:
+    """The header's label facts: the window and where it came from, the label rate of each
+    part and the positives the join could not use (outside the window)."""
+    return {
+        "window_s": data.worker.label_window_s,
+        "window_from": data.window_from,
+        "train_label_rate": round(float(tr.rows["label"].mean()), 4) if len(tr) else None,
+        "eval_label_rate": round(float(ev.rows["label"].mean()), 4) if len(ev) else None,
+        "positives_outside_window": data.join.get("late", 0) + data.join.get("no_impression", 0),
+        "positives_late": data.join.get("late", 0),
+        "positives_no_impression": data.join.get("no_impression", 0),
+    }
+
+
+def check_split(tr: Samples, ev: Samples, data: Data) -> list[str]:
+    """Refuse a split whose metrics cannot be computed (SystemExit naming the cause and the
+    fix); the warnings (GAUC on too few users) go to stderr and the result."""
+    lab = label_report(data, tr, ev)
+    note = (
+        f" [label window {lab['window_s']:g} s from {lab['window_from']}; "
+        f"{lab['positives_outside_window']:,} positives outside it]"
+    )
+    warnings = []
+    for part, s in (("train", tr), ("eval", ev)):
+        try:
+            warnings += check_part(s.rows["label"], s.rows["user"], part)
+        except MetricError as exc:
+            raise SystemExit(f"{data.name}: {exc}{note}") from None
+    for w in warnings:
+        print(f"WARNING: {w}", file=sys.stderr)
+    return warnings
 
 
 def split(s: Samples, q: float) -> tuple[int, Samples, Samples]:
@@ -415,6 +485,16 @@ def oracle_auc(world: Any, s: Samples) -> dict[str, float]:
     return summary(p, s.rows["label"], s.rows["user"])
 
 
+def _config(over: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """The overrides a result was run with (every section given with --set)."""
+    return {"ranker": {}, "embeddings": {}, **over}
+
+
+def _num(x: float, width: int = 8) -> str:
+    """A table cell: a NaN shows as n/a (the warnings above the table say why)."""
+    return f"{x:>{width}.4f}" if np.isfinite(x) else f"{'n/a':>{width}}"
+
+
 def _round(d: dict[str, float]) -> dict[str, float]:
     return {k: round(float(v), 4) for k, v in d.items()}
 
@@ -431,7 +511,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def lum_gain(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[str, Any]:
-    data = load(args.data, over.get("generator", {}))
+    data = load(args.data, over)
     actions = (
         tuple(args.actions.split(","))
         if args.actions
@@ -447,7 +527,10 @@ def lum_gain(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[
         watermark = int(cut)  # the model is trained on data before the cut: valid after it
     else:
         cut, tr, ev = split_per_user(data.samples, args.split)
+        if not len(ev):
+            check_split(tr, ev, data)
         t, watermark = int(ev.rows["ts"].min()), 0  # users' cuts differ: no global watermark
+    warnings = check_split(tr, ev, data)
     stream = Samples.concat([tr, ev])
     model, seqs, bb = train_backbone(data, cut, bcfg, actions)
     bb["cut"] = cut if isinstance(cut, int) else "per user"
@@ -531,6 +614,8 @@ def lum_gain(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[
             "eval_ctr": round(float(labels.mean()), 4),
             "refresh_samples": args.refresh,
         },
+        labels=label_report(data, tr, ev),
+        warnings=warnings,
         backbone={
             **bb,
             "watermark": watermark,
@@ -560,7 +645,7 @@ def lum_gain(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[
                 if args.bootstrap
             },
         },
-        config={"ranker": over.get("ranker", {}), "embeddings": over.get("embeddings", {})},
+        config=_config(over),
     )
     if data.world is not None:
         res["oracle"] = _round(
@@ -570,8 +655,9 @@ def lum_gain(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[
 
 
 def multi_epoch(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[str, Any]:
-    data = load(args.data, over.get("generator", {}))
+    data = load(args.data, over)
     t, tr, ev = split(data.samples, args.split)
+    warnings = check_split(tr, ev, data)
     rcfg = build(RankerConfig, {**over.get("ranker", {}), "lum_features": "off"}, source="bench")
     ecfg = build(EmbeddingsConfig, over.get("embeddings", {}), source="bench")
     res: dict[str, Any] = {"auc": {}, "gauc": {}, "train_auc": {}, "seconds": {}}
@@ -590,14 +676,16 @@ def multi_epoch(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> di
         epochs=args.epochs,
         lum_features="off",
         split={"quantile": args.split, "ts_ms": t, "train": len(tr), "eval": len(ev)},
-        config={"ranker": over.get("ranker", {}), "embeddings": over.get("embeddings", {})},
+        labels=label_report(data, tr, ev),
+        warnings=warnings,
+        config=_config(over),
     )
     return res
 
 
 def throughput(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[str, Any]:
     gen = {**SYNTHETIC, "events": str(args.events), **over.get("generator", {})}
-    s = load("synthetic", gen).samples
+    s = load("synthetic", {**over, "generator": gen}).samples
     rcfg = build(RankerConfig, over.get("ranker", {}), source="bench")
     ecfg = build(EmbeddingsConfig, over.get("embeddings", {}), source="bench")
     rng = np.random.default_rng(0)
@@ -657,7 +745,10 @@ def source(args: argparse.Namespace, over: dict[str, dict[str, str]]) -> dict[st
 
     gen = {**SYNTHETIC, "events": str(args.events), **over.get("generator", {})}
     per_message = WorkerConfig().max_samples_per_message
-    blocks = [b for big in to_blocks(synthetic(gen)[0]) for b in split_blocks(big, per_message)]
+    worker = worker_cfg("synthetic", over)[0]
+    blocks = [
+        b for big in to_blocks(synthetic(gen)[0], worker)[0] for b in split_blocks(big, per_message)
+    ]
     raw = [encode_block(b) for b in blocks]
     n_samples = sum(len(b) for b in blocks)
     runs: dict[str, list[float]] = {"confluent": [], "kafka_python": []}
@@ -718,6 +809,16 @@ def print_table(res: dict[str, Any]) -> None:
     print(f"# ranker {res['bench']} on {res['data']}")
     print(f"machine: {res['machine']}")
     print(f"config overrides: {res['config']}")
+    if "labels" in res:
+        lab = res["labels"]
+        print(
+            f"label window: {lab['window_s']:g} s (from {lab['window_from']}); label rate "
+            f"train {lab['train_label_rate']} / eval {lab['eval_label_rate']}; positives "
+            f"outside the window {lab['positives_outside_window']:,} (late "
+            f"{lab['positives_late']:,}, no impression {lab['positives_no_impression']:,})"
+        )
+    for w in res.get("warnings", []):
+        print(f"WARNING: {w}")
     if res["bench"] == "lum-gain":
         print(f"split: {res['split']}")
         print(f"backbone: {res['backbone']}")
@@ -728,9 +829,9 @@ def print_table(res: dict[str, Any]) -> None:
                 print(f"  seed {k}: AUC {d['auc']}  GAUC {d['gauc']}")
         print(f"{'variant':<18} {'AUC':>8} {'GAUC':>8} {'logloss':>8}")
         for v in res["auc"]:
-            print(f"{v:<18} {res['auc'][v]:>8.4f} {res['gauc'][v]:>8.4f} {res['logloss'][v]:>8.4f}")
+            print(f"{v:<18} {_num(res['auc'][v])} {_num(res['gauc'][v])} {_num(res['logloss'][v])}")
         if "oracle" in res:
-            print(f"{'oracle':<18} {res['oracle']['auc']:>8.4f} {res['oracle']['gauc']:>8.4f}")
+            print(f"{'oracle':<18} {_num(res['oracle']['auc'])} {_num(res['oracle']['gauc'])}")
         print(f"gain lum_full - no_lum: {res['gain']}")
         print(f"incremental over full-only (lum_full): {res['incremental_over_full_only']}")
         boot = res["gain_bootstrap"]
@@ -750,9 +851,10 @@ def print_table(res: dict[str, Any]) -> None:
             f"{'mode':<14}" + "".join(f"{'epoch ' + str(e + 1):>10}" for e in range(res["epochs"]))
         )
         for mode in ("naive", "sparse_reset"):
-            print(f"{mode + ' AUC':<14}" + "".join(f"{a:>10.4f}" for a in res["auc"][mode]))
-            print(f"{mode + ' GAUC':<14}" + "".join(f"{a:>10.4f}" for a in res["gauc"][mode]))
-        print(f"{'single AUC':<14}{res['auc']['single']:>10.4f}   GAUC {res['gauc']['single']:.4f}")
+            print(f"{mode + ' AUC':<14}" + "".join(_num(a, 10) for a in res["auc"][mode]))
+            print(f"{mode + ' GAUC':<14}" + "".join(_num(a, 10) for a in res["gauc"][mode]))
+        single = res["auc"]["single"], res["gauc"]["single"]
+        print(f"{'single AUC':<14}{_num(single[0], 10)}   GAUC {_num(single[1], 0)}")
     elif res["bench"] == "source":
         print(f"{res['messages']:,} sample blocks ({res['samples']:,} samples, {res['mb']} MB)")
         print(f"{'consumer':<14} {'messages/s':>11} {'samples/s':>11}")

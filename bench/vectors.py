@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prometheus_client import CollectorRegistry
 
+from core.settings import ConfigError, build
 from monitoring.metrics import Metrics
 from streams.config import EventConfig, GeneratorConfig, StoreConfig, WorkerConfig
 from streams.generator import ClickStream
@@ -142,13 +143,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "step_s": args.step_s,
             "full_every_s": args.full_every_s,
             "dim": args.dim,
+            "label_window_s": args.worker.label_window_s,
         },
         "machine": machine(args.threads),
     }
     with tempfile.TemporaryDirectory(prefix="bench-vectors-") as d:
         root = Path(d)
         paths = RefreshPaths(root / "store", root / "versions", root / "inc")
-        proc = open_processor(paths.store, 0, store_cfg, WorkerConfig(), events, metrics)
+        proc = open_processor(paths.store, 0, store_cfg, args.worker, events, metrics)
         offset = 0
 
         def apply(chunk: list[bytes]) -> np.ndarray:
@@ -247,7 +249,7 @@ def print_table(res: dict[str, Any]) -> None:
     print(
         f"vectors: {c['users']:,} users, {c['events']:,} events (first {c['warmup']:.0%} "
         f"before v1), slices of {c['step_s']:g} s event time, full passes every "
-        f"{c['full_every_s']:g} s, dim {c['dim']}"
+        f"{c['full_every_s']:g} s, dim {c['dim']}, label window {c['label_window_s']:g} s"
     )
     print(
         f"machine: {m['platform']}, {m['cpus']} CPUs, torch {m['torch']} "
@@ -280,8 +282,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full-every-s", type=float, default=1800.0, help="full-only cadence")
     p.add_argument("--dim", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="worker.NAME=VALUE",
+        help="a worker setting for the label join (e.g. worker.label_window_s=120)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
+    worker: dict[str, str] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("worker."):
+            p.error(f"--set {item!r}: expected worker.NAME=VALUE")
+        worker[key.removeprefix("worker.")] = value
+    try:
+        args.worker = build(WorkerConfig, worker, source="--set")
+    except ConfigError as exc:
+        p.error(str(exc))
     res = run(args)
     if args.json:
         print(json.dumps(res, indent=1, default=float))

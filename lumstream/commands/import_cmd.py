@@ -4,7 +4,11 @@
     lumstream import generic FILE --map user_id=uid,item_id=sku,ts=time --action click --out ...
     lumstream import movielens DIR --kafka        # produce to lum.events instead
 
-Bad rows are printed as ``file:line: reason: detail`` (the first --show-bad of them) and
+Events are written in event-time order (a stable external merge sort; --presorted to
+trust the input), with how disordered the input was, the impression -> positive delays
+and a recommended label window, recorded beside an event log in ``<log>.meta.json``;
+--negatives K adds sampled negative impressions for implicit-feedback logs. Bad rows are
+printed as ``file:line: reason: detail`` (the first --show-bad of them) and
 counted; the import carries on unless --strict. See docs/importers.md. The work is
 :func:`streams.importers.run.run_import`.
 """
@@ -20,7 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from lumstream.config import Config
-    from streams.importers.rows import BadRow
+    from streams.importers.rows import BadRow, WriteOptions
     from streams.importers.run import GenericInput, MovieLensInput
 
 HELP = "import MovieLens ratings or a CSV/JSONL/Parquet log as events (to a file or Kafka)"
@@ -59,6 +63,53 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="print the first N bad rows (default: 20); all are counted",
     )
     common.add_argument("--json", action="store_true", help="print the summary as JSON")
+    order = common.add_argument_group("event-time order")
+    order.add_argument(
+        "--presorted",
+        action="store_true",
+        help="the input is already in event-time order: write it as it comes (its disorder "
+        "is still reported); default: sort by event time (stable, external merge sort)",
+    )
+    order.add_argument(
+        "--sort-run-events",
+        type=int,
+        default=500_000,
+        metavar="N",
+        help="events sorted in memory per run; more are spilled to run files (default 500000)",
+    )
+    order.add_argument(
+        "--sort-tmp", metavar="DIR", help="where sorted runs are spilled (default: system temp)"
+    )
+    neg = common.add_argument_group("implicit feedback: sampled negative impressions")
+    neg.add_argument(
+        "--negatives",
+        type=int,
+        default=0,
+        metavar="K",
+        help="add K sampled impressions of other items with each interaction (click, "
+        "purchase), marked features.sampled; for logs with no record of what was shown",
+    )
+    neg.add_argument(
+        "--negative-mode",
+        default="uniform",
+        choices=("uniform", "popularity"),
+        help="draw items uniformly or by interactions so far (default uniform)",
+    )
+    neg.add_argument("--negative-seed", type=int, default=0, metavar="S", help="seed (default 0)")
+    neg.add_argument(
+        "--negative-exclude-s",
+        type=float,
+        default=30 * 86_400.0,
+        metavar="SEC",
+        help="never draw an item the user interacted with within SEC either side "
+        "(default 30 days; 'inf': ever, keeps the log in memory)",
+    )
+    neg.add_argument(
+        "--impress-interactions",
+        action="store_true",
+        help="also add an impression of each interacted item just before it (logs of "
+        "interactions only, e.g. purchases), so the interaction labels a sample 1",
+    )
 
     sub = p.add_subparsers(dest="importer", metavar="IMPORTER", required=True)
     ml = sub.add_parser(
@@ -180,6 +231,37 @@ def _input(args: argparse.Namespace) -> MovieLensInput | GenericInput:
     return GenericInput(args.file, opts)
 
 
+def _write_options(args: argparse.Namespace) -> WriteOptions:
+    """Ordering and sampling from the flags; ImportSetupError names a bad one."""
+    from streams.importers.negatives import NegativeSampling
+    from streams.importers.rows import ImportSetupError, WriteOptions
+
+    if args.sort_run_events < 1:
+        raise ImportSetupError(f"--sort-run-events {args.sort_run_events}: expected >= 1")
+    if args.negatives < 0:
+        raise ImportSetupError(f"--negatives {args.negatives}: expected K >= 0")
+    negatives = None
+    if args.negatives:
+        try:
+            negatives = NegativeSampling(
+                k=args.negatives,
+                mode=args.negative_mode,
+                seed=args.negative_seed,
+                exclude_s=args.negative_exclude_s,
+                impress_interactions=args.impress_interactions,
+            )
+        except ValueError as exc:
+            raise ImportSetupError(str(exc)) from None
+    elif args.impress_interactions:
+        raise ImportSetupError("--impress-interactions goes with --negatives K")
+    return WriteOptions(
+        presorted=args.presorted,
+        run_events=args.sort_run_events,
+        tmp_dir=args.sort_tmp,
+        negatives=negatives,
+    )
+
+
 def run(cfg: Config, args: argparse.Namespace) -> int:
     import functools
 
@@ -204,6 +286,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         )
         try:
             what = _input(args)
+            import_into = functools.partial(import_into, write=_write_options(args))
             if not args.kafka:
                 stats = import_into(what, cfg.events, out=args.out)
             else:

@@ -13,12 +13,15 @@ The writers are the file sinks of :mod:`streams.sinks.events`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
+
+from streams.config import WorkerConfig
 
 
 class CorruptFile(OSError):
@@ -93,3 +96,56 @@ def iter_event_log(path: str | Path) -> Iterator[tuple[int, bytes]]:
     if path.name.endswith(".parquet"):
         return _iter_parquet(path)
     return _iter_jsonl(path)
+
+
+# -- metadata ------------------------------------------------------------------------------------
+META_SUFFIX = ".meta.json"
+META_FORMAT = 1
+
+
+def meta_path(path: str | Path) -> Path:
+    """The metadata file of an event log: ``<log>.meta.json`` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + META_SUFFIX)
+
+
+def read_meta(path: str | Path) -> dict[str, object] | None:
+    """An event log's metadata (written by ``lumstream import``), or None when it has none.
+
+    Keys: ``format``, ``importer``, ``recommended_label_window_s`` (float or None: the
+    window the log's impression -> positive delays need), ``label_delays``, ``disorder``
+    (how far the input was from event-time order), ``negatives`` (sampled impressions,
+    or None).
+
+    Raises:
+        ValueError: the file exists but is not a metadata object of a known format.
+    """
+    p = meta_path(path)
+    if not p.is_file():
+        return None
+    try:
+        meta = orjson.loads(p.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{p}: not JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
+        raise ValueError(f"{p}: not an event-log metadata file of format {META_FORMAT}")
+    return meta
+
+
+def recommended_window_s(path: str | Path) -> float | None:
+    """The label window recorded for an event log by its import (None: none recorded)."""
+    meta = read_meta(path)
+    value = meta.get("recommended_label_window_s") if meta else None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def window_for_log(worker: WorkerConfig, path: str | Path | None) -> tuple[WorkerConfig, str]:
+    """The worker settings to replay the event log ``path`` with, and where the label window
+    came from: the log's recommended window when ``worker.label_window_s`` is left at its
+    default and the log records one (``"<meta file>"``), else the setting (``"settings"``).
+    """
+    default = WorkerConfig().label_window_s
+    rec = recommended_window_s(path) if path is not None else None
+    if rec is None or worker.label_window_s != default:
+        return worker, "settings"
+    return dataclasses.replace(worker, label_window_s=rec), str(meta_path(path))  # type: ignore[arg-type]

@@ -284,7 +284,8 @@ def row_to_event(row: Mapping[str, object], opts: GenericOptions) -> dict[str, A
 
 
 def import_generic(path: Path, opts: GenericOptions, run: ImportRun) -> None:
-    """Import one log file into ``run``'s sink, rows in input order.
+    """Import one log file into ``run``'s sink, in event-time order (stable; input order
+    when ``run`` was told the input is presorted): :meth:`ImportRun.flush` at the end.
 
     Args:
         path: a .csv/.tsv, .jsonl/.ndjson (optionally .gz) or .parquet file.
@@ -321,6 +322,7 @@ def import_generic(path: Path, opts: GenericOptions, run: ImportRun) -> None:
     run.stats.source = f"{source.fmt}: {path}"
     with contextlib.closing(source.rows):
         _import_rows(file, source, opts, run)
+    run.flush()
 
 
 def _import_rows(file: str, source: RowSource, opts: GenericOptions, run: ImportRun) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from streams.contracts.events import Event
+from streams.importers.order import Disorder
 from streams.importers.rows import ImportRun, ImportSetupError, RowError, RowReason, short
 
 FLAVOURS: dict[str, tuple[str, str]] = {  # flavour -> (ratings file, movies file)
@@ -298,11 +299,16 @@ def import_movielens(
         parsed.ts_ms.append(ts * 1000)
         parsed.liked.append(rating >= click_threshold)
     _write_in_time_order(run, genres, parsed)
+    run.flush()
     return flavour
 
 
 def _write_in_time_order(run: ImportRun, genres: dict[int, str], parsed: _Ratings) -> None:
     """Validate and write the ratings' events sorted by event time (stable)."""
+    disorder = Disorder()
+    for t in parsed.ts_ms:
+        disorder.see(t)
+    run.input_disorder = disorder
     ts = np.asarray(parsed.ts_ms, dtype=np.int64)  # (R,)
     like_idx = np.flatnonzero(np.asarray(parsed.liked, dtype=bool))  # (C,)
     keys = np.concatenate([ts, ts[like_idx] + 1])  # (R + C,) impressions, then clicks

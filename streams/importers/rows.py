@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import enum
+import math
 import sys
 import threading
 import time
@@ -31,7 +32,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from streams.config import EventConfig
-from streams.contracts.events import Event, EventError, validate
+from streams.contracts.events import Event, EventError, to_dict, validate
+from streams.importers.negatives import ImpressionSampler, NegativeSampling
+from streams.importers.order import DEFAULT_RUN_EVENTS, Disorder, EventSorter
+from streams.importers.windows import DEFAULT_HORIZON_S, LabelDelays
 
 if TYPE_CHECKING:
     from monitoring.metrics import Metrics
@@ -102,6 +106,27 @@ class ImportInterrupted(Exception):
     """The run's ``stop`` was set: the import ended before its input did."""
 
 
+@dataclass(frozen=True)
+class WriteOptions:
+    """What happens between an importer's validated events and the sink.
+
+    Args:
+        presorted: the input is already in event-time order: write in input order (the
+            disorder is still measured and reported).
+        run_events: events per in-memory sorted run of the external merge sort.
+        tmp_dir: where sorted runs are spilled (default: the system's temporary directory).
+        negatives: add sampled negative impressions (implicit feedback); None: none.
+        delay_horizon_s: the longest impression -> positive delay measured for the
+            recommended label window.
+    """
+
+    presorted: bool = False
+    run_events: int = DEFAULT_RUN_EVENTS
+    tmp_dir: str | None = None
+    negatives: NegativeSampling | None = None
+    delay_horizon_s: float = DEFAULT_HORIZON_S
+
+
 @dataclass
 class ImportStats:
     """Counts of one import; ``rows_read == rows_ok + rows_bad + rows_dropped``."""
@@ -117,6 +142,15 @@ class ImportStats:
     bad: Counter[str] = field(default_factory=Counter)
     actions: Counter[str] = field(default_factory=Counter)
     files: Counter[str] = field(default_factory=Counter)
+    disorder: dict[str, Any] = field(default_factory=dict)
+    sorted_runs: int = 0
+    label_delays: dict[str, Any] = field(default_factory=dict)
+    negatives: dict[str, Any] | None = None
+
+    @property
+    def recommended_label_window_s(self) -> float | None:
+        value = self.label_delays.get("recommended_label_window_s")
+        return float(value) if value is not None else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -131,6 +165,11 @@ class ImportStats:
             "bad": dict(self.bad),
             "actions": dict(self.actions),
             "files": dict(self.files),
+            "disorder": self.disorder,
+            "sorted_runs": self.sorted_runs,
+            "label_delays": self.label_delays,
+            "recommended_label_window_s": self.recommended_label_window_s,
+            "negatives": self.negatives,
         }
 
     def summary(self) -> str:
@@ -145,6 +184,37 @@ class ImportStats:
         ]
         lines += [f"  rows from {name}: {n:,}" for name, n in sorted(self.files.items())]
         lines += [f"  bad rows, {reason}: {n:,}" for reason, n in self.bad.most_common()]
+        d = self.disorder
+        if d:
+            lines.append(
+                f"  input order: {d['behind']:,} of {d['events']:,} events "
+                f"({d['share']:.1%}) came after a later one, up to {d['max_back_s']:,} s back"
+                + (
+                    f"; sorted by event time ({self.sorted_runs} spilled runs)"
+                    if d.get("sorted")
+                    else ""
+                )
+            )
+        if self.negatives:
+            n = self.negatives
+            lines.append(
+                f"  sampled negatives ({n['mode']}, k={n['k']}, seed {n['seed']}): "
+                f"{n['sampled']:,} for {n['interactions']:,} interactions ({n['short']:,} short)"
+            )
+        ld = self.label_delays
+        if ld:
+            if ld.get("recommended_label_window_s") is None:
+                lines.append(
+                    f"  label delays: none of {ld['positives']:,} positives follows an "
+                    "impression of its item: the label join will find no positive "
+                    "(map an impression action or add --negatives)"
+                )
+            else:
+                lines.append(
+                    f"  label delays: {ld['with_impression']:,} of {ld['positives']:,} positives "
+                    f"follow an impression (p50 {ld['p50_s']:,} s, p99 {ld['p99_s']:,} s); "
+                    f"recommended worker.label_window_s = {ld['recommended_label_window_s']:.0f}"
+                )
         return "\n".join(lines)
 
 
@@ -163,6 +233,8 @@ class ImportRun:
         now_ms: the wall clock for the contract's future bound (default: now, fixed at start).
         stop: when set, the input loops (those wrapped by :meth:`progress`) raise
             :class:`ImportInterrupted`.
+        write: ordering and negative sampling (:class:`WriteOptions`); events reach the
+            sink in :meth:`flush`.
     """
 
     def __init__(
@@ -177,6 +249,7 @@ class ImportRun:
         progress: bool = False,
         now_ms: int | None = None,
         stop: threading.Event | None = None,
+        write: WriteOptions | None = None,
     ) -> None:
         self.importer = importer
         self.sink = sink
@@ -190,6 +263,17 @@ class ImportRun:
         self.stats = ImportStats(importer)
         self._t0 = time.perf_counter()
         self._ok = metrics.import_rows.labels(importer=importer, outcome="ok") if metrics else None
+        self.options = write or WriteOptions()
+        self.sorter = EventSorter(
+            cfg,
+            presorted=self.options.presorted,
+            run_events=self.options.run_events,
+            tmp_dir=self.options.tmp_dir,
+        )
+        self.delays = LabelDelays(horizon_s=self.options.delay_horizon_s)
+        self.input_disorder: Disorder | None = None  # set by an importer that sorts itself
+        neg = self.options.negatives
+        self.sampler = ImpressionSampler(neg) if neg is not None else None
 
     def check(self, file: str, line: int, objs: Sequence[Mapping[str, Any]]) -> list[Event] | None:
         """Validate the events of one input row; all pass (row ok) or the row is bad (None)."""
@@ -236,12 +320,67 @@ class ImportRun:
             self.metrics.import_rows.labels(importer=self.importer, outcome="dropped").inc()
 
     def write(self, events: Iterable[Event]) -> None:
-        """Write already validated events to the sink."""
-        sink, actions = self.sink, self.stats.actions
+        """Hand over validated events: sorted runs collect them (they reach the sink in
+        :meth:`flush`); when presorted they go on at once (through the sampler)."""
         for ev in events:
+            if not self.options.presorted:
+                self.sorter.add(ev)
+                continue
+            self.sorter.disorder.see(ev.ts)
+            try:
+                self._out(self.sampler.push(ev) if self.sampler else (ev,))
+            except ValueError as exc:  # the sampler met events out of order
+                raise ImportSetupError(str(exc)) from None
+
+    def _out(self, events: Iterable[Event]) -> None:
+        sink, actions, stats = self.sink, self.stats.actions, self.stats
+        for ev in self._checked(events) if self.sampler else events:
+            self.delays.see(ev)
             sink.write(ev)
             actions[ev.action] += 1
-            self.stats.events += 1
+            stats.events += 1
+
+    def flush(self) -> None:
+        """Write what is still held to the sink: every event in event-time order unless
+        presorted, with the sampled negatives; then fill in the order, delay and sampling
+        stats."""
+        stream: Iterable[Event] = () if self.options.presorted else self.sorter.sorted()
+        sampler = self.sampler
+        if sampler is not None:
+            stream = sampler.run(iter(stream))  # presorted: what it still holds back
+        try:
+            self._out(self.progress(stream, desc="writing", unit=" events"))
+        except ValueError as exc:  # the sampler met events out of order (--presorted)
+            raise ImportSetupError(str(exc)) from None
+        disorder = self.input_disorder or self.sorter.disorder
+        self.stats.disorder = {
+            **disorder.to_dict(),
+            "sorted": not self.options.presorted or self.input_disorder is not None,
+        }
+        self.stats.sorted_runs = self.sorter.runs_spilled
+        self.stats.label_delays = self.delays.to_dict()
+        if sampler is not None:
+            neg = sampler.cfg
+            self.stats.negatives = {
+                "k": neg.k,
+                "mode": neg.mode,
+                "seed": neg.seed,
+                "exclude_s": "inf" if math.isinf(neg.exclude_s) else neg.exclude_s,
+                "interactions": sampler.interactions,
+                "sampled": sampler.sampled,
+                "short": sampler.short,
+            }
+
+    def _checked(self, events: Iterable[Event]) -> Iterator[Event]:
+        """Sampled events through the contract (their ids are longer than the input's)."""
+        for ev in events:
+            if "~" in ev.event_id:
+                try:
+                    ev = validate(to_dict(ev), self.cfg, self.now_ms)
+                except EventError as exc:
+                    self.stats.bad[f"sampled_{exc.reason}"] += 1
+                    continue
+            yield ev
 
     def progress(
         self, items: Iterable[T], desc: str, total: int | None = None, unit: str = " rows"

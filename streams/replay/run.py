@@ -23,8 +23,10 @@ from pathlib import Path
 
 from monitoring.metrics import Metrics
 from streams.config import EventConfig, KafkaConfig, ReplayConfig, StoreConfig, WorkerConfig
+from streams.contracts.eventlog import window_for_log
 from streams.replay.backfill import Backfill
 from streams.replay.base import EventSource, ReplayError
+from streams.replay.files import EventLogSource
 from streams.replay.produce import Progress, ReplayStats, default_checkpoint, replay_produce
 from streams.replay.sources import is_kafka, open_source
 from streams.sinks.deadletters import DeadLetterSink
@@ -98,6 +100,20 @@ def run_produce(
     return stats
 
 
+def _log_window(worker: WorkerConfig, files: list[Path]) -> WorkerConfig:
+    """The worker settings for a backfill of event logs: their recorded label window (the
+    longest, when they differ) unless ``worker.label_window_s`` was set (see
+    :func:`streams.contracts.eventlog.window_for_log`)."""
+    best, origin = worker, "settings"
+    for path in files:
+        got, where = window_for_log(worker, path)
+        if where != "settings" and got.label_window_s > best.label_window_s:
+            best, origin = got, where
+    if origin != "settings":
+        log.info("replay: label window %g s, recorded in %s", best.label_window_s, origin)
+    return best
+
+
 def run_backfill(
     spec: str,
     root: Path,
@@ -127,7 +143,9 @@ def run_backfill(
     backfill refuses output files that already hold records; a resumed one appends.
 
     Args:
-        store / worker / events: the settings the store is built with (the live worker's).
+        store / worker / events: the settings the store is built with (the live worker's);
+            for event logs written by ``lumstream import``, ``worker.label_window_s`` left
+            at its default becomes the logs' recorded window.
         progress: makes the progress callback once the source is open.
     Returns:
         the stats, ``output`` naming the store and both outputs.
@@ -139,6 +157,8 @@ def run_backfill(
     if partitions < 1:
         raise ReplayError(f"--partitions must be >= 1, got {partitions}")
     source = None if is_kafka(spec) else open_source(spec, from_ts=from_ts, to_ts=to_ts)
+    if isinstance(source, EventLogSource):
+        worker = _log_window(worker, source.files)
     needs_kafka = source is None or samples_out is None or deadletters_out is None
     cluster: AbstractContextManager[str | None] = (
         connect() if needs_kafka else contextlib.nullcontext(None)

@@ -214,6 +214,72 @@ def summary(probs: np.ndarray, labels: np.ndarray, users: np.ndarray) -> dict[st
     }
 
 
+MIN_GAUC_USERS = 10
+
+
+class MetricError(ValueError):
+    """A metric of an evaluation part cannot be computed; the message names the cause and
+    the fix."""
+
+
+def check_part(
+    labels: np.ndarray,
+    users: np.ndarray,
+    part: str,
+    *,
+    min_gauc_users: int = MIN_GAUC_USERS,
+) -> list[str]:
+    """Check that AUC and GAUC can be computed on one part (train or eval) of a split.
+
+    Raises :class:`MetricError` when the part is empty or holds one class only (AUC would
+    be NaN); returns warnings (GAUC over fewer than ``min_gauc_users`` users that have
+    both classes: a noisy or NaN figure). Each message names the cause and the fix.
+
+    Example:
+        >>> try:
+        ...     check_part(np.array([0, 0]), np.array([1, 2]), "eval")
+        ... except MetricError as exc:
+        ...     print(str(exc)[:57])
+        eval part: 2 samples, no positive (label 1): AUC and GAUC
+    """
+    y = np.asarray(labels) > 0
+    if len(y) == 0:
+        raise MetricError(
+            f"{part} part: no samples. Fix: move the split (--split) or import more data; "
+            "an input out of event-time order or a label window longer than the log also "
+            "leaves a part empty"
+        )
+    pos = int(y.sum())
+    if pos == 0 or pos == len(y):
+        missing = "no positive (label 1)" if pos == 0 else "no negative (label 0)"
+        raise MetricError(
+            f"{part} part: {len(y):,} samples, {missing}: AUC and GAUC are undefined. Fix: "
+            + ("a larger part (move --split), or " if len(y) < 1000 else "")
+            + (
+                "a label window that covers the log's delays (--set worker.label_window_s=..., "
+                "see the import's recommended window), an input in event-time order, or "
+                "sampled negatives/positives for implicit feedback (lumstream import "
+                "--negatives K)"
+                if pos == 0
+                else "impressions that were not followed by a positive: map the action of "
+                "what was shown (e.g. view=impression) or sample negatives (lumstream "
+                "import --negatives K)"
+            )
+        )
+    g = np.asarray(users)
+    _, gid = np.unique(g, return_inverse=True)
+    n_pos = np.bincount(gid, weights=y.astype(np.float64))
+    n = np.bincount(gid)
+    both = int(((n_pos > 0) & (n_pos < n)).sum())
+    if both < min_gauc_users:
+        return [
+            f"{part} part: only {both} user(s) with both classes (of {len(n):,}): GAUC "
+            f"{'is undefined' if both == 0 else 'rests on too few users'}. Fix: more users "
+            "per part (a later --split or more data) or more samples per user"
+        ]
+    return []
+
+
 class Window:
     """The last ``size`` (probability, label, user) triples, as a ring buffer.
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from trainer.backbone.loss import NegativeSampler, candidate_rows, info_nce
+from trainer.backbone.loss import ImpressionSampler, candidate_rows, info_nce
 
 torch.set_num_threads(1)
 
@@ -48,12 +48,12 @@ def test_log_q_correction_lowers_popular_candidates() -> None:
 
 def test_sampler_follows_count_power_and_never_draws_oov() -> None:
     counts = np.array([1000, 0, 1, 9])  # row 0 is OOV, row 1 never seen
-    s = NegativeSampler(counts, alpha=1.0, seed=3)
+    s = ImpressionSampler(counts, alpha=1.0, seed=3)
     draws = s.sample(20_000)
     assert set(draws.tolist()) <= {2, 3}
     assert abs(float((draws == 3).double().mean()) - 0.9) < 0.02
     assert torch.allclose(
         s.log_q(torch.tensor([2, 3])), torch.log(torch.tensor([0.1, 0.9], dtype=torch.float64))
     )
-    again = NegativeSampler(counts, alpha=1.0, seed=3).sample(50)
+    again = ImpressionSampler(counts, alpha=1.0, seed=3).sample(50)
     assert again.tolist() == draws[:50].tolist()  # same seed, same draws on every replica
