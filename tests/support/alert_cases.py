@@ -463,6 +463,19 @@ SERVING = [
         "reads vectors 100 minutes old", "LumstreamServingVectorsStale", {S_VEC: "60x200"}, "100m"
     ),
     Case(
+        "the served log's Kafka is down for 6 minutes",
+        "LumstreamServedListsNotLogged",
+        {sel("lumstream_served_log_kafka_up", SERVE): "1 1 0x10"},
+        "8m",
+        (Fires(C, 0, S_INST),),
+    ),
+    Case(
+        "the served log missed one shipping round",
+        "LumstreamServedListsNotLogged",
+        {sel("lumstream_served_log_kafka_up", SERVE): "1 1 0 1x10"},
+        "8m",
+    ),
+    Case(
         "clicks reach served histories after 5-10 s",
         "LumstreamServingHistoryStale",
         hist(
