@@ -157,6 +157,22 @@ class Freshness:
         with self.lock:
             self.history_timeouts += 1
 
+    def _tick(self, conn: JsonHttp) -> None:
+        """One impression of a random user (moves that partition's event time on)."""
+        _, conds, items = self.world.page_views(self.rng, 1, 1)
+        user, ts, name = int(self.rng.integers(self.world.n_users)), int(time.time() * 1000), ""
+        name = World.condition_name(int(conds[0]))
+        event = {
+            "event_id": f"tick-{user}-{ts}",
+            "user_id": str(user),
+            "item_id": str(int(items[0, 0])),
+            "action": "impression",
+            "condition": name,
+            "ts": ts,
+            "features": {"category": name},
+        }
+        conn.post("/v1/events", [event])
+
     def _client(self, jobs: queue.Queue[tuple[float, int, int, int] | None]) -> None:
         conn = JsonHttp(self.p.url("lum"), 10.0)
         try:
@@ -201,16 +217,23 @@ class Freshness:
             t.start()
         for t in clients:
             t.join()
-        # the last impressions still need their label window and a published version
+        # the last impressions still need their label window and a published version; a
+        # window closes only when later events move its partition's event time on, so
+        # other users keep browsing (not measured) until then
         deadline = time.time() + drain_s
-        while time.time() < deadline:
-            if (
-                self.watermarks
-                and self.impressions
-                and self.watermarks[-1][1] >= max(self.impressions)
-            ):
-                break
-            time.sleep(0.5)
+        conn = JsonHttp(self.p.url("lum"), 10.0)
+        try:
+            while time.time() < deadline:
+                if (
+                    self.watermarks
+                    and self.impressions
+                    and self.watermarks[-1][1] >= max(self.impressions)
+                ):
+                    break
+                self._tick(conn)
+                time.sleep(0.2)
+        finally:
+            conn.close()
         stop.set()
         watcher.join()
 

@@ -83,9 +83,15 @@ class Children:
 
     # -- metrics --------------------------------------------------------------------------------
     def metrics_url(self, name: str) -> str | None:
-        """The child's /metrics URL once it registered its endpoint."""
+        """The child's /metrics URL once it registered its endpoint (or the first of its
+        own children's: ``lumstream serve``'s worker processes serve their own)."""
         child = self.procs[name]
-        for path in self.discovery.glob(f"*-{child.pid}.json"):
+        paths = sorted(
+            p
+            for p in self.discovery.glob("*-*.json")
+            if (pid := _pid_of(p)) is not None and child.pid in (pid, _parent(pid))
+        )
+        for path in paths:
             try:
                 targets = json.loads(path.read_text())[0]["targets"]
             except (OSError, ValueError, LookupError):
@@ -112,3 +118,19 @@ class Children:
                     total += s.value
                     found = True
         return total if found else None
+
+
+def _pid_of(path: Path) -> int | None:
+    tail = path.stem.rpartition("-")[2]
+    return int(tail) if tail.isdigit() else None
+
+
+def _parent(pid: int) -> int | None:
+    """The parent of a process (Linux ``/proc``); None when it is gone or unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
