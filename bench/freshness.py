@@ -160,7 +160,7 @@ class Freshness:
     def _tick(self, conn: JsonHttp) -> None:
         """One impression of a random user (moves that partition's event time on)."""
         _, conds, items = self.world.page_views(self.rng, 1, 1)
-        user, ts, name = int(self.rng.integers(self.world.n_users)), int(time.time() * 1000), ""
+        user, ts = int(self.rng.integers(self.world.n_users)), int(time.time() * 1000)
         name = World.condition_name(int(conds[0]))
         event = {
             "event_id": f"tick-{user}-{ts}",
