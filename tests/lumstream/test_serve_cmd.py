@@ -32,6 +32,46 @@ def _workers(pid: int) -> list[int]:
     return out
 
 
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a socket listening on ``port`` (Linux /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f[9])
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            return True
+    return False
+
+
+def _wait_dead(pid: int, timeout_s: float = 30.0) -> None:
+    """Until ``pid`` has exited (gone, or a zombie waiting for its parent)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"pid {pid} did not exit after SIGKILL")
+
+
 @pytest.mark.slow
 def test_serve_runs_workers_and_stops_gracefully(tmp_path: Path) -> None:
     with trained(tmp_path, steps=256) as t:
@@ -62,8 +102,14 @@ def test_serve_runs_workers_and_stops_gracefully(tmp_path: Path) -> None:
             assert status == 200
             assert b"lumstream_serving_request_seconds_count" in body
         # a worker SIGKILLed: the other keeps answering, the supervisor starts a new one
+        port = int(svc.url.rsplit(":", 1)[1])
+        deadline = time.monotonic() + 60
+        while not all(_listens(w, port) for w in _workers(supervisor)):  # both started
+            assert time.monotonic() < deadline, "a worker never listened"
+            time.sleep(0.2)
         victim = _workers(supervisor)[0]
         os.kill(victim, signal.SIGKILL)
+        _wait_dead(victim)  # its listening socket closes at exit (a SYN racing it gets RST)
         for _ in range(20):
             with svc.client() as c:  # a fresh connection each: the kernel picks a live worker
                 assert c.rank(req).ranker_version == "r1"
