@@ -145,7 +145,7 @@ class Freshness:
         with self.lock:
             self.impressions.append(ts)
         deadline = scheduled + 10.0
-        body = {"user_id": str(user), "candidates": [{"item_id": str(item)}], "k": 1}
+        body = {"user_id": str(user), "candidates": [{"item_id": str(item)}], "k": 1, "log": False}
         while time.time() < deadline:
             status, answer = conn.post("/v1/rank", body)
             seen = answer.get("history_ts") if status == 200 else None

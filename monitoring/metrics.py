@@ -283,10 +283,13 @@ class Metrics:
             "Spooled served lists not yet acknowledged by Kafka",
             registry=registry,
         )
-        self.served_kafka_up = Gauge(
-            "lumstream_served_log_kafka_up",
-            "1 when the served log's last shipping round was acknowledged, 0 when it failed",
-            registry=registry,
+        # Lazy: only a process with a served log exports it (a 0 elsewhere would alert)
+        self.served_kafka_up = Lazy(
+            lambda: Gauge(
+                "lumstream_served_log_kafka_up",
+                "1 when the served log's last shipping round was acknowledged, 0 when it failed",
+                registry=registry,
+            )
         )
         self.events_api_requests = Counter(
             "lumstream_events_api_requests",

@@ -27,14 +27,21 @@ class Candidate(Struct, forbid_unknown_fields=True):
     category: Id | None = None
 
 
+# the condition of a request that names none: it is scored and logged as this condition
+NO_CONDITION = "none"
+
+
 class RankRequest(Struct, forbid_unknown_fields=True):
-    """``POST /v1/rank``: score ``candidates`` for ``user_id`` under ``condition``."""
+    """``POST /v1/rank``: score ``candidates`` for ``user_id`` under ``condition`` (none
+    given: :data:`NO_CONDITION`). ``log: false`` marks a read that no user is shown (a probe,
+    a preview): it is not logged as impressions and so never becomes training data."""
 
     user_id: Id
     candidates: list[Candidate]
     condition: Id | None = None
     k: Annotated[int, Meta(ge=1)] | None = None
     request_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    log: bool = True
 
 
 class ScoredItem(Struct):

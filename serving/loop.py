@@ -17,7 +17,7 @@ import msgspec
 from aiohttp import web
 
 from monitoring.metrics import Metrics
-from serving.api import RankRequest, RankResponse, as_text
+from serving.api import NO_CONDITION, RankRequest, RankResponse, as_text
 from serving.explore import Explorer
 from serving.loop_config import EventsApiConfig, ExploreConfig, ServedLogConfig
 from serving.served_log import ServedList, ServedLog, spool_path
@@ -70,16 +70,19 @@ class ServedLoop:
             )
 
     def on_served(self, request: RankRequest, response: RankResponse) -> RankResponse:
-        """The list to send: reordered when the request explores; logged as sent."""
+        """The list to send: reordered when the request explores; logged as sent (unless
+        the request says ``log: false``)."""
         items, randomized = self.explorer.apply(response.request_id, response.items)
         if randomized:
             response = msgspec.structs.replace(response, items=items, randomized=True)
-        if self.log is not None:
+        if self.log is not None and request.log:
             self.log.log(
                 ServedList(
                     request_id=response.request_id,
                     user_id=as_text(request.user_id),
-                    condition="" if request.condition is None else as_text(request.condition),
+                    condition=NO_CONDITION
+                    if request.condition is None
+                    else as_text(request.condition),
                     items=[it.item_id for it in response.items],
                     categories=[it.category for it in response.items],
                     ranker_version=response.ranker_version,

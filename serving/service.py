@@ -30,7 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from monitoring.metrics import Metrics
-from serving.api import ModelInfo, ModelsResponse, RankRequest, RankResponse, ScoredItem, as_text
+from serving.api import (
+    NO_CONDITION,
+    ModelInfo,
+    ModelsResponse,
+    RankRequest,
+    RankResponse,
+    ScoredItem,
+    as_text,
+)
 from serving.config import ServingConfig
 from serving.features import request_samples, score_samples
 from serving.follow import follow_updates
@@ -292,7 +300,7 @@ class RankService:
         self.catch_up()
         now = self.clock()
         user = stable_id(as_text(req.user_id))
-        cond = -1 if req.condition is None else stable_id(as_text(req.condition))
+        cond = stable_id(NO_CONDITION if req.condition is None else as_text(req.condition))
         if req.condition is not None and self.cfg.reject_unknown_conditions:
             rows = (
                 served.ranker.mappers["cond"]

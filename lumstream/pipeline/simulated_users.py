@@ -417,7 +417,7 @@ class ClosedLoop:
             with contextlib.suppress(OSError, *HTTP_ERRORS):
                 status, answer = conn.post(
                     "/v1/rank",
-                    {"user_id": str(user), "candidates": [{"item_id": "0"}], "k": 1},
+                    {"user_id": str(user), "candidates": [{"item_id": "0"}], "k": 1, "log": False},
                 )
                 newest = answer.get("history_ts") if status == 200 else None
                 if isinstance(newest, int) and newest >= posted_ms:
