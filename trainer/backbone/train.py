@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -234,11 +235,17 @@ def training_tokens(model: LumBackbone, pairs: Pairs) -> list[UserTokens]:
     return [w for _, s in pairs for w in tok.windows(s)]
 
 
-def _any_condition(batch: TokenBatch, rate: float, gen: torch.Generator) -> None:
-    """Replace a ``rate`` share of the condition tokens by the 'any' condition (OOV row)."""
-    is_cond = batch.kind == COND
-    drop = (torch.rand(is_cond.shape, generator=gen) < rate) & is_cond
-    batch.cond[drop] = 0
+def any_condition(u: UserTokens, rate: float, seed: int, epoch: int, index: int) -> UserTokens:
+    """``u`` with a ``rate`` share of its condition tokens replaced by the learned 'any'
+    condition (the OOV row). The draw depends on (seed, epoch, window) only, so every
+    replica of a data-parallel run makes the same choice as one process would."""
+    drop = np.random.default_rng([seed, epoch, index]).random(len(u)) < rate
+    drop &= u.kind == COND
+    if not drop.any():
+        return u
+    cond = u.cond.copy()
+    cond[drop] = 0
+    return dataclasses.replace(u, cond=cond)
 
 
 def train(
@@ -280,7 +287,6 @@ def train(
     tokens = training_tokens(model, fit_pairs)
     n_items = len(model.vocabs.items)
     sampler = make_sampler(cfg, model)
-    any_gen = torch.Generator().manual_seed(cfg.seed + 1)
     net: torch.nn.Module = model
     if dist.is_available() and dist.is_initialized():
         dev = torch.device(device)
@@ -301,10 +307,13 @@ def train(
             cand = step_candidates(cfg, n_items, targets, sampler).to(device)
             n_targets = int((targets > 0).sum())
             with record_function("backbone.collate"):
-                local = collate([tokens[i] for i in users[rank::world]])
+                mine = [tokens[i] for i in users[rank::world]]
                 if cfg.objective == "lum" and cfg.any_condition_rate > 0:
-                    _any_condition(local, cfg.any_condition_rate, any_gen)
-                batch = local.to(device)
+                    mine = [
+                        any_condition(u, cfg.any_condition_rate, cfg.seed, epoch, int(i))
+                        for u, i in zip(mine, users[rank::world], strict=True)
+                    ]
+                batch = collate(mine).to(device)
             with record_function("backbone.step"):
                 norm = max(n_targets, 1) / world
                 loss = step_loss(net, batch, cand, cfg, norm)
@@ -375,7 +384,7 @@ def split_validation(pairs: Pairs, cfg: BackboneConfig) -> tuple[Pairs, HeldOut 
     if not cfg.validation:
         return pairs, None
     fit, held = leave_last_out(pairs, cfg.condition_fields)
-    fit += [(u, s) for u, s in pairs if len(s) < 2]
+    fit = fit + [(u, s) for u, s in pairs if len(s) < 2]  # a new list: held shares fit
     if not held.histories:
         return pairs, None
     n = len(held.histories)
