@@ -176,6 +176,7 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
             "train_s": round(res.seconds, 1),
             "tokens_per_s": round(res.tokens_per_s),
             "final_loss": round(float(np.mean(res.losses[-10:])), 4),
+            "validation_ndcg@10": [round(v["ndcg@10"], 4) for v in res.validation],
         }
         print(f"  {name}: {info}", file=sys.stderr)
         if name == "lum":
@@ -200,9 +201,7 @@ def condition_items(train_pairs: Pairs, held: HeldOut, cfg: BackboneConfig) -> l
         combo = np.stack([s[f] for f in cfg.condition_fields], axis=-1)
         for key, item in zip(map(tuple, combo.tolist()), s["item"].tolist(), strict=True):
             by_cond.setdefault(key, set()).add(item)
-    return [
-        np.fromiter(by_cond.get(tuple(c), ()), np.int64) for c in held.conds.tolist()
-    ]
+    return [np.fromiter(by_cond.get(tuple(c), ()), np.int64) for c in held.conds.tolist()]
 
 
 def with_conditions(held: HeldOut, cond: int) -> HeldOut:
@@ -590,7 +589,12 @@ def main(argv: list[str] | None = None) -> int:
         default=4,
         help="conditions checked against the padded one-at-a-time reference",
     )
+    p.add_argument("-v", "--verbose", action="store_true", help="log each epoch to stderr")
     args = p.parse_args(argv)
+    if args.verbose:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     torch.set_num_threads(args.threads)
     run = {
         "quality": run_quality,

@@ -185,7 +185,8 @@ def step_candidates(
     sampled = sampler.sample(k) if sampler is not None and k else None
     rows = candidate_rows(targets, sampled)
     if cfg.loss == "sampled":
-        assert sampler is not None and sampled is not None
+        assert sampler is not None
+        assert sampled is not None
         neg_log_q = sampler.log_p(sampled) + float(np.log(k)) if cfg.logq_correction else None
         return StepCandidates(rows, None, sampled, neg_log_q)
     log_q = sampler.log_q(rows) if sampler is not None and cfg.logq_correction else None

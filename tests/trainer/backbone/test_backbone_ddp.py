@@ -65,11 +65,11 @@ def _worker(rank: int, world: int, port: int, out: str, loss: str) -> None:
 @pytest.mark.parametrize("loss", sorted(CFGS))
 def test_two_processes_match_one_process(tmp_path: Path, loss: str) -> None:
     torch.set_num_threads(1)
-    CFG = CFGS[loss]
+    cfg = CFGS[loss]
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), loss), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    single = train(CFG, make_pairs(n_users=30, seed=8))
+    single = train(cfg, make_pairs(n_users=30, seed=8))
     assert r0["losses"] == r1["losses"]
     assert len(r0["losses"]) == len(single.losses) >= 2 * 4  # windows: more than 30 users
     for name, p in r0["state"].items():
@@ -77,7 +77,7 @@ def test_two_processes_match_one_process(tmp_path: Path, loss: str) -> None:
     torch.testing.assert_close(
         torch.tensor(r0["losses"]), torch.tensor(single.losses), rtol=1e-4, atol=0
     )
-    d = CFG.dim
+    d = cfg.dim
     for name, p in single.model.state_dict().items():
         mine = r0["state"][name]
         if name.endswith("qkv.bias"):

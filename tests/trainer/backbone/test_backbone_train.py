@@ -209,8 +209,10 @@ def test_windows_train_every_event_once(objective: str) -> None:
     assert all(len(w) <= cfg.max_tokens for w in wins)
     rows = tok.vocabs.items.lookup(seq["item"])
     if objective == "next_item":  # every transition (i_t -> i_t+1) exactly once
-        pairs = sorted((int(i), int(t)) for w in wins for i, t in zip(w.item, w.target) if t)
-        assert pairs == list(zip(rows[:-1].tolist(), rows[1:].tolist()))
+        pairs = sorted(
+            (int(i), int(t)) for w in wins for i, t in zip(w.item, w.target, strict=True) if t
+        )
+        assert pairs == list(zip(rows[:-1].tolist(), rows[1:].tolist(), strict=True))
     else:  # every event is a condition token's target exactly once
         targets = sorted(int(t) for w in wins for t in w.target[w.kind == COND])
         assert targets == sorted(rows.tolist())
@@ -227,14 +229,16 @@ def test_validation_stops_early_and_keeps_the_best_epoch() -> None:
     assert len(scores) == result.epochs == 8
     assert result.best_epoch == 1 + int(np.argmax(scores))
     _, held = split_validation(pairs, cfg)
-    assert held is not None and len(held.histories) == 40
+    assert held is not None
+    assert len(held.histories) == 40
     assert evaluate(result.model, held) == result.validation[result.best_epoch - 1]
 
 
 def test_validation_holds_out_the_last_event_from_training() -> None:
     pairs = make_pairs(n_users=6, seed=2)
     fit, held = split_validation(pairs, BackboneConfig(validation_users=4, **SMALL))
-    assert held is not None and len(held.histories) == 4
+    assert held is not None
+    assert len(held.histories) == 4
     assert [len(s) for _, s in fit] == [len(s) - 1 for _, s in pairs]
     assert split_validation(pairs, BackboneConfig(validation=False, **SMALL)) == (pairs, None)
 
@@ -247,7 +251,8 @@ def test_any_condition_replaces_a_share_of_condition_tokens_the_same_way_each_ti
     share = float((a.cond[u.kind == COND] == 0).mean())
     assert 0.18 < share < 0.32
     assert (a.cond[u.kind != COND] == u.cond[u.kind != COND]).all()
-    assert (a.item == u.item).all() and (a.target == u.target).all()
+    assert (a.item == u.item).all()
+    assert (a.target == u.target).all()
     again = any_condition(u, 0.25, seed=1, epoch=0, index=3)
     assert (again.cond == a.cond).all()
     assert not (any_condition(u, 0.25, seed=1, epoch=1, index=3).cond == a.cond).all()
