@@ -73,7 +73,14 @@ from trainer.backbone.train import (
     train,
 )
 
-QUALITY_DEFAULTS = {"epochs": "40", "max_len": "100", "batch_users": "64", "lr": "0.001"}
+QUALITY_DEFAULTS = {
+    "epochs": "40",
+    "max_len": "100",
+    "batch_users": "16",
+    "lr": "0.002",
+    "dropout": "0.5",
+    "patience": "5",
+}
 
 
 # -- data and machine --------------------------------------------------------------------------
