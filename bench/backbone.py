@@ -16,9 +16,15 @@ configuration and machine, or with ``--json`` one JSON object.
 
 What each measures:
 
-- quality: leave-last-out, full ranking, history excluded: HR@10, NDCG@10, MRR of the
-  next-condition-item LUM, the next-item baseline (same code, model and epochs) and
-  popularity;
+- quality: leave-last-out, full ranking, history excluded: HR@10, NDCG@10, MRR of a
+  SASRec reference (item ids + positions, full softmax, dot product: the same training
+  code with ``side_features=false``), the next-item baseline and the next-condition-item
+  LUM (same code and settings), and popularity. LUM is scored queried with the held-out
+  event's condition (``lum``), the same with the ranking restricted to the items seen with
+  that condition (``lum+filter``; ``sasrec+filter`` is the reference given the same
+  filter), with the learned 'any' condition (``lum any``), with the user's most frequent
+  condition (``lum most-frequent``) and with the most frequent one that is not the
+  target's (``lum other``). ``--models`` picks the models trained;
 - scaling: HR@10 (= R@10) over >= 4 model sizes and a sequence-length sweep, with the fit
   R@10 = a * ln(P) + b (and a * ln(L) + b), plotted to a PNG;
 - packing: training tokens/s packed vs padded on the same batches; the bound is
@@ -78,8 +84,8 @@ QUALITY_DEFAULTS = {
     "max_len": "100",
     "batch_users": "16",
     "lr": "0.002",
-    "dropout": "0.5",
-    "patience": "5",
+    "dropout": "0.2",
+    "patience": "3",
 }
 
 
