@@ -16,9 +16,15 @@ configuration and machine, or with ``--json`` one JSON object.
 
 What each measures:
 
-- quality: leave-last-out, full ranking, history excluded: HR@10, NDCG@10, MRR of the
-  next-condition-item LUM, the next-item baseline (same code, model and epochs) and
-  popularity;
+- quality: leave-last-out, full ranking, history excluded: HR@10, NDCG@10, MRR of a
+  SASRec reference (item ids + positions, full softmax, dot product: the same training
+  code with ``side_features=false``), the next-item baseline and the next-condition-item
+  LUM (same code and settings), and popularity. LUM is scored queried with the held-out
+  event's condition (``lum``), the same with the ranking restricted to the items seen with
+  that condition (``lum+filter``; ``sasrec+filter`` is the reference given the same
+  filter), with the learned 'any' condition (``lum any``), with the user's most frequent
+  condition (``lum most-frequent``) and with the most frequent one that is not the
+  target's (``lum other``). ``--models`` picks the models trained;
 - scaling: HR@10 (= R@10) over >= 4 model sizes and a sequence-length sweep, with the fit
   R@10 = a * ln(P) + b (and a * ln(L) + b), plotted to a PNG;
 - packing: training tokens/s packed vs padded on the same batches; the bound is
@@ -62,12 +68,25 @@ from trainer.backbone.group_query import (
     compute_vectors,
     compute_vectors_one_at_a_time,
 )
-from trainer.backbone.loss import candidate_rows
 from trainer.backbone.packing import collate_packed, collate_padded
 from trainer.backbone.tokens import UserTokens, Vocabs
-from trainer.backbone.train import build_model, global_batches, step_loss, train
+from trainer.backbone.train import (
+    build_model,
+    global_batches,
+    make_sampler,
+    step_candidates,
+    step_loss,
+    train,
+)
 
-QUALITY_DEFAULTS = {"epochs": "10", "max_len": "100", "batch_users": "32", "lr": "0.002"}
+QUALITY_DEFAULTS = {
+    "epochs": "40",
+    "max_len": "100",
+    "batch_users": "16",
+    "lr": "0.002",
+    "dropout": "0.2",
+    "patience": "3",
+}
 
 
 # -- data and machine --------------------------------------------------------------------------
@@ -126,10 +145,25 @@ def lengths_summary(pairs: Pairs) -> dict[str, float]:
 
 
 # -- quality -----------------------------------------------------------------------------------
+SASREC: dict[str, Any] = {
+    "objective": "next_item",
+    "side_features": False,
+    "loss": "full",
+    "similarity": "dot",
+}
+MODELS = ("sasrec", "next_item", "lum")
+ANY = np.iinfo(np.int64).min  # a condition id no vocab holds: the learned 'any' (OOV) row
+
+
 def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     pairs, acts = load_pairs(args.data, args.actions, args.users, args.events)
     base = backbone_cfg(args.set, QUALITY_DEFAULTS)
     train_pairs, held = leave_last_out(pairs, base.condition_fields)
+    models = [m for m in args.models.split(",") if m]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise SystemExit(f"--models: {unknown[0]!r} is not one of {', '.join(MODELS)}")
+    allowed = condition_items(train_pairs, held, base)
     out: dict[str, Any] = {
         "bench": "quality",
         "data": args.data,
@@ -137,32 +171,68 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
         "dataset": lengths_summary(pairs),
         "machine": machine(args.threads),
         "config": _cfg_dict(base),
+        "models": models,
+        "rows": {},
     }
-    for objective in ("lum", "next_item"):
-        cfg = dataclasses.replace(base, objective=objective)
+    rows = out["rows"]
+    for name in models:
+        if name == "sasrec":  # the reference: ids + positions, full softmax, dot product
+            cfg = dataclasses.replace(base, **SASREC)
+        else:
+            cfg = dataclasses.replace(base, objective=name)
         res = train(cfg, train_pairs)
-        m = evaluate(res.model, held)
-        if objective == "lum":
-            out["lum_own_condition"] = evaluate(res.model, own_condition(held, cfg))
-        out[objective] = {
-            **m,
+        info = {
             "params": res.model.param_count(),
             "steps": res.steps,
+            "epochs": res.epochs,
+            "best_epoch": res.best_epoch,
             "train_s": round(res.seconds, 1),
             "tokens_per_s": round(res.tokens_per_s),
             "final_loss": round(float(np.mean(res.losses[-10:])), 4),
+            "validation_ndcg@10": [round(v["ndcg@10"], 4) for v in res.validation],
         }
-    out["popularity"] = popularity(train_pairs, held)
+        print(f"  {name}: {info}", file=sys.stderr)
+        if name == "lum":
+            rows["lum"] = {**evaluate(res.model, held), **info}
+            rows["lum+filter"] = evaluate(res.model, held, allowed=allowed)
+            rows["lum any"] = evaluate(res.model, with_conditions(held, ANY))
+            rows["lum most-frequent"] = evaluate(res.model, frequent_condition(held, cfg))
+            rows["lum other"] = evaluate(res.model, frequent_condition(held, cfg, other=True))
+        else:
+            rows[name] = {**evaluate(res.model, held), **info}
+            if name == "sasrec":
+                rows["sasrec+filter"] = evaluate(res.model, held, allowed=allowed)
+    rows["popularity"] = popularity(train_pairs, held)
     return out
 
 
-def own_condition(held: HeldOut, cfg: BackboneConfig) -> HeldOut:
+def condition_items(train_pairs: Pairs, held: HeldOut, cfg: BackboneConfig) -> list[np.ndarray]:
+    """Per held-out user, the item ids seen in training with the held-out event's condition
+    (the 'filter' rows: the condition used as a hard candidate filter)."""
+    by_cond: dict[tuple[int, ...], set[int]] = {}
+    for _, s in train_pairs:
+        combo = np.stack([s[f] for f in cfg.condition_fields], axis=-1)
+        for key, item in zip(map(tuple, combo.tolist()), s["item"].tolist(), strict=True):
+            by_cond.setdefault(key, set()).add(item)
+    return [np.fromiter(by_cond.get(tuple(c), ()), np.int64) for c in held.conds.tolist()]
+
+
+def with_conditions(held: HeldOut, cond: int) -> HeldOut:
+    """Every held-out user queried with the same condition id."""
+    return dataclasses.replace(held, conds=np.full_like(held.conds, cond))
+
+
+def frequent_condition(held: HeldOut, cfg: BackboneConfig, other: bool = False) -> HeldOut:
     """The held-out users queried with their own most frequent history condition instead
-    of the held-out event's (LUM without any hint about the target)."""
+    of the held-out event's (LUM without any hint about the target); ``other``: the most
+    frequent one that is NOT the held-out event's (a condition known to be wrong)."""
     conds = []
-    for _, hist in held.histories:
+    for (_, hist), target in zip(held.histories, held.conds, strict=True):
         combo = np.stack([hist[f] for f in cfg.condition_fields], axis=-1)
         uniq, counts = np.unique(combo, axis=0, return_counts=True)
+        if other:
+            wrong = ~(uniq == target).all(axis=1)
+            uniq, counts = (uniq[wrong], counts[wrong]) if wrong.any() else (uniq, counts)
         conds.append(uniq[np.argmax(counts)])
     return dataclasses.replace(held, conds=np.array(conds, np.int64))
 
@@ -320,7 +390,8 @@ def _time_layouts(
         for users in batches:
             targets = torch.from_numpy(np.concatenate([tokens[i].target for i in users]))
             b = collate([tokens[i] for i in users])
-            prepared.append((b, candidate_rows(targets), float((targets > 0).sum())))
+            cand = step_candidates(cfg, len(model.vocabs.items), targets, make_sampler(cfg, model))
+            prepared.append((b, cand, float((targets > 0).sum())))
         step_loss(model, *prepared[0][:2], cfg, prepared[0][2]).backward()  # warm-up
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
         runs[name] = (model, opt, prepared)
@@ -419,14 +490,33 @@ def print_table(res: dict[str, Any]) -> None:
     )
     if res["bench"] == "quality":
         print(
-            f"{'model':<17} {'hr@10':>7} {'ndcg@10':>8} {'mrr':>7} {'params':>9} "
-            f"{'train_s':>8} {'tok/s':>7}"
+            "config: "
+            + ", ".join(
+                f"{k}={cfg[k]}"
+                for k in (
+                    "loss",
+                    "similarity",
+                    "sampled_negatives",
+                    "logq_correction",
+                    "all_positions",
+                    "validation",
+                    "patience",
+                    "any_condition_rate",
+                    "item_target_weight",
+                    "side_features",
+                )
+            )
         )
-        for name in ("lum", "lum_own_condition", "next_item", "popularity"):
-            r = res[name]
+        print("sasrec = the reference: item ids + positions, full softmax, dot product")
+        print(
+            f"{'model':<18} {'hr@10':>7} {'ndcg@10':>8} {'mrr':>7} {'params':>9} "
+            f"{'epochs':>7} {'train_s':>8} {'tok/s':>7}"
+        )
+        for name, r in res["rows"].items():
+            ep = f"{r['best_epoch']}/{r['epochs']}" if "epochs" in r else ""
             print(
-                f"{name:<17} {r['hr@10']:>7.4f} {r['ndcg@10']:>8.4f} {r['mrr']:>7.4f} "
-                f"{r.get('params', 0):>9,} {r.get('train_s', 0):>8} "
+                f"{name:<18} {r['hr@10']:>7.4f} {r['ndcg@10']:>8.4f} {r['mrr']:>7.4f} "
+                f"{r.get('params', 0):>9,} {ep:>7} {r.get('train_s', 0):>8} "
                 f"{r.get('tokens_per_s', 0):>7}"
             )
     elif res["bench"] == "scaling":
@@ -486,6 +576,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--users", type=int, default=600, help="synthetic: users")
     p.add_argument("--events", type=int, default=300_000, help="synthetic: events generated")
+    p.add_argument(
+        "--models",
+        default=",".join(MODELS),
+        help="quality: models trained, comma separated (sasrec, next_item, lum)",
+    )
     g = p.add_argument_group("scaling")
     g.add_argument("--sizes", default="16x1,32x1,64x2,128x2", help="DIMxLAYERS list")
     g.add_argument("--size-len", type=int, default=100, help="max_len of the size sweep")
@@ -507,7 +602,12 @@ def main(argv: list[str] | None = None) -> int:
         default=4,
         help="conditions checked against the padded one-at-a-time reference",
     )
+    p.add_argument("-v", "--verbose", action="store_true", help="log each epoch to stderr")
     args = p.parse_args(argv)
+    if args.verbose:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     torch.set_num_threads(args.threads)
     run = {
         "quality": run_quality,

@@ -64,25 +64,77 @@ class BackboneConfig:
     dropout: float = setting(
         0.2, "dropout on token embeddings and residual branches", minimum=0.0, maximum=0.9
     )
+    side_features: bool = setting(
+        True,
+        "item tokens carry category, action and time gap (false = item id and position "
+        "only, as SASRec; the item embedding is then the id embedding itself)",
+    )
     # -- loss ------------------------------------------------------------------------------
+    loss: str = setting(
+        "full",
+        "full = softmax over the whole item vocabulary; sampled = the targets against "
+        "sampled_negatives shared negatives (log-Q corrected when logq_correction); "
+        "in_batch = InfoNCE over the batch's distinct targets (+ sampled_negatives)",
+        choices=("full", "sampled", "in_batch"),
+    )
+    similarity: str = setting(
+        "cosine",
+        "cosine = L2-normalised outputs and items divided by temperature; dot = raw dot "
+        "product (SASRec)",
+        choices=("cosine", "dot"),
+    )
     temperature: float = setting(
-        0.05, "InfoNCE temperature on cosine similarities", minimum=1e-4, maximum=10.0
+        0.05, "softmax temperature on cosine similarities", minimum=1e-4, maximum=10.0
     )
     sampled_negatives: int = setting(
         0,
-        "extra negatives per step sampled by popularity (in-batch negatives are always used)",
+        "negatives per step shared by all positions: loss=sampled needs >= 1; "
+        "loss=in_batch adds them to the in-batch negatives",
         minimum=0,
     )
     negative_alpha: float = setting(
         0.75, "sampling distribution of extra negatives: count^alpha", minimum=0.0, maximum=1.0
     )
     logq_correction: bool = setting(False, "subtract log(sampling probability) from the logits")
+    any_condition_rate: float = setting(
+        0.1,
+        "lum: share of condition tokens replaced by the learned 'any' condition (the OOV "
+        "row) in training, so that an unconditioned query works",
+        minimum=0.0,
+        maximum=1.0,
+    )
+    item_target_weight: float = setting(
+        0.0,
+        "lum: loss weight of item tokens predicting the next event's item (0 = only "
+        "condition tokens carry targets, as in LUM)",
+        minimum=0.0,
+    )
     # -- training --------------------------------------------------------------------------
+    all_positions: bool = setting(
+        True,
+        "train on every event of every sequence (sequences longer than max_len are cut "
+        "into windows); false = only the most recent max_len events per user",
+    )
+    validation: bool = setting(
+        True,
+        "hold out every user's last event for validation (HR@10 after each epoch), stop "
+        "early and keep the best epoch's weights",
+    )
+    patience: int = setting(
+        3, "epochs without a better validation NDCG@10 before stopping", minimum=1
+    )
+    validation_users: int = setting(
+        2_000, "most users whose held-out event is ranked after each epoch", minimum=1
+    )
     packing: bool = setting(
         True, "pack many users per row (per-user causal masks); false = one padded row per user"
     )
-    batch_users: int = setting(64, "users per global training step", minimum=1)
-    epochs: int = setting(10, "passes over the training users", minimum=1)
+    batch_users: int = setting(
+        64, "sequences (users, or windows of long users) per global training step", minimum=1
+    )
+    epochs: int = setting(
+        30, "most passes over the training data (validation may stop earlier)", minimum=1
+    )
     max_steps: int = setting(0, "stop after this many steps; 0 = epochs decide", minimum=0)
     lr: float = setting(1e-3, "AdamW learning rate", minimum=0.0)
     weight_decay: float = setting(0.0, "AdamW weight decay", minimum=0.0)
@@ -108,6 +160,10 @@ class BackboneConfig:
             raise ConfigError(
                 f"backbone.condition_fields: {self.condition_fields!r}; expected "
                 f"distinct names from {', '.join(CONDITION_FIELDS)}"
+            )
+        if self.loss == "sampled" and self.sampled_negatives < 1:
+            raise ConfigError(
+                "backbone.sampled_negatives: loss=sampled needs at least 1 negative per step"
             )
         if self.dim % self.heads:
             raise ConfigError(

@@ -90,9 +90,18 @@ def metrics_from_ranks(ranks: np.ndarray, k: int = 10) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate(
-    model: LumBackbone, held: HeldOut, k: int = 10, batch_users: int = 256
+    model: LumBackbone,
+    held: HeldOut,
+    k: int = 10,
+    batch_users: int = 256,
+    allowed: list[np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """Full-ranking retrieval metrics of ``model`` on ``held``."""
+    """Full-ranking retrieval metrics of ``model`` on ``held``.
+
+    Args:
+        allowed: per held-out user, the item ids that may be ranked (a candidate filter,
+            e.g. the items of the held-out event's condition); None = every item.
+    """
     _, emb = item_embeddings(model)  # (I - 1, D); column c is item row c + 1
     items = model.vocabs.items
     ranks = []
@@ -108,8 +117,20 @@ def evaluate(
         scores = vec[:, 0].cpu() @ emb.cpu().T  # (U, I - 1)
         target = torch.from_numpy(items.lookup(held.items[s : s + batch_users]) - 1)
         exclude = [items.lookup(h["item"]) - 1 for _, h in hist]
+        if allowed is not None:
+            exclude = [
+                np.concatenate([e, _outside(items.lookup(a) - 1, scores.shape[1])])
+                for e, a in zip(exclude, allowed[s : s + batch_users], strict=True)
+            ]
         ranks.append(ranks_of(scores, target, [e[e >= 0] for e in exclude]))
     return metrics_from_ranks(np.concatenate(ranks) if ranks else np.zeros(0), k)
+
+
+def _outside(cols: np.ndarray, n: int) -> np.ndarray:
+    """The columns 0..n-1 not in ``cols``."""
+    keep = np.zeros(n, bool)
+    keep[cols[cols >= 0]] = True
+    return np.flatnonzero(~keep)
 
 
 def popularity(train: Pairs, held: HeldOut, k: int = 10) -> dict[str, float]:

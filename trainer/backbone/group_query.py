@@ -190,13 +190,17 @@ def compute_vectors_one_at_a_time(
 
 @torch.no_grad()
 def item_embeddings(model: LumBackbone, batch: int = 65_536) -> tuple[np.ndarray, torch.Tensor]:
-    """e_i of every item of the version: (item ids (I,), (I, D) L2-normalised)."""
+    """e_i of every item of the version: (item ids (I,), (I, D)), L2-normalised unless the
+    backbone scores by dot product (``similarity = dot``: the norm is part of the score)."""
     model.eval()
     device = next(model.parameters()).device
     n = len(model.vocabs.items)
     rows = torch.arange(1, n, device=device)
+    dot = model.cfg.similarity == "dot"
     embs = [
-        F.normalize(model.item_embeddings(rows[i : i + batch]), dim=-1)
+        model.item_embeddings(rows[i : i + batch])
+        if dot
+        else F.normalize(model.item_embeddings(rows[i : i + batch]), dim=-1)
         for i in range(0, n - 1, batch)
     ]
     emb = torch.cat(embs) if embs else torch.zeros(0, model.cfg.dim, device=device)

@@ -168,8 +168,24 @@ class Tokenizer:
         self.cfg = cfg
         self.vocabs = vocabs
 
+    def windows(self, seq: np.ndarray) -> list[UserTokens]:
+        """Training tokens of every event: the most recent ``max_len`` events, then the
+        ``max_len`` before them, and so on (``next_item`` windows overlap by one event so
+        that every transition is a target; oldest window first)."""
+        n, size = len(seq), self.cfg.max_len
+        step = size - 1 if self.cfg.objective == "next_item" else size
+        out, end = [], n
+        while True:
+            start = max(0, end - size)
+            out.append(self.encode(seq[start:end]))
+            if start == 0 or end - start < 2:
+                break
+            end = start + (size - step)
+        return out[::-1]
+
     def encode(self, seq: np.ndarray) -> UserTokens:
-        """Tokens of the most recent ``max_len`` events, with next-(condition-)item targets."""
+        """Tokens of the most recent ``max_len`` events, with next-(condition-)item targets
+        (lum with ``item_target_weight``: item tokens also target the next event's item)."""
         seq = seq[-self.cfg.max_len :]
         n = len(seq)
         v = self.vocabs
@@ -211,6 +227,8 @@ class Tokenizer:
         out.cond[0::2] = cond
         out.item[1::2], out.cat[1::2], out.action[1::2] = item, cat, action
         out.target[0::2] = item  # c_l predicts i_l
+        if self.cfg.item_target_weight > 0:
+            out.target[1:-1:2] = item[1:]  # i_l predicts i_{l+1}
         return out
 
     def encode_query(
@@ -287,11 +305,17 @@ class TokenEncoder(nn.Module):
     def __init__(self, cfg: BackboneConfig, vocabs: Vocabs) -> None:
         super().__init__()
         d, f = cfg.dim, cfg.feature_dim
+        self.side = cfg.side_features
         self.item = nn.Embedding(len(vocabs.items), d)
         self.cat = nn.Embedding(len(vocabs.cats), f)
         self.action = nn.Embedding(N_ACTIONS, f)
         self.gap = nn.Embedding(cfg.gap_buckets, f)
-        self.item_proj = nn.Linear(d + 3 * f, d)  # concat(item, cat, action, gap)
+        if self.side:
+            self.item_proj = nn.Linear(d + 3 * f, d)  # concat(item, cat, action, gap)
+        else:  # ids and positions only: e_i is the id embedding itself (SASRec)
+            del self.cat, self.action
+            if cfg.objective != "lum":
+                del self.gap
         self.conds = nn.ModuleList()
         if cfg.objective == "lum":
             self.conds.extend(nn.Embedding(len(v), f) for v in vocabs.conds)
@@ -299,11 +323,14 @@ class TokenEncoder(nn.Module):
         self.pos = nn.Embedding(cfg.max_tokens, d)
         self.drop = nn.Dropout(cfg.dropout)
         self.register_buffer("item_cat", torch.tensor(vocabs.item_cat, dtype=torch.long))
-        for emb in (self.item, self.cat, self.action, self.gap, self.pos, *self.conds):
-            nn.init.normal_(emb.weight, std=0.02)
+        for emb in self.modules():
+            if isinstance(emb, nn.Embedding):
+                nn.init.normal_(emb.weight, std=0.02)
 
     def items(self, rows: Tensor) -> Tensor:
         """Item embeddings e_i of item ``rows`` (N,) -> (N, D): content only, no context."""
+        if not self.side:
+            return self.item(rows)
         item_cat = self.get_buffer("item_cat")
         feats = torch.cat([self.item(rows), self.cat(item_cat[rows])], dim=-1)  # (N, D + f)
         ctx = 2 * self.cat.embedding_dim
@@ -313,17 +340,20 @@ class TokenEncoder(nn.Module):
     def forward(self, b: TokenBatch) -> Tensor:
         x = self.pos(b.pos)  # (B, T, D)
         is_item = b.kind == ITEM
-        feats = torch.cat(
-            [
-                self.item(b.item[is_item]),
-                self.cat(b.cat[is_item]),
-                self.action(b.action[is_item]),
-                self.gap(b.gap[is_item]),
-            ],
-            dim=-1,
-        )
         tok = torch.zeros_like(x)
-        tok[is_item] = self.item_proj(feats)  # (n_item, D)
+        if not self.side:
+            tok[is_item] = self.item(b.item[is_item])
+        else:
+            feats = torch.cat(
+                [
+                    self.item(b.item[is_item]),
+                    self.cat(b.cat[is_item]),
+                    self.action(b.action[is_item]),
+                    self.gap(b.gap[is_item]),
+                ],
+                dim=-1,
+            )
+            tok[is_item] = self.item_proj(feats)  # (n_item, D)
         if len(self.conds):
             is_cond = b.kind == COND
             cond = b.cond[is_cond]  # (n_cond, F)

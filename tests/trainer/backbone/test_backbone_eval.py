@@ -70,3 +70,20 @@ def test_trained_lum_beats_popularity_on_condition_dependent_data() -> None:
     assert lum["users"] == pop["users"] == 60
     assert unknown_target_share(result.model, held) < 0.2
     assert lum["mrr"] > pop["mrr"]
+
+
+def test_allowed_items_restrict_the_ranking() -> None:
+    pairs = make_pairs(n_users=12, n_items=24, n_conds=4, max_len=10, min_len=4, seed=3)
+    cfg = BackboneConfig(dim=8, heads=1, layers=1, max_len=10, epochs=1, dropout=0.0)
+    _, held = leave_last_out(pairs, cfg.condition_fields)
+    model = train(cfg, pairs).model  # every held-out item has a row
+    seen = [set(s["item"].tolist()) for _, s in held.histories]
+    only_target = [np.array([t]) for t in held.items]
+    m = evaluate(model, held, allowed=only_target)
+    fresh = sum(int(t) not in h for t, h in zip(held.items, seen, strict=True))
+    assert fresh > 0
+    assert m["hr@10"] == m["mrr"] == fresh / len(seen)  # rank 1 unless a history repeat
+    none = evaluate(model, held, allowed=[np.array([], np.int64)] * len(seen))
+    assert none["hr@10"] == 0.0
+    everything = [np.array(model.vocabs.items.ids)] * len(seen)
+    assert evaluate(model, held, allowed=everything) == evaluate(model, held)

@@ -14,7 +14,6 @@ from support.backbone import grads, make_pairs
 
 from trainer.backbone.config import BackboneConfig
 from trainer.backbone.encoder import LumBackbone
-from trainer.backbone.loss import candidate_rows
 from trainer.backbone.packing import (
     collate_packed,
     collate_padded,
@@ -23,7 +22,7 @@ from trainer.backbone.packing import (
     padding_bound,
 )
 from trainer.backbone.tokens import Vocabs
-from trainer.backbone.train import step_loss
+from trainer.backbone.train import make_sampler, step_candidates, step_loss
 
 torch.set_num_threads(1)
 RTOL, ATOL = 1e-9, 1e-11
@@ -42,13 +41,27 @@ def test_padding_bound_is_padded_over_real_tokens() -> None:
 
 
 @pytest.mark.parametrize(
-    ("objective", "attention"),
-    [("lum", "softmax"), ("lum", "hstu"), ("next_item", "softmax"), ("next_item", "hstu")],
+    ("objective", "attention", "loss"),
+    [
+        ("lum", "softmax", "full"),
+        ("lum", "hstu", "full"),
+        ("next_item", "softmax", "full"),
+        ("next_item", "hstu", "full"),
+        ("lum", "softmax", "sampled"),
+        ("next_item", "softmax", "sampled"),
+        ("lum", "softmax", "in_batch"),
+    ],
 )
-def test_packed_and_padded_give_the_same_loss_and_gradients(objective: str, attention: str) -> None:
+def test_packed_and_padded_give_the_same_loss_and_gradients(
+    objective: str, attention: str, loss: str
+) -> None:
     cfg = BackboneConfig(
         objective=objective,
         attention=attention,
+        loss=loss,
+        sampled_negatives=8,
+        logq_correction=True,
+        item_target_weight=0.5,
         dim=16,
         heads=2,
         layers=2,
@@ -61,7 +74,7 @@ def test_packed_and_padded_give_the_same_loss_and_gradients(objective: str, atte
     model = LumBackbone(cfg, Vocabs.build([s for _, s in pairs], cfg)).double().train()
     users = [model.tokenizer.encode(s) for _, s in pairs]
     targets = torch.from_numpy(np.concatenate([u.target for u in users]))
-    cand = candidate_rows(targets)
+    cand = step_candidates(cfg, len(model.vocabs.items), targets, make_sampler(cfg, model))
     n = float((targets > 0).sum())
     results = []
     for batch in (collate_padded(users), collate_packed(users, row_len=2 * cfg.max_len)):

@@ -27,7 +27,9 @@ from trainer.backbone.data import (
     prepare,
     since,
 )
-from trainer.backbone.train import train
+from trainer.backbone.eval import evaluate
+from trainer.backbone.tokens import COND, Tokenizer, Vocabs
+from trainer.backbone.train import any_condition, split_validation, train
 
 torch.set_num_threads(1)
 SMALL = {
@@ -43,7 +45,8 @@ SMALL = {
 
 def test_loss_goes_down_and_metrics_are_set(metrics: Metrics) -> None:
     pairs = make_pairs(n_users=32, seed=4)
-    result = train(BackboneConfig(epochs=6, **SMALL), MemorySequences(dict(pairs)), metrics=metrics)
+    cfg = BackboneConfig(epochs=6, validation=False, all_positions=False, **SMALL)
+    result = train(cfg, MemorySequences(dict(pairs)), metrics=metrics)
     assert result.steps == 6 * 4
     assert result.users == 32
     assert np.mean(result.losses[-4:]) < np.mean(result.losses[:4]) - 0.2
@@ -195,3 +198,61 @@ def test_event_log_source_decodes_dedups_and_counts_bad_events(
     clicks, skipped = prepare(source, action_indices(("click",), cfg))
     assert [len(s) for _, s in clicks] == [2]  # u2 has one click: too short
     assert skipped == {"too_short": 1}
+
+
+@pytest.mark.parametrize("objective", ["lum", "next_item"])
+def test_windows_train_every_event_once(objective: str) -> None:
+    seq = make_seq(list(range(1, 38)))  # 37 events, windows of 10
+    cfg = BackboneConfig(objective=objective, max_len=10, dim=8, heads=1)
+    tok = Tokenizer(cfg, Vocabs.build([seq], cfg))
+    wins = tok.windows(seq)
+    assert all(len(w) <= cfg.max_tokens for w in wins)
+    rows = tok.vocabs.items.lookup(seq["item"])
+    if objective == "next_item":  # every transition (i_t -> i_t+1) exactly once
+        pairs = sorted(
+            (int(i), int(t)) for w in wins for i, t in zip(w.item, w.target, strict=True) if t
+        )
+        assert pairs == list(zip(rows[:-1].tolist(), rows[1:].tolist(), strict=True))
+    else:  # every event is a condition token's target exactly once
+        targets = sorted(int(t) for w in wins for t in w.target[w.kind == COND])
+        assert targets == sorted(rows.tolist())
+    assert tok.windows(seq[:5])[0].target.tolist() == tok.encode(seq[:5]).target.tolist()
+
+
+def test_validation_stops_early_and_keeps_the_best_epoch() -> None:
+    pairs = make_pairs(n_users=40, seed=5)
+    frozen = train(BackboneConfig(epochs=20, patience=2, **{**SMALL, "lr": 0.0}), pairs)
+    assert (frozen.epochs, frozen.best_epoch) == (3, 1)  # no epoch beats the first
+    cfg = BackboneConfig(epochs=8, patience=8, **SMALL)
+    result = train(cfg, pairs)
+    scores = [v["ndcg@10"] for v in result.validation]
+    assert len(scores) == result.epochs == 8
+    assert result.best_epoch == 1 + int(np.argmax(scores))
+    _, held = split_validation(pairs, cfg)
+    assert held is not None
+    assert len(held.histories) == 40
+    assert evaluate(result.model, held) == result.validation[result.best_epoch - 1]
+
+
+def test_validation_holds_out_the_last_event_from_training() -> None:
+    pairs = make_pairs(n_users=6, seed=2)
+    fit, held = split_validation(pairs, BackboneConfig(validation_users=4, **SMALL))
+    assert held is not None
+    assert len(held.histories) == 4
+    assert [len(s) for _, s in fit] == [len(s) - 1 for _, s in pairs]
+    assert split_validation(pairs, BackboneConfig(validation=False, **SMALL)) == (pairs, None)
+
+
+def test_any_condition_replaces_a_share_of_condition_tokens_the_same_way_each_time() -> None:
+    seq = make_seq(list(range(1, 401)))
+    cfg = BackboneConfig(max_len=400, dim=8, heads=1)
+    u = Tokenizer(cfg, Vocabs.build([seq], cfg)).encode(seq)
+    a = any_condition(u, 0.25, seed=1, epoch=0, index=3)
+    share = float((a.cond[u.kind == COND] == 0).mean())
+    assert 0.18 < share < 0.32
+    assert (a.cond[u.kind != COND] == u.cond[u.kind != COND]).all()
+    assert (a.item == u.item).all()
+    assert (a.target == u.target).all()
+    again = any_condition(u, 0.25, seed=1, epoch=0, index=3)
+    assert (again.cond == a.cond).all()
+    assert not (any_condition(u, 0.25, seed=1, epoch=1, index=3).cond == a.cond).all()
