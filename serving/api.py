@@ -27,6 +27,9 @@ class Candidate(Struct, forbid_unknown_fields=True):
     category: Id | None = None
 
 
+# a logged impression's event id is "<request_id>:<position>" and must fit the event
+# contract's id limit (events.max_id_chars, 128 by default) for any position
+MAX_REQUEST_ID = 96
 # the condition of a request that names none: it is scored and logged as this condition
 NO_CONDITION = "none"
 
@@ -40,7 +43,7 @@ class RankRequest(Struct, forbid_unknown_fields=True):
     candidates: list[Candidate]
     condition: Id | None = None
     k: Annotated[int, Meta(ge=1)] | None = None
-    request_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+    request_id: Annotated[str, Meta(min_length=1, max_length=MAX_REQUEST_ID)] | None = None
     log: bool = True
 
 

@@ -1,10 +1,11 @@
 """The closed loop inside one service worker process: exploration, the served-list log
 and ``POST /v1/events`` (docs/serving.md, "Closing the loop").
 
-:func:`loop_hooks` gives the worker's application its ``on_served`` step — a share of
-lists reordered at random (:mod:`serving.explore`), then every list as served handed to
-the spool of :class:`~serving.served_log.ServedLog` (one write; shipped to lum.events in
-the background) — and the events route (:func:`serving.events_http.add_event_routes`).
+:class:`ServedLoop` gives the worker's application two ``on_served`` steps — first
+:meth:`ServedLoop.explore` (a share of lists reordered at random, :mod:`serving.explore`),
+last :meth:`ServedLoop.record` (every list exactly as sent, to the spool of
+:class:`~serving.served_log.ServedLog`: one write, shipped to lum.events in the background)
+— and the events route (:func:`serving.events_http.add_event_routes`).
 """
 
 from __future__ import annotations
@@ -69,29 +70,33 @@ class ServedLoop:
                 metrics=metrics,
             )
 
-    def on_served(self, request: RankRequest, response: RankResponse) -> RankResponse:
-        """The list to send: reordered when the request explores; logged as sent (unless
-        the request says ``log: false``)."""
+    def explore(self, request: RankRequest, response: RankResponse) -> RankResponse:
+        """The list reordered at random when the request explores (not for ``log: false``
+        reads: no user sees them)."""
+        if not request.log:
+            return response
         items, randomized = self.explorer.apply(response.request_id, response.items)
         if randomized:
             response = msgspec.structs.replace(response, items=items, randomized=True)
-        if self.log is not None and request.log:
-            self.log.log(
-                ServedList(
-                    request_id=response.request_id,
-                    user_id=as_text(request.user_id),
-                    condition=NO_CONDITION
-                    if request.condition is None
-                    else as_text(request.condition),
-                    items=[it.item_id for it in response.items],
-                    categories=[it.category for it in response.items],
-                    ranker_version=response.ranker_version,
-                    backbone_version=response.backbone_version or "",
-                    randomized=response.randomized,
-                    ts_ms=time.time_ns() // 1_000_000,
-                )
-            )
         return response
+
+    def record(self, request: RankRequest, response: RankResponse) -> None:
+        """The list as it is sent, to the served log (unless ``log: false``)."""
+        if self.log is None or not request.log:
+            return
+        self.log.log(
+            ServedList(
+                request_id=response.request_id,
+                user_id=as_text(request.user_id),
+                condition=NO_CONDITION if request.condition is None else as_text(request.condition),
+                items=[it.item_id for it in response.items],
+                categories=[it.category for it in response.items],
+                ranker_version=response.ranker_version,
+                backbone_version=response.backbone_version or "",
+                randomized=response.randomized,
+                ts_ms=time.time_ns() // 1_000_000,
+            )
+        )
 
     def add_routes(self, app: web.Application) -> None:
         """``POST /v1/events``, and the served log closed (its backlog flushed as far as

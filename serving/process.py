@@ -100,25 +100,32 @@ def _load_hooks(path: str, service: RankService, metrics: Metrics) -> AppHooks:
 def build_app(
     spec: ServeSpec, service: RankService, metrics: Metrics, worker: int = 0
 ) -> web.Application:
-    """The worker's application: the closed loop's pieces (``spec.loop``) first, then the
-    spec's hooks (their ``on_served`` sees the list as the loop will send it)."""
-    chain = []
-    if spec.loop is not None:
-        loop = ServedLoop(spec.loop, metrics, worker)
-        chain.append(AppHooks(on_served=loop.on_served, add_routes=loop.add_routes))
-    if spec.hooks:
-        chain.append(_load_hooks(spec.hooks, service, metrics))
-    steps = [h.on_served for h in chain if h.on_served is not None]
+    """The worker's application. Its ``on_served`` steps, in order: the loop's exploration
+    (``spec.loop``), the spec's hooks, and last the loop's record of the list exactly as it
+    is sent. A step that fails is logged and skipped (the list stays what it was)."""
+    loop = ServedLoop(spec.loop, metrics, worker) if spec.loop is not None else None
+    hooks = _load_hooks(spec.hooks, service, metrics) if spec.hooks else AppHooks()
+    steps: list[OnServed] = []
+    if loop is not None:
+        steps.append(loop.explore)
+    if hooks.on_served is not None:
+        steps.append(hooks.on_served)
 
     def on_served(req: RankRequest, resp: RankResponse) -> RankResponse:
         for step in steps:
-            resp = step(req, resp) or resp
+            try:
+                resp = step(req, resp) or resp
+            except Exception:
+                log.exception("serving: an on_served step failed (the list is sent as it was)")
+        if loop is not None:
+            loop.record(req, resp)
         return resp
 
-    app = make_app(service, spec.serving, metrics, on_served=on_served if steps else None)
-    for h in chain:
-        if h.add_routes is not None:
-            h.add_routes(app)
+    app = make_app(service, spec.serving, metrics, on_served=on_served if steps or loop else None)
+    if loop is not None:
+        loop.add_routes(app)
+    if hooks.add_routes is not None:
+        hooks.add_routes(app)
     return app
 
 

@@ -340,7 +340,8 @@ class RankService:
         ]
         # the scores of what is served (the top k): the version's reference was taken over
         # shown impressions, not over every candidate a client asks about
-        self._observe(served, sc.probs[order], sc.new_user, int(sc.new_item.sum()))
+        if req.log:  # a probe or preview (log: false) is no served traffic
+            self._observe(served, sc.probs[order], sc.new_user, int(sc.new_item.sum()))
         return RankResponse(
             request_id=req.request_id or uuid.uuid4().hex,
             items=items_out,
@@ -350,7 +351,7 @@ class RankService:
             history=sc.history,
             lum_user=sc.lum_user,
             new_condition=sc.new_condition,
-            history_ts=int(seq["ts"][-1]) if len(seq) else None,
+            history_ts=int(seq["ts"].max()) if len(seq) else None,
         )
 
     def _freshness(self, user: int, seq: np.ndarray) -> None:
@@ -361,7 +362,7 @@ class RankService:
         bound it would measure how long users wait between requests.)"""
         if not len(seq):
             return
-        newest, now = int(seq["ts"][-1]), wall_ms()
+        newest, now = int(seq["ts"].max()), wall_ms()
         before = self._newest_seen.get(user)
         if before is not None and newest > before[0] and now - before[1] <= _FRESH_GAP_MS:
             age = max(now - newest, 0) / 1000.0

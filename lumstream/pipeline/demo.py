@@ -170,10 +170,10 @@ class _Demo:
             out[arm] = s
         return out
 
-    def _version_lag(self) -> list[float]:
-        """Seconds from a sample's event time to the publication of the first version
-        that learned it (the trainers' histogram, as the summary's means)."""
-        out = []
+    def _version_lag(self) -> dict[str, float]:
+        """Per trainer: seconds from a sample's event time to the publication of the first
+        version that learned it (the mean of the trainer's histogram)."""
+        out = {}
         for arm in ARMS[:2]:
             total = self.children.metric(
                 f"train-{arm}", "lumstream_ranker_sample_to_version_seconds_sum"
@@ -182,7 +182,7 @@ class _Demo:
                 f"train-{arm}", "lumstream_ranker_sample_to_version_seconds_count"
             )
             if total is not None and count:
-                out.append(total / count)
+                out[arm] = total / count
         return out
 
     def summary(self, result: LoopResult) -> bool:
@@ -220,7 +220,7 @@ class _Demo:
         if lag:
             print(
                 "  freshness  sample event time -> a published ranker version that learned it: "
-                + ", ".join(f"{a} mean {v:.1f} s" for a, v in zip(ARMS, lag, strict=False))
+                + ", ".join(f"{a} mean {v:.1f} s" for a, v in lag.items())
             )
         print(
             f"  events     {result.events_posted:,} posted to POST /v1/events, "
@@ -246,7 +246,7 @@ class _Demo:
             10.0,
         )
         (self.root / "report.json").write_text(
-            json.dumps(
+            _json_text(
                 {
                     "options": asdict(self.opts),
                     "arms": {
@@ -265,9 +265,23 @@ class _Demo:
                     "sample_to_version_mean_s": lag,
                     "alerts": alerts,
                 },
-                indent=2,
             )
         )
         print(f"  report     {png} (and {self.root / 'report.json'})")
         served = sum(s.requests - s.errors for s in result.arms.values())
         return served > 0 and all(s.errors == 0 for s in result.arms.values())
+
+
+def _json_text(obj: object) -> str:
+    """JSON with NaN (an empty arm, no probe) as null: strict JSON readers refuse NaN."""
+
+    def clean(x: object) -> object:
+        if isinstance(x, float) and x != x:
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(obj), indent=2)

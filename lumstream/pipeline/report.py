@@ -31,7 +31,7 @@ def write_report(
     path: Path,
     loop: LoopResult,
     auc: Mapping[str, Series],
-    version_lag_s: Sequence[float],
+    version_lag_s: Mapping[str, float],
     alerts: Sequence[str],
     bucket_s: float,
 ) -> Path:
@@ -88,8 +88,8 @@ def write_report(
     ax.set_title("freshness")
     text = []
     if version_lag_s:
-        means = ", ".join(f"{v:.0f} s" for v in version_lag_s)
-        text.append(f"sample → published version (mean per trainer): {means}")
+        means = ", ".join(f"{a} {v:.0f} s" for a, v in version_lag_s.items())
+        text.append(f"sample → published version (mean): {means}")
     if loop.freshness_s:
         p50, p99 = percentiles(loop.freshness_s, (50, 99))
         text.append(f"click → served history: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")

@@ -236,7 +236,9 @@ class ClosedLoop:
             with self.lock:
                 stats.requests += 1
                 stats.errors += 1
-            if stats.errors == 1:
+                stats.latencies_ms.append((time.time() - scheduled) * 1000.0)
+                first = stats.errors == 1
+            if first:
                 print(f"  {arm.name}: a request failed: {exc}", flush=True)
             return
         latency_ms = (time.time() - scheduled) * 1000.0
@@ -358,14 +360,17 @@ class ClosedLoop:
         clicks_done = threading.Event()
         poster = threading.Thread(target=self._poster, args=(probes, clicks_done), daemon=True)
         poster.start()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        clicks_done.set()
-        poster.join()
-        probes.put(None)
-        prober.join(timeout=10)
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:  # also on Ctrl-C: every thread of the loop ends before it returns
+            clicks_done.set()
+            poster.join()
+            probes.put(None)
+            prober.join()  # each probe gives up after 5 s
+            self.stop.set()
         self.result.ended = time.time()
         return self.result
 

@@ -31,7 +31,6 @@ ARMS = ("lum", "no_lum", "popularity")
 LABEL_WINDOW_S = 10.0  # a served impression's sample is learned this soon after it
 RULES_FACTOR = 120.0  # the alert rules' clock: a drift alert's for: 15m becomes 7.5 s
 SHOWN = 10  # items a simulated user is shown per request (LoopOptions.k)
-HISTORY_SAMPLES = 0.85  # samples per history event (10 impressions per view, plus clicks)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -157,17 +156,26 @@ def _drift(cfg: Config, opts: DemoOptions) -> DriftConfig:
     """Drift references taken from the live loop before the users' tastes shift: the
     history's samples are another traffic (lists the generator showed, samples from before
     any vector existed), so comparing live samples with them would flag that difference,
-    not the shift. The trainers learn the history (about ``HISTORY_SAMPLES`` per event),
+    not the shift. The trainers learn the history (one sample per impression),
     then the first quarter of the live loop, and the next version carries the reference
     of its newest samples: all live, all before the shift."""
     live_per_s = opts.rate * SHOWN
     reference = max(int(live_per_s * opts.duration_s * 0.25), 500)
     return replace(
         cfg.drift,
-        warmup_samples=int(HISTORY_SAMPLES * opts.history_events) + reference,
+        warmup_samples=int(
+            _samples_per_event(opts.ctr, cfg.generator.purchase_prob) * opts.history_events
+        )
+        + reference,
         reference_samples=reference,
         window=max(reference // 2, 250),
     )
+
+
+def _samples_per_event(ctr: float, purchase_prob: float) -> float:
+    """Impressions (samples) per event of the generator: a click per impression with
+    probability ``ctr``, a purchase after a click with ``purchase_prob``."""
+    return 1.0 / (1.0 + ctr * (1.0 + purchase_prob))
 
 
 def _stream(cfg: Config, opts: DemoOptions) -> ClickStream:

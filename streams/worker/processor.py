@@ -29,7 +29,7 @@ from streams.worker.decode import EventColumns, decode_batch, event_hashes
 from streams.worker.dedup import DuplicateWindow
 from streams.worker.join import PENDING_DTYPE, LabelJoin
 from streams.worker.snapshots import Snapshots
-from streams.worker.store import PartitionStore, StoreError
+from streams.worker.store import PartitionState, PartitionStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +291,7 @@ class PartitionProcessor:
             rows[name] = closed[name]
         state.sample_seq += n
         lens, events = self.store.history(closed["user"], closed["pos"], self.cfg.history_len)
+        lens, events = _before_in_time(lens, events, closed["ts"], state)
         hist = np.empty(len(events), HIST_DTYPE)
         for name in ("item", "cond", "cat", "ts", "action"):
             hist[name] = events[name]
@@ -306,6 +307,22 @@ class PartitionProcessor:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _before_in_time(
+    lens: np.ndarray, events: np.ndarray, ts: np.ndarray, state: PartitionState
+) -> tuple[np.ndarray, np.ndarray]:
+    """The history events that also lie before their impression in event time. A history
+    is the sequence before the impression's arrival; an impression that arrives late (a
+    served list shipped after its clicks, a delayed producer) would otherwise carry events
+    from after it, even the click it is labelled with. Dropped events are counted in the
+    partition counter ``history_after_impression``."""
+    owner = np.repeat(np.arange(len(lens)), lens)
+    keep = events["ts"] <= ts[owner]
+    if keep.all():
+        return lens, events
+    state.bump("history_after_impression", int((~keep).sum()))
+    return np.bincount(owner[keep], minlength=len(lens)).astype(np.int32), events[keep]
 
 
 def _open_store(
