@@ -40,6 +40,7 @@ import fcntl
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -143,11 +144,11 @@ def impressions(served: ServedList, action: str = "impression") -> list[dict[str
 
 def spool_path(cfg: ServedLogConfig, data_dir: Path, worker: int = 0) -> Path:
     """This serving process's spool: ``served_log.spool_dir`` (default
-    ``<paths.data_dir>/served-spool``) / ``w<worker>``. Keep ``worker`` stable across
+    ``<paths.data_dir>/served-spool``) / ``<host>-w<worker>``. Keep ``worker`` stable across
     restarts (the process index, not a pid) so a restarted process ships its
-    predecessor's backlog."""
+    predecessor's backlog; the host name keeps replicas that share a data volume apart."""
     root = Path(cfg.spool_dir) if cfg.spool_dir else Path(data_dir) / "served-spool"
-    return root / f"w{worker}"
+    return root / f"{socket.gethostname()}-w{worker}"
 
 
 def _segment_path(root: Path, number: int) -> Path:

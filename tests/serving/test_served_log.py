@@ -212,9 +212,10 @@ def test_one_process_per_spool(tmp_path: Path, kafka_cfg: KafkaConfig, metrics: 
 
 
 def test_spool_paths(tmp_path: Path) -> None:
-    assert spool_path(ServedLogConfig(), tmp_path, 2) == tmp_path / "served-spool" / "w2"
+    host = socket.gethostname()
+    assert spool_path(ServedLogConfig(), tmp_path, 2) == tmp_path / "served-spool" / f"{host}-w2"
     cfg = ServedLogConfig(spool_dir=str(tmp_path / "s"))
-    assert spool_path(cfg, Path("ignored")) == tmp_path / "s" / "w0"
+    assert spool_path(cfg, Path("ignored")) == tmp_path / "s" / f"{host}-w0"
 
 
 def test_close_does_not_wait_for_a_stuck_connection(tmp_path: Path, metrics: Metrics) -> None:
