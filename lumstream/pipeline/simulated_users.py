@@ -116,6 +116,7 @@ class LoopResult:
     events_rejected: int = 0
     freshness_s: list[float] = field(default_factory=list)
     probe_timeouts: int = 0
+    served: list[tuple[str, int, int]] = field(default_factory=list)  # arm, user, time (ms)
 
 
 class JsonHttp:
@@ -276,6 +277,7 @@ class ClosedLoop:
             stats.clicks += int(clicked.sum())
             stats.randomized += int(randomized)
             stats.latencies_ms.append(latency_ms)
+            self.result.served.append((arm.name, user, now_ms))
             b = stats.buckets[bucket]
             b[0] += len(shown)
             b[1] += int(clicked.sum())

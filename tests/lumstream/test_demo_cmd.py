@@ -6,7 +6,8 @@ closed loop whose tastes shift half-way.
 The run must exit 0 with every child stopping cleanly; every arm must have served
 requests without errors; the services' clicks must flow back (events accepted, none
 rejected); the click -> served-history probes must find their clicks; the drift alert
-must fire after the shift; the report must be written.
+must fire after the shift; the LUM arm's served vectors must be no older than v1's full
+pass alone would have served them; the report must be written.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ def test_demo_runs_the_closed_loop_with_arms_alerts_and_a_report(tmp_path: Path)
         assert clicks > 0, (name, out)
     assert re.search(r"events\s+[1-9][\d,]* posted to POST /v1/events, 0 rejected", out), out
     assert "click posted -> in that user's served history" in out, out
+    ages = re.search(
+        r"incremental p50 ([\d,]+) s, .*full pass alone would have given p50 ([\d,]+) s", out
+    )
+    assert ages is not None, out
+    assert _int(ages[1]) <= _int(ages[2]), out  # incremental passes keep served vectors fresher
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert (tmp_path / "demo" / "report.png").stat().st_size > 10_000
     assert any("Drift" in a for a in report["alerts"]), out
