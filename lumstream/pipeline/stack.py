@@ -295,7 +295,7 @@ class Pipeline:
             c.start(f"train-{arm}", ["train"], self._ranker_sets(arm))
         c.wait("the rankers' first versions", self._rankers_published, 600)
         print(
-            f"  trainers   with and without LUM: first versions published; a new one every "
+            f"  trainers   {', '.join(self.rankers)}: first versions published; a new one every "
             f"{self.opts.publish_every_s:g} s",
             flush=True,
         )
