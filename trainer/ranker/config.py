@@ -57,6 +57,12 @@ class RankerConfig:
     idle_flush_s: float = setting(
         1.0, "train a partial batch after this long without new samples", minimum=0.0
     )
+    max_batch_wait_s: float = setting(
+        2.0,
+        "train a partial batch once its oldest sample has waited this long (a trickle of "
+        "samples never idles: this bounds their delay to a published version)",
+        minimum=0.0,
+    )
     start: str = setting(
         "earliest",
         "where a trainer without a checkpoint starts on lum.samples",

@@ -1,7 +1,8 @@
 """The streaming loop: samples in, score, learn, export metrics, checkpoint, publish.
 
 Rank 0 reads the source and assembles global batches of ``batch_size`` rows (a partial
-batch when the source is exhausted or idle for ``idle_flush_s``); it broadcasts each batch
+batch when the source is exhausted, idle for ``idle_flush_s``, or its oldest sample waited
+``max_batch_wait_s``); it broadcasts each batch
 with what to do (learn it, checkpoint, which vector set, stop) so every rank takes the same
 steps. Every batch is scored before it is learned from (progressive validation); rank 0
 adds the scores to a sliding window and exports windowed AUC, GAUC, log-loss and
@@ -124,6 +125,7 @@ class StreamingTrainer:
         self._vectors_seen = time.monotonic()
         self._last_ckpt = time.monotonic()
         self._batches_since_ckpt = 0
+        self._pending_since = time.monotonic()  # when the oldest sample not yet taken arrived
         drift = drift or DriftConfig()
         self.drift = (
             RankerDrift(drift, metrics, lum=cfg.lum_direct)
@@ -168,17 +170,24 @@ class StreamingTrainer:
                 if self.assembler.available():
                     return "batch", self._take(b)
                 return "stop", Samples.empty()
-            idle = time.monotonic() - self.assembler.last_arrival
-            if self.assembler.available() and idle >= self.cfg.idle_flush_s:
+            now = time.monotonic()
+            if self.assembler.available() and (
+                now - self.assembler.last_arrival >= self.cfg.idle_flush_s
+                or now - self._pending_since >= self.cfg.max_batch_wait_s
+            ):
                 return "batch", self._take(b)
-            if time.monotonic() > deadline:
+            if now > deadline:
                 return "wait", Samples.empty()
             msgs = self.source.poll(max(1, b // 16), timeout_s=0.2)
+            had = self.assembler.available()
             self.assembler.add(msgs)
+            if not had and self.assembler.available():
+                self._pending_since = time.monotonic()
         return "stop", Samples.empty()
 
     def _take(self, n: int) -> Samples:
         samples = self.assembler.take(n)
+        self._pending_since = time.monotonic()  # what is left waits from now on
         self._taken_ts = self.assembler.taken_timestamps
         return samples
 
