@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -40,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prometheus_client import CollectorRegistry
 
+from bench.machine import machine
 from monitoring.metrics import Metrics
 from serving.loop_config import EventsApiConfig
 from streams.config import BrokerConfig, EventConfig, KafkaConfig
@@ -209,15 +209,6 @@ async def measure(base: str, args: argparse.Namespace) -> dict[str, Any]:
     for rate in args.batch_rates:
         out["open"][f"batch@{rate:g}"] = await open_loop(events, bodies.many, args.batch, rate, d)
     return out
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_average_1m": round(os.getloadavg()[0], 2),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import queue
 import sys
 import threading
@@ -38,6 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.machine import machine
 from lumstream.config import load
 from lumstream.pipeline.simulated_users import JsonHttp
 from lumstream.pipeline.stack import DemoOptions, Pipeline, local_pipeline
@@ -309,12 +308,7 @@ def main() -> int:
             "label_window_s": worker_cfg.label_window_s,
             "threads": args.threads,
         },
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "loadavg_1m": round(os.getloadavg()[0], 2),
-        },
+        "machine": machine(),
         "click_to_history_s": {
             "n": len(bench.click_to_history),
             "p50": c2h[0],

@@ -56,7 +56,6 @@ import cProfile
 import dataclasses
 import io
 import os
-import platform
 import pstats
 import signal
 import subprocess
@@ -76,6 +75,7 @@ from rocksdict import Rdict, WriteBatch, WriteOptions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.machine import machine
 from lumstream.config import Config, load
 from monitoring.metrics import Metrics
 from streams.config import KafkaConfig
@@ -103,15 +103,6 @@ class Recorder:
     def observe(self, value: float) -> None:
         self.values.append(value)
         self.ends.append(time.perf_counter())
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_average_1m": round(os.getloadavg()[0], 2),
-    }
 
 
 def _pct(values: np.ndarray, q: float) -> float:

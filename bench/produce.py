@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from serialization import format_table, run_comparison
 
+from bench.machine import machine
 from lumstream.config import Config, load
 from monitoring.metrics import Metrics
 from streams.generator import ClickStream
@@ -103,15 +102,6 @@ def bench_kafka(cfg: Config, n: int) -> dict[str, float]:
         "end_to_end_s": end_to_end_s,
         "kafka_only_events_per_s": _rate(n, kafka_only_s),
         "records_acked": int(acked),
-    }
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_average_1m": round(os.getloadavg()[0], 2),
     }
 
 

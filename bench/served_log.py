@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import socket
 import sys
 import tempfile
@@ -38,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prometheus_client import CollectorRegistry
 
+from bench.machine import machine
 from monitoring.metrics import Metrics
 from serving.loop_config import ServedLogConfig
 from serving.served_log import ServedList, ServedLog
@@ -112,15 +112,6 @@ def bench_log(
             metrics.registry.get_sample_value("lumstream_served_log_events_shipped_total") or 0.0
         ) / ship_s
     return out
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_average_1m": round(os.getloadavg()[0], 2),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
