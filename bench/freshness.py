@@ -38,35 +38,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import machine
 from lumstream.config import load
+from lumstream.pipeline.children import Children
 from lumstream.pipeline.simulated_users import JsonHttp
 from lumstream.pipeline.stack import DemoOptions, Pipeline, local_pipeline
 from streams.generator.world import World
 
 
 def _buckets(
-    children: object, name: str, metric: str, labels: dict[str, str]
+    children: Children, name: str, metric: str, labels: dict[str, str]
 ) -> dict[float, float]:
     """A child's Prometheus histogram: cumulative count per upper bound."""
-    from lumstream.pipeline.children import Children
-
-    assert isinstance(children, Children)
-    url = children.metrics_url(name)
-    if url is None:
-        return {}
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        text = resp.read().decode()
     buckets: dict[float, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == f"{metric}_bucket" and all(
-                s.labels.get(k) == v for k, v in labels.items()
-            ):
-                le = float(s.labels["le"])
-                buckets[le] = buckets.get(le, 0.0) + s.value
+    for s in children.scrape(name):
+        if s.name == f"{metric}_bucket" and all(s.labels.get(k) == v for k, v in labels.items()):
+            le = float(s.labels["le"])
+            buckets[le] = buckets.get(le, 0.0) + s.value
     return buckets
 
 

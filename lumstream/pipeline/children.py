@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from core.processes import ChildError, ChildProcess, tail
 
@@ -99,25 +100,26 @@ class Children:
             return f"http://{targets[0]}/metrics"
         return None
 
-    def metric(self, name: str, metric: str, labels: dict[str, str] | None = None) -> float | None:
-        """The value of one sample of the child's metrics (summed over other labels)."""
+    def scrape(self, name: str) -> list[Sample]:
+        """Every sample of the child's /metrics now (empty before it serves them)."""
         url = self.metrics_url(name)
         if url is None:
-            return None
+            return []
         try:
             with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 (http: only)
                 text = resp.read().decode()
         except OSError:
-            return None
-        total, found = 0.0, False
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                if s.name == metric and all(
-                    s.labels.get(k) == v for k, v in (labels or {}).items()
-                ):
-                    total += s.value
-                    found = True
-        return total if found else None
+            return []
+        return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+    def metric(self, name: str, metric: str, labels: dict[str, str] | None = None) -> float | None:
+        """The value of one sample of the child's metrics (summed over other labels)."""
+        got = [
+            s.value
+            for s in self.scrape(name)
+            if s.name == metric and all(s.labels.get(k) == v for k, v in (labels or {}).items())
+        ]
+        return sum(got) if got else None
 
 
 def _pid_of(path: Path) -> int | None:

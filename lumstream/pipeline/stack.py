@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -331,10 +330,12 @@ class Pipeline:
         )
 
     def _services_ready(self) -> bool:
-        for port in self.ports.values():
+        from serving.client import RankClient
+
+        for arm in self.ports:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                    if r.status != 200:
+                with RankClient(self.url(arm), 2.0) as c:
+                    if c.ready().status != "ready":
                         return False
             except OSError:
                 return False
